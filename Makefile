@@ -1,0 +1,47 @@
+# One entry point for people and CI: `make demo` runs the main job, `make test` the suite.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(HOME)/.cache/akisnap/bin:$(PATH)
+
+.PHONY: install tools services services-down lint typecheck test test-only bench demo clean
+
+install: $(BIN)/akisnap
+
+$(BIN)/akisnap: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# helm, kubeconform and promtool, built through the Go module proxy into ~/.cache/akisnap/bin
+tools:
+	bash tools/install-go-tools.sh
+
+# A real Kafka broker (KRaft) and a real S3-compatible server on loopback; writes .services.env
+services: install
+	bash tools/services.sh up
+
+services-down:
+	bash tools/services.sh down
+
+lint: install
+	$(BIN)/ruff check daemon handlers tests bench
+	$(BIN)/ruff format --check daemon handlers tests bench
+	$(BIN)/mypy --strict daemon handlers
+
+test: install tools services lint
+	$(MAKE) test-only
+
+test-only:
+	set -a && source .services.env && set +a && $(BIN)/pytest -q tests
+
+bench: install services
+	set -a && source .services.env && set +a && $(BIN)/python -m bench
+
+demo: install services
+	set -a && source .services.env && set +a && $(BIN)/akisnap demo
+
+clean: services-down
+	rm -rf $(VENV) .services .services.env

@@ -1,0 +1,298 @@
+"""The daemon: settings → store → SnapshotCreator → Kafka consumer and producer → health server.
+
+:meth:`Daemon.run` is what ``akisnap run`` calls and what the tests drive (with
+``handle_signals=False`` and :meth:`Daemon.stop`). The health server starts first, so
+``/healthz`` and ``/metrics`` answer while the broker does not; ``/readyz`` turns 200 once the
+consumer joined its group and the store answers. If Kafka cannot be reached, the daemon backs
+off and tries again until it is told to stop.
+
+SIGTERM / SIGINT set the stop event: stop fetching, let each partition finish the request in
+hand within ``shutdown_grace_seconds`` (minus a reserve for committing and closing), commit,
+close producer and consumer, return 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from daemon.consumer import ConsumerOptions, RequestConsumer
+from daemon.dead_letter import safe_message
+from daemon.fate import Fate
+from daemon.health import HealthServer, Liveness
+from daemon.logging import get_logger
+from daemon.metrics import Metrics
+from daemon.results import Publisher
+from daemon.retry import Backoff, sleep_unless
+from daemon.settings import Settings
+from handlers.create import SnapshotCreator
+from handlers.stores import ObjectStore, open_store
+
+log = get_logger("akisnap.daemon")
+
+MIB = 1024 * 1024
+# Liveness fails when work waits and the consume loop has not moved for this long.
+STALL_SECONDS = 120.0
+# How long a store ping answer is reused by /readyz.
+PING_CACHE_SECONDS = 5.0
+# Longest wait between two attempts to reach the broker.
+CONNECT_BACKOFF_CAP_SECONDS = 30.0
+
+
+def settle_seconds(grace: float) -> float:
+    """The part of the grace period workers get; the rest is kept to commit and close."""
+    return max(0.0, grace - min(5.0, grace / 4))
+
+
+class Daemon:
+    """One akisnap daemon; :meth:`run` until :meth:`stop` (or a signal)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+        metrics_port: int | None = None,
+        health_host: str = "0.0.0.0",
+        client_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.liveness = Liveness()
+        self._metrics_port = settings.metrics_port if metrics_port is None else metrics_port
+        self._health_host = health_host
+        self._client_id = client_id or f"akisnap-{socket.gethostname()}"
+        self._stop = asyncio.Event()
+        self._joined = asyncio.Event()
+        self._health: HealthServer | None = None
+        self._store: ObjectStore | None = None
+        self._consumer: RequestConsumer | None = None
+        self._ping_cache: tuple[float, bool, str] | None = None
+        self._secrets = _secrets(settings)
+
+    # -- control ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish (what SIGTERM does)."""
+        self._stop.set()
+
+    @property
+    def metrics_port(self) -> int:
+        """The port /metrics, /healthz and /readyz are served on (once started)."""
+        if self._health is None:
+            raise RuntimeError("the daemon's health server is not running")
+        return self._health.bound_port
+
+    async def wait_joined(self, within: float) -> None:
+        """Wait until the consumer first got its partitions (for tests and the demo)."""
+        await asyncio.wait_for(self._joined.wait(), within)
+
+    # -- run --------------------------------------------------------------------------------
+
+    async def run(self, handle_signals: bool = True) -> int:
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+        for sig in signals:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        log.info("daemon.starting", settings=self.settings.redacted())
+        self._health = HealthServer(
+            self.metrics,
+            self._metrics_port,
+            host=self._health_host,
+            ready=self._ready,
+            alive=self._alive,
+        )
+        try:
+            await self._health.start()
+            log.info("daemon.health_serving", port=self._health.bound_port)
+            self._store = open_store(self.settings.store, self.settings.s3_options())
+            creator = SnapshotCreator(
+                self._store,
+                source_roots=self.settings.source_roots(),
+                s3=self.settings.s3_options(),
+                part_size_bytes=self.settings.part_size_bytes,
+            )
+            await self._serve(creator, self._store)
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            if self._store is not None:
+                with contextlib.suppress(Exception):
+                    await self._store.close()
+            await self._health.stop()
+        log.info("daemon.stopped")
+        return 0
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info(
+            "daemon.signal", signal=sig.name, grace_seconds=self.settings.shutdown_grace_seconds
+        )
+        self._stop.set()
+
+    async def _serve(self, creator: SnapshotCreator, store: ObjectStore) -> None:
+        s = self.settings
+        backoff = Backoff.from_settings(s)
+        connect = Backoff(
+            attempts=1,
+            base_seconds=max(s.retry_base_seconds, 0.5),
+            cap_seconds=CONNECT_BACKOFF_CAP_SECONDS,
+        )
+        attempt = 0
+        while not self._stop.is_set():
+            producer = self._producer()
+            consumer = self._kafka_consumer()
+            requests = RequestConsumer(
+                consumer,
+                Fate(
+                    creator=creator,
+                    publisher=Publisher(
+                        producer,
+                        result_topic=s.result_topic,
+                        dlq_topic=s.dlq_topic,
+                        store_root=store.root_uri,
+                    ),
+                    backoff=backoff,
+                    metrics=self.metrics,
+                    max_message_bytes=s.max_message_bytes,
+                    secrets=self._secrets,
+                ),
+                self.metrics,
+                ConsumerOptions(
+                    max_in_flight_requests=s.max_in_flight_requests,
+                    max_in_flight_bytes=s.max_in_flight_bytes,
+                    settle_seconds=settle_seconds(s.shutdown_grace_seconds),
+                ),
+                liveness=self.liveness,
+                on_joined=self._joined.set,
+            )
+            consumer.subscribe([s.request_topic], listener=requests.listener)
+            try:
+                await producer.start()
+                await consumer.start()
+            except KafkaError as err:
+                attempt += 1
+                delay = max(0.5, connect.delay(min(attempt, 8)))
+                log.warning(
+                    "kafka.unreachable",
+                    bootstrap=s.kafka_bootstrap,
+                    attempt=attempt,
+                    error_class=type(err).__name__,
+                    error=safe_message(str(err), self._secrets),
+                    retry_in_seconds=round(delay, 2),
+                )
+                await self._close(consumer, producer)
+                await sleep_unless(self._stop, delay)
+                continue
+            attempt = 0
+            log.info(
+                "kafka.connected",
+                bootstrap=s.kafka_bootstrap,
+                group_id=s.group_id,
+                topic=s.request_topic,
+            )
+            self._consumer = requests
+            try:
+                await requests.run(self._stop)
+            except KafkaError as err:
+                log.warning(
+                    "kafka.consumer_failed",
+                    error_class=type(err).__name__,
+                    error=safe_message(str(err), self._secrets),
+                )
+                await sleep_unless(self._stop, 1.0)
+            finally:
+                self._consumer = None
+                self.liveness.waiting(False)
+                await self._close(consumer, producer)
+
+    async def _close(self, consumer: Any, producer: Any) -> None:
+        """Stop the consumer (leaves the group) and the producer; bounded, never raises."""
+        reserve = max(1.0, min(5.0, self.settings.shutdown_grace_seconds / 4))
+        for name, client in (("consumer", consumer), ("producer", producer)):
+            try:
+                await asyncio.wait_for(client.stop(), reserve)
+            except Exception as err:  # closing must not stop the shutdown
+                log.warning("kafka.close_failed", client=name, error_class=type(err).__name__)
+
+    # -- Kafka clients ----------------------------------------------------------------------
+
+    def _producer(self) -> Any:
+        s = self.settings
+        return AIOKafkaProducer(
+            bootstrap_servers=s.kafka_bootstrap,
+            client_id=self._client_id,
+            acks="all",
+            enable_idempotence=True,
+            # A dead letter is its request plus headers: compressed, it fits where that did.
+            compression_type="gzip",
+            max_request_size=max(MIB, s.max_message_bytes + MIB),
+            **s.kafka_security_kwargs(),
+        )
+
+    def _kafka_consumer(self) -> Any:
+        s = self.settings
+        settle = settle_seconds(s.shutdown_grace_seconds)
+        fetch_bytes = max(MIB, s.max_message_bytes + 64 * 1024)
+        return AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap,
+            client_id=self._client_id,
+            group_id=s.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=s.max_in_flight_requests,
+            max_partition_fetch_bytes=fetch_bytes,
+            fetch_max_bytes=max(50 * MIB, fetch_bytes),
+            # A revoked partition may take `settle` seconds to finish its request in hand.
+            rebalance_timeout_ms=int((settle + 15.0) * 1000),
+            **s.kafka_security_kwargs(),
+        )
+
+    # -- health -----------------------------------------------------------------------------
+
+    def _alive(self) -> tuple[bool, str]:
+        return self.liveness.check(STALL_SECONDS)
+
+    async def _ready(self) -> tuple[bool, str]:
+        requests = self._consumer
+        if requests is None:
+            return False, "not connected to Kafka yet"
+        if not requests.joined:
+            return False, "the consumer has not joined its group yet"
+        return await self._store_ok()
+
+    async def _store_ok(self) -> tuple[bool, str]:
+        now = time.monotonic()
+        if self._ping_cache is not None and now - self._ping_cache[0] < PING_CACHE_SECONDS:
+            return self._ping_cache[1], self._ping_cache[2]
+        store = self._store
+        if store is None:
+            return False, "no store"
+        try:
+            await _bounded(store.ping(), 4.0)
+            answer = (True, "ok")
+        except Exception as err:
+            reason = safe_message(f"store unreachable: {type(err).__name__}: {err}", self._secrets)
+            answer = (False, reason)
+        self._ping_cache = (now, *answer)
+        return answer
+
+
+async def _bounded(awaitable: Awaitable[None], seconds: float) -> None:
+    await asyncio.wait_for(awaitable, seconds)
+
+
+def _secrets(settings: Settings) -> list[str]:
+    found = []
+    for name in ("s3_secret_key", "s3_access_key", "kafka_sasl_password"):
+        value = getattr(settings, name, None)
+        if value is not None:
+            found.append(value.get_secret_value())
+    return found

@@ -1,0 +1,56 @@
+"""What every CLI verb shares: --store/--json/--config, settings, output, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from daemon.logging import configure_logging
+from daemon.settings import Settings, SettingsError
+from handlers.errors import StoreConfigError
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        metavar="URI",
+        help="object-store root: file:///dir or s3://bucket/prefix (default: AKISNAP_STORE)",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "store", None):
+        overrides["store"] = args.store
+    try:
+        settings = Settings.load(getattr(args, "config", None), **overrides)
+    except SettingsError as exc:
+        raise StoreConfigError(f"invalid settings: {exc}") from None
+    configure_logging("console", "warning" if not getattr(args, "verbose", False) else "info")
+    return settings
+
+
+def emit(args: argparse.Namespace, payload: Any, human: str) -> None:
+    """Print JSON with --json, else the human text."""
+    if getattr(args, "json", False):
+        print(json.dumps(payload, indent=2, sort_keys=True))
+    elif human:
+        print(human)
+
+
+def fail(reason: str, code: int = 1) -> int:
+    print(f"akisnap: error: {reason.splitlines()[0] if reason else 'failed'}", file=sys.stderr)
+    return code
+
+
+def human_bytes(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"

@@ -1,0 +1,235 @@
+"""``akisnap run``, ``akisnap request`` and ``akisnap demo``: the verbs that talk to Kafka."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from daemon.app import Daemon
+from daemon.cli_common import add_common_options, emit, fail, load_settings
+from daemon.dead_letter import H_CLASS, H_MESSAGE, H_STAGE
+from daemon.demo import random_documents, run_demo
+from daemon.events import build_request
+from daemon.logging import configure_logging
+from daemon.results import Outcome, OutcomeWatcher, publish
+from daemon.settings import Settings, SettingsError
+from handlers.errors import InvalidRequestError
+from handlers.job import (
+    InlineSource,
+    SourceSpec,
+    UriSource,
+    new_request_id,
+    snapshot_id_for,
+    source_format_from_uri,
+)
+
+MAX_RANDOM_VALUES = 50_000_000
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = subparsers.add_parser(
+        "run",
+        help="the daemon: consume snapshot requests, publish results and dead letters",
+        description="Run the snapshot daemon until SIGTERM/SIGINT (settings: AKISNAP_* or "
+        "--config).",
+    )
+    add_common_options(run)
+    run.set_defaults(func=_run)
+
+    request = subparsers.add_parser(
+        "request",
+        help="publish a snapshot request",
+        description="Publish a snapshot request to the request topic (and optionally wait "
+        "for its result or dead letter).",
+    )
+    add_common_options(request)
+    request.add_argument("--collection", required=True, metavar="C", help="collection id")
+    source = request.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--from",
+        dest="source_uri",
+        metavar="URI",
+        help="an export: file:///… or s3://… (.parquet, .arrow, .npy or .json); "
+        "a plain path is made absolute",
+    )
+    source.add_argument(
+        "--random",
+        metavar="N,DIM",
+        help="N inline documents of DIM random unit-normal float32 values, random UUID ids",
+    )
+    request.add_argument("--request-id", metavar="ID", help="default: a new UUID")
+    request.add_argument(
+        "--label", action="append", default=[], metavar="K=V", help="a label (repeatable)"
+    )
+    request.add_argument("--format", choices=("parquet", "json"), default="parquet")
+    request.add_argument("--compression", choices=("zstd", "snappy", "lz4", "none"), default="zstd")
+    request.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="wait up to SECONDS for the result (or dead letter) and print it",
+    )
+    request.set_defaults(func=_request)
+
+    demo = subparsers.add_parser(
+        "demo",
+        help="the whole loop on this machine, end to end (needs `make services`)",
+        description="Run the daemon in-process against the local Kafka broker with a local "
+        "store under ./demo-output, publish a few requests (one bad) and summarise.",
+    )
+    add_common_options(demo)
+    demo.add_argument(
+        "--output", type=Path, default=Path("demo-output"), help="default: ./demo-output"
+    )
+    demo.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
+    demo.set_defaults(func=_demo)
+
+
+# -- run ------------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.load(getattr(args, "config", None), store=getattr(args, "store", None))
+    except SettingsError as exc:
+        print(f"akisnap: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    return asyncio.run(Daemon(settings).run(handle_signals=True))
+
+
+# -- request --------------------------------------------------------------------------------
+
+
+def parse_random(text: str) -> tuple[int, int]:
+    try:
+        rows_text, dim_text = text.split(",")
+        rows, dimension = int(rows_text), int(dim_text)
+    except ValueError:
+        raise InvalidRequestError(f"--random wants N,DIM (two integers), not {text!r}") from None
+    if rows < 1 or dimension < 1 or rows * dimension > MAX_RANDOM_VALUES:
+        raise InvalidRequestError(
+            f"--random {text}: N and DIM must be >= 1 and N*DIM <= {MAX_RANDOM_VALUES}"
+        )
+    return rows, dimension
+
+
+def source_from_uri(uri: str) -> UriSource:
+    """A --from argument: a URI, or a local path made into an absolute file:// URI."""
+    if "://" not in uri:
+        uri = Path(uri).resolve().as_uri()
+    return UriSource(uri=uri, format=source_format_from_uri(uri))
+
+
+def labels_from(pairs: Sequence[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidRequestError(f"--label wants K=V, not {pair!r}")
+        labels[key] = value
+    return labels
+
+
+def _request(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    source: SourceSpec
+    if args.random:
+        rows, dimension = parse_random(args.random)
+        source = InlineSource(documents=random_documents(rows, dimension))
+    else:
+        source = source_from_uri(args.source_uri)
+    request_id = args.request_id or new_request_id()
+    key, value = build_request(
+        args.collection,
+        source,
+        request_id=request_id,
+        format=args.format,
+        compression=args.compression,
+        labels=labels_from(args.label),
+    )
+    return asyncio.run(_publish_and_wait(args, settings, request_id, key, value))
+
+
+async def _publish_and_wait(
+    args: argparse.Namespace, settings: Settings, request_id: str, key: bytes, value: bytes
+) -> int:
+    sent: dict[str, Any] = {
+        "request_id": request_id,
+        "collection_id": args.collection,
+        "snapshot_id": snapshot_id_for(request_id),
+        "topic": settings.request_topic,
+    }
+    if args.wait is None:
+        (placed,) = await publish(settings, [(key, value)])
+        partition, offset = placed.partition, placed.offset
+        sent.update(partition=partition, offset=offset, bytes=len(value))
+        emit(
+            args,
+            sent,
+            f"published request {request_id} to {settings.request_topic}"
+            f"[{partition}]@{offset} ({len(value)} bytes)",
+        )
+        return 0
+    async with OutcomeWatcher(
+        settings.kafka_bootstrap,
+        result_topic=settings.result_topic,
+        dlq_topic=settings.dlq_topic,
+        security=settings.kafka_security_kwargs(),
+    ) as watcher:
+        (placed,) = await publish(settings, [(key, value)])
+        partition, offset = placed.partition, placed.offset
+        if not args.json:
+            print(
+                f"published request {request_id} to {settings.request_topic}"
+                f"[{partition}]@{offset}; waiting up to {args.wait:g}s for its outcome"
+            )
+        found = await watcher.wait_for([request_id], args.wait)
+    outcome = found.get(request_id)
+    if outcome is None:
+        return fail(
+            f"no result or dead letter for request {request_id} within {args.wait:g}s", code=3
+        )
+    emit(args, outcome_json(outcome), describe_outcome(outcome))
+    return 1 if outcome.status == "dead_lettered" else 0
+
+
+def outcome_json(outcome: Outcome) -> dict[str, Any]:
+    if outcome.result is not None:
+        body: dict[str, Any] = json.loads(outcome.result.model_dump_json(by_alias=True))
+        return body
+    letter = outcome.dead_letter
+    headers = dict(_headers_text(letter.headers)) if letter is not None else {}
+    return {"request_id": outcome.request_id, "status": outcome.status, "headers": headers}
+
+
+def describe_outcome(outcome: Outcome) -> str:
+    if outcome.result is not None:
+        r = outcome.result
+        return (
+            f"{r.status}: snapshot {r.snapshot_id} of {r.collection_id}, "
+            f"{r.vector_count} vectors × {r.dimension}, {r.total_bytes} bytes, "
+            f"{r.metadata_uri}"
+        )
+    letter = outcome.dead_letter
+    headers: Mapping[str, str] = dict(_headers_text(letter.headers)) if letter else {}
+    return (
+        f"dead-lettered at stage {headers.get(H_STAGE, '?')}: "
+        f"{headers.get(H_CLASS, '?')}: {headers.get(H_MESSAGE, '?')}"
+    )
+
+
+def _headers_text(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, str]]:
+    return [(name, raw.decode("utf-8", "replace")) for name, raw in headers]
+
+
+# -- demo -----------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    return asyncio.run(run_demo(args))

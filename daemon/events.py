@@ -1,0 +1,431 @@
+"""The two events of DESIGN.md, v1: snapshot requests (in) and snapshot results (out).
+
+Requests are parsed strictly: a message that is not UTF-8 JSON raises
+:class:`~handlers.errors.DecodeError`, one that breaks the contract raises
+:class:`~handlers.errors.InvalidRequestError` naming the field (``source.uri: field
+required``). Both are permanent: the message goes to the dead letters at once. The documents
+of an inline source are only checked to be a non-empty list of objects here; the snapshot
+model checks them in the source stage.
+
+The JSON Schema files in ``daemon/schemas/`` are generated from the models below
+(:func:`write_schemas`), and a test keeps them equal.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+from pydantic_core import ErrorDetails
+
+from handlers.create import CreateOutcome
+from handlers.errors import DecodeError, InvalidRequestError
+from handlers.job import (
+    COLLECTION_ID,
+    InlineSource,
+    SnapshotJob,
+    SourceSpec,
+    UriSource,
+    new_request_id,
+)
+from handlers.layout import metadata_key
+
+REQUEST_SCHEMA: Final = "akisnap.snapshot-request/v1"
+RESULT_SCHEMA: Final = "akisnap.snapshot-result/v1"
+SCHEMAS_DIR = Path(__file__).parent / "schemas"
+REQUEST_SCHEMA_FILE = SCHEMAS_DIR / "snapshot-request.v1.json"
+RESULT_SCHEMA_FILE = SCHEMAS_DIR / "snapshot-result.v1.json"
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+MAX_REQUEST_ID_CHARS = 200
+MAX_PEEK_CHARS = 200
+_INLINE_TAG = "source=documents"
+_URI_TAG = "source=uri"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# -- the request ------------------------------------------------------------------------------
+
+
+class InlineSourceV1(_Strict):
+    """Documents carried in the request (small collections)."""
+
+    documents: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="id, external_id, vector, metadata, inserted_at per document; "
+        "checked by the snapshot model, not by this schema",
+    )
+
+
+class UriSourceV1(_Strict):
+    """A reference to an export (``file://`` or ``s3://``)."""
+
+    uri: str = Field(min_length=1, max_length=4096)
+    format: Literal["parquet", "arrow", "npy", "json"]
+
+
+def _source_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        if "documents" in value:
+            return _INLINE_TAG
+        if "uri" in value:
+            return _URI_TAG
+    return None
+
+
+SourceV1 = Annotated[
+    Annotated[InlineSourceV1, Tag(_INLINE_TAG)] | Annotated[UriSourceV1, Tag(_URI_TAG)],
+    Discriminator(
+        _source_kind,
+        custom_error_type="source_kind",
+        custom_error_message="must be an object with either documents or uri",
+    ),
+]
+
+
+class OptionsV1(_Strict):
+    compression: Literal["zstd", "snappy", "lz4", "none"] = "zstd"
+
+
+class SnapshotRequestV1(_Strict):
+    """``akisnap.snapshot-request/v1``: topic ``akidb.snapshot.requests``, key = collection."""
+
+    model_config = ConfigDict(title="akisnap snapshot request v1")
+
+    schema_: Literal["akisnap.snapshot-request/v1"] = Field(alias="schema")
+    request_id: str = Field(min_length=1, max_length=MAX_REQUEST_ID_CHARS)
+    collection_id: str = Field(pattern=COLLECTION_ID.pattern)
+    source: SourceV1
+    format: Literal["parquet", "json"] = "parquet"
+    options: OptionsV1 = Field(default_factory=OptionsV1)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    def to_job(self) -> SnapshotJob:
+        source: SourceSpec
+        if isinstance(self.source, InlineSourceV1):
+            source = InlineSource(documents=self.source.documents)
+        else:
+            source = UriSource(uri=self.source.uri, format=self.source.format)
+        return SnapshotJob(
+            collection_id=self.collection_id,
+            request_id=self.request_id,
+            source=source,
+            format=self.format,
+            compression=self.options.compression,
+            labels=self.labels,
+        )
+
+
+# -- the result -------------------------------------------------------------------------------
+
+
+class ResultPartV1(_Strict):
+    key: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+    rows: int = Field(ge=0)
+
+
+class SnapshotResultV1(_Strict):
+    """``akisnap.snapshot-result/v1``: topic ``akidb.snapshot.results``, key = collection."""
+
+    model_config = ConfigDict(title="akisnap snapshot result v1")
+
+    schema_: Literal["akisnap.snapshot-result/v1"] = Field(alias="schema")
+    request_id: str = Field(min_length=1)
+    collection_id: str = Field(pattern=COLLECTION_ID.pattern)
+    snapshot_id: str = Field(min_length=1)
+    status: Literal["created", "duplicate"]
+    metadata_uri: str = Field(min_length=1)
+    format: str
+    compression: str
+    vector_count: int = Field(ge=0)
+    dimension: int = Field(ge=0)
+    total_bytes: int = Field(ge=0)
+    parts: list[ResultPartV1]
+    labels: dict[str, str] = Field(default_factory=dict)
+    created_at: str = Field(description="when the snapshot was committed (ISO 8601, UTC)")
+    durations_seconds: dict[str, float] = Field(
+        description="seconds per pipeline stage: decode, validate, source, encode, upload, verify"
+    )
+    finished_at: str = Field(description="when this result was made (ISO 8601, UTC)")
+
+
+# -- requests in ------------------------------------------------------------------------------
+
+
+def parse_request(value: bytes | None, *, max_bytes: int) -> SnapshotJob:
+    """A request message's value → the job it asks for. Raises DecodeError (not UTF-8 JSON,
+    empty, oversized) or InvalidRequestError (breaks the v1 contract), naming the field."""
+    body = _decode(value, max_bytes=max_bytes)
+    if not isinstance(body, dict):
+        raise InvalidRequestError(f"request must be a JSON object, got {_json_type(body)}")
+    if "schema" not in body:
+        raise InvalidRequestError(f"schema: field required (expected {REQUEST_SCHEMA!r})")
+    seen = body["schema"]
+    if seen != REQUEST_SCHEMA:
+        shown = repr(seen)[:80] if isinstance(seen, str) else _json_type(seen)
+        raise InvalidRequestError(
+            f"schema: unsupported version {shown} (this daemon reads {REQUEST_SCHEMA!r})"
+        )
+    try:
+        request = SnapshotRequestV1.model_validate(body, strict=True)
+    except ValidationError as exc:
+        raise InvalidRequestError(describe_validation_error(exc)) from None
+    return request.to_job()
+
+
+def peek_ids(value: bytes | None) -> dict[str, str]:
+    """Best effort ``request_id`` / ``collection_id`` of any message, even an invalid one
+    (for logs and dead letters). Never raises; missing ids are left out."""
+    found: dict[str, str] = {}
+    try:
+        if not value:
+            return found
+        body: Any = None
+        try:
+            body = json.loads(value)
+        except (ValueError, RecursionError):
+            body = None
+        for name in ("request_id", "collection_id"):
+            candidate: object = body.get(name) if isinstance(body, dict) else None
+            if candidate is None and not isinstance(body, dict):
+                match = re.search(rb'"' + name.encode() + rb'"\s*:\s*"([^"\\]{1,200})"', value)
+                candidate = match.group(1).decode("utf-8", "replace") if match else None
+            if isinstance(candidate, str) and candidate:
+                found[name] = candidate[:MAX_PEEK_CHARS]
+    except Exception:  # best effort by contract
+        return found
+    return found
+
+
+def _decode(value: bytes | None, *, max_bytes: int) -> Any:
+    if value is None:
+        raise DecodeError("message has no value (a tombstone)")
+    if len(value) > max_bytes:
+        raise DecodeError(f"message is {len(value)} bytes, more than the limit of {max_bytes}")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"message is not UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DecodeError(
+            f"message is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except (ValueError, RecursionError) as exc:  # int too long, nesting too deep
+        raise DecodeError(f"message is not usable JSON: {type(exc).__name__}") from None
+
+
+def describe_validation_error(exc: ValidationError, *, limit: int = 3) -> str:
+    """pydantic's errors as one line: ``source.uri: field required; labels.x: must be a
+    string (got number)``. Input values are never quoted (they may be large or secret)."""
+    errors = exc.errors(include_url=False)
+    lines = [f"{_path(error['loc'])}: {_reason(error)}" for error in errors[:limit]]
+    if len(errors) > limit:
+        lines.append(f"and {len(errors) - limit} more")
+    return "; ".join(lines)
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part not in (_INLINE_TAG, _URI_TAG):
+            out += f".{part}" if out else str(part)
+    return out or "request"
+
+
+def _reason(error: ErrorDetails) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    got = _json_type(error.get("input"))
+    if kind == "missing":
+        return "field required"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}"
+    if kind == "string_pattern_mismatch":
+        return f"must match {ctx.get('pattern')}"
+    if kind in ("too_short", "string_too_short"):
+        return "must not be empty"
+    if kind in ("too_long", "string_too_long"):
+        return f"is too long (at most {ctx.get('max_length')})"
+    if kind == "source_kind":
+        return f"{error['msg']} (got {got})"
+    type_names = {
+        "string_type": "a string",
+        "dict_type": "an object",
+        "model_type": "an object",
+        "model_attributes_type": "an object",
+        "list_type": "an array",
+        "int_type": "an integer",
+        "float_type": "a number",
+        "bool_type": "a boolean",
+    }
+    if kind in type_names:
+        return f"must be {type_names[kind]} (got {got})"
+    return error["msg"][:1].lower() + error["msg"][1:]
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+# -- requests out (akisnap request) -----------------------------------------------------------
+
+
+def build_request(
+    collection_id: str,
+    source: SourceSpec,
+    *,
+    request_id: str | None = None,
+    format: str = "parquet",
+    compression: str = "zstd",
+    labels: Mapping[str, str] | None = None,
+) -> tuple[bytes, bytes]:
+    """(key, value) of a v1 request, checked by the same parser the daemon uses."""
+    source_body: dict[str, Any]
+    if isinstance(source, InlineSource):
+        source_body = {"documents": list(source.documents)}
+    else:
+        source_body = {"uri": source.uri, "format": source.format}
+    body = {
+        "schema": REQUEST_SCHEMA,
+        "request_id": request_id or new_request_id(),
+        "collection_id": collection_id,
+        "source": source_body,
+        "format": format,
+        "options": {"compression": compression},
+        "labels": dict(labels or {}),
+    }
+    try:
+        value = json.dumps(body, separators=(",", ":"), allow_nan=False, default=_json_default)
+    except ValueError as exc:
+        raise InvalidRequestError(f"request is not JSON-able: {exc}") from None
+    encoded = value.encode("utf-8")
+    parse_request(encoded, max_bytes=len(encoded))
+    return collection_id.encode("utf-8"), encoded
+
+
+def _json_default(value: object) -> Any:
+    """Documents built in Python: NumPy arrays and scalars, UUIDs and datetimes."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    tolist = getattr(value, "tolist", None)  # numpy.ndarray / numpy scalar
+    if callable(tolist):
+        return tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# -- results out ------------------------------------------------------------------------------
+
+
+def build_result(
+    job: SnapshotJob,
+    outcome: CreateOutcome,
+    *,
+    store_root: str,
+    durations: dict[str, float],
+) -> bytes:
+    """The value of the result event for a finished job (key: the collection id).
+
+    ``durations_seconds`` is ``outcome.stage_seconds`` updated with ``durations`` (the
+    daemon's own decode/validate timings, or its measurement of every stage)."""
+    meta = outcome.metadata
+    key = metadata_key(meta.collection_id, meta.snapshot_id)
+    result = SnapshotResultV1(
+        schema=RESULT_SCHEMA,
+        request_id=job.request_id,
+        collection_id=job.collection_id,
+        snapshot_id=meta.snapshot_id,
+        status="duplicate" if outcome.duplicate else "created",
+        metadata_uri=f"{store_root.rstrip('/')}/{key}",
+        format=meta.format,
+        compression=meta.compression,
+        vector_count=meta.vector_count,
+        dimension=meta.dimension,
+        total_bytes=meta.total_bytes,
+        parts=[
+            ResultPartV1(key=part.key, sha256=part.sha256, size=part.size, rows=part.rows)
+            for part in meta.parts
+        ],
+        labels=dict(meta.labels or job.labels),
+        created_at=meta.created_at,
+        durations_seconds={
+            stage: round(float(seconds), 6)
+            for stage, seconds in {**outcome.stage_seconds, **durations}.items()
+        },
+        finished_at=utc_now_iso(),
+    )
+    return result.model_dump_json(by_alias=True).encode("utf-8")
+
+
+def parse_result(value: bytes) -> SnapshotResultV1:
+    """A result event (for the demo, `akisnap request --wait` and tests)."""
+    try:
+        return SnapshotResultV1.model_validate_json(value)
+    except ValidationError as exc:
+        raise InvalidRequestError(f"not a v1 result: {describe_validation_error(exc)}") from None
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# -- JSON Schema ------------------------------------------------------------------------------
+
+
+def request_json_schema() -> dict[str, Any]:
+    return _json_schema(SnapshotRequestV1)
+
+
+def result_json_schema() -> dict[str, Any]:
+    return _json_schema(SnapshotResultV1)
+
+
+def _json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return {"$schema": JSON_SCHEMA_DIALECT, **model.model_json_schema(by_alias=True)}
+
+
+def write_schemas(directory: Path = SCHEMAS_DIR) -> list[Path]:
+    """Regenerate the shipped schema files:
+    ``python -c 'from daemon.events import write_schemas; write_schemas()'``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path, schema in (
+        (directory / REQUEST_SCHEMA_FILE.name, request_json_schema()),
+        (directory / RESULT_SCHEMA_FILE.name, result_json_schema()),
+    ):
+        path.write_text(json.dumps(schema, indent=2) + "\n", encoding="utf-8")
+        written.append(path)
+    return written

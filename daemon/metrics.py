@@ -1,0 +1,201 @@
+"""The Prometheus metrics of DESIGN.md ('Metrics', prefix ``akisnap_``), on a registry of
+their own so tests can make as many as they like.
+
+They are recorded in one place, around the stages (``stage_timer``) and around each request
+(``track_in_flight``, ``request_finished``), never inside the handlers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, MutableMapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from daemon import __version__
+
+PREFIX = "akisnap_"
+# What generate_latest() writes (prometheus-client's own server sends the same).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OUTCOMES = ("created", "dead_lettered", "duplicate")
+STAGES = ("decode", "validate", "source", "encode", "upload", "verify")
+# From a few milliseconds (decode, validate) to minutes (a large upload).
+DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+# JSON-equivalent bytes / stored bytes: below 1 is a loss, float32 Parquet lands around 2-4.
+RATIO_BUCKETS = (
+    0.5,
+    0.75,
+    1.0,
+    1.25,
+    1.5,
+    2.0,
+    2.5,
+    3.0,
+    4.0,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    50.0,
+    100.0,
+    200.0,
+)
+
+DESIGN_METRIC_NAMES = (
+    "akisnap_requests_total",
+    "akisnap_request_duration_seconds",
+    "akisnap_stage_duration_seconds",
+    "akisnap_retries_total",
+    "akisnap_dlq_messages_total",
+    "akisnap_snapshot_bytes_total",
+    "akisnap_vectors_total",
+    "akisnap_compression_ratio",
+    "akisnap_in_flight_requests",
+    "akisnap_in_flight_bytes",
+    "akisnap_consumer_lag",
+    "akisnap_last_success_timestamp_seconds",
+    "akisnap_build_info",
+)
+"""The exported metric family names (as in ``# TYPE`` lines; histograms add _bucket, _sum,
+_count to their samples)."""
+
+
+class Metrics:
+    """All of akisnap's metrics, on ``registry`` (a new one by default, never the global)."""
+
+    content_type = CONTENT_TYPE
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, version: str = __version__
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "akisnap_requests_total",
+            "Requests that reached a terminal state, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "akisnap_request_duration_seconds",
+            "Time from a request's arrival to its terminal state (result or dead letter).",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.stage_duration = Histogram(
+            "akisnap_stage_duration_seconds",
+            "Time spent in each pipeline stage, failed attempts included.",
+            ["stage"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter(
+            "akisnap_retries_total",
+            "Retries of a stage after a transient error.",
+            ["stage"],
+            registry=r,
+        )
+        self.dlq_messages = Counter(
+            "akisnap_dlq_messages_total",
+            "Requests sent to the dead-letter topic, by failing stage.",
+            ["stage"],
+            registry=r,
+        )
+        self.snapshot_bytes = Counter(
+            "akisnap_snapshot_bytes_total", "Bytes of snapshot parts written.", registry=r
+        )
+        self.vectors = Counter("akisnap_vectors_total", "Vectors written to snapshots.", registry=r)
+        self.compression_ratio = Histogram(
+            "akisnap_compression_ratio",
+            "JSON-equivalent bytes / stored bytes per snapshot.",
+            buckets=RATIO_BUCKETS,
+            registry=r,
+        )
+        self.in_flight_requests = Gauge(
+            "akisnap_in_flight_requests", "Requests being processed now.", registry=r
+        )
+        self.in_flight_bytes = Gauge(
+            "akisnap_in_flight_bytes",
+            "Message bytes of the requests being processed now.",
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "akisnap_consumer_lag",
+            "Messages behind: high-water mark minus committed offset, per partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "akisnap_last_success_timestamp_seconds",
+            "Unix time of the last snapshot created.",
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "akisnap_build_info", "Always 1; the version in a label.", ["version"], registry=r
+        )
+        self.build_info.labels(version=version).set(1)
+        for outcome in OUTCOMES:
+            self.requests.labels(outcome=outcome)
+        for stage in STAGES:
+            self.stage_duration.labels(stage=stage)
+            self.retries.labels(stage=stage)
+            self.dlq_messages.labels(stage=stage)
+
+    @contextlib.asynccontextmanager
+    async def stage_timer(
+        self, stage: str, durations: MutableMapping[str, float] | None = None
+    ) -> AsyncIterator[None]:
+        """Observe the stage's duration, also when it raises; add it to ``durations`` too
+        (summed over attempts) when given, for the result event."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - start
+            self.stage_duration.labels(stage=stage).observe(seconds)
+            if durations is not None:
+                durations[stage] = durations.get(stage, 0.0) + seconds
+
+    def request_finished(self, outcome: str, seconds: float) -> None:
+        self.requests.labels(outcome=outcome).inc()
+        self.request_duration.observe(seconds)
+
+    def snapshot_created(
+        self, total_bytes: int, vectors: int, compression_ratio: float | None
+    ) -> None:
+        self.snapshot_bytes.inc(total_bytes)
+        self.vectors.inc(vectors)
+        if compression_ratio is not None and compression_ratio > 0:
+            self.compression_ratio.observe(compression_ratio)
+        self.last_success.set(time.time())
+
+    def retried(self, stage: str) -> None:
+        self.retries.labels(stage=stage).inc()
+
+    def dead_lettered(self, stage: str) -> None:
+        self.dlq_messages.labels(stage=stage).inc()
+
+    @contextlib.asynccontextmanager
+    async def track_in_flight(self, nbytes: int) -> AsyncIterator[None]:
+        self.in_flight_requests.inc()
+        self.in_flight_bytes.inc(nbytes)
+        try:
+            yield
+        finally:
+            self.in_flight_requests.dec()
+            self.in_flight_bytes.dec(nbytes)
+
+    def set_lag(self, topic: str, partition: int, lag: int) -> None:
+        self.consumer_lag.labels(topic=topic, partition=str(partition)).set(max(lag, 0))
+
+    def clear_lag(self, topic: str, partition: int) -> None:
+        """Forget a partition this member no longer owns (after a rebalance)."""
+        with contextlib.suppress(KeyError):
+            self.consumer_lag.remove(topic, str(partition))
+
+    def render(self) -> bytes:
+        """The exposition text served at /metrics (``content_type``)."""
+        return generate_latest(self.registry)

@@ -1,0 +1,44 @@
+"""Snapshot part codecs, chosen by the snapshot's format."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import pyarrow as pa
+
+from handlers.codecs.json_legacy import JsonPartWriter, read_json_part
+from handlers.codecs.parquet import ParquetPartWriter, read_parquet_part
+from handlers.errors import InvalidRequestError
+from handlers.model import DocumentBatch
+
+
+class PartWriter(Protocol):
+    extension: str
+    rows: int
+
+    def write(self, batch: DocumentBatch) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def open_part_writer(path: Path, fmt: str, dimension: int, compression: str) -> PartWriter:
+    if fmt == "parquet":
+        return ParquetPartWriter(path, dimension, compression)
+    if fmt == "json":
+        return JsonPartWriter(path, dimension)
+    raise InvalidRequestError(f"unknown snapshot format {fmt!r}")
+
+
+def part_extension(fmt: str) -> str:
+    return {"parquet": "parquet", "json": "json"}[fmt]
+
+
+def read_part(path: Path, fmt: str, dimension: int) -> Iterator[pa.RecordBatch]:
+    """Decode a part file; raises CorruptSnapshotError rather than return wrong data."""
+    if fmt == "parquet":
+        return read_parquet_part(path, dimension)
+    if fmt == "json":
+        return read_json_part(path, dimension)
+    raise InvalidRequestError(f"unknown snapshot format {fmt!r}")

@@ -1,0 +1,113 @@
+"""The Parquet codec: fixed-size-list float32 vectors, zstd + byte-stream-split, sized row groups.
+
+Float columns get no dictionary (embeddings never repeat) and byte-stream-split, which puts
+the exponent bytes of all floats side by side so zstd finds what little redundancy there is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from handlers.errors import CorruptSnapshotError
+from handlers.model import DocumentBatch, bytes_per_row_estimate, snapshot_schema
+
+FORMAT_VERSION = "1"
+KV_FORMAT_VERSION = b"akisnap.format_version"
+KV_DIMENSION = b"akisnap.dimension"
+DEFAULT_ROW_GROUP_BYTES = 32 * 1024 * 1024
+VECTOR_VALUES = "vector.list.element"
+
+
+def writer_options(compression: str) -> dict[str, Any]:
+    return {
+        "compression": "none" if compression == "none" else compression,
+        "use_dictionary": ["external_id", "metadata"],
+        "column_encoding": {VECTOR_VALUES: "BYTE_STREAM_SPLIT"},
+        "write_statistics": ["document_id", "inserted_at"],
+        "data_page_size": 1024 * 1024,
+    }
+
+
+def file_schema(dimension: int) -> pa.Schema:
+    return snapshot_schema(dimension).with_metadata(
+        {KV_FORMAT_VERSION: FORMAT_VERSION.encode(), KV_DIMENSION: str(dimension).encode()}
+    )
+
+
+class ParquetPartWriter:
+    """Writes batches into one part file, buffering to whole row groups of a set byte size."""
+
+    extension = "parquet"
+
+    def __init__(
+        self,
+        path: Path,
+        dimension: int,
+        compression: str,
+        row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
+    ) -> None:
+        self._rows_per_group = max(1, row_group_bytes // bytes_per_row_estimate(dimension))
+        self._schema = file_schema(dimension)
+        self._writer = pq.ParquetWriter(path, self._schema, **writer_options(compression))
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self.rows = 0
+
+    def write(self, batch: DocumentBatch) -> None:
+        self._pending.append(batch.record_batch)
+        self._pending_rows += batch.num_rows
+        self.rows += batch.num_rows
+        if self._pending_rows >= self._rows_per_group:
+            self._flush()
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        table = pa.Table.from_batches(self._pending, schema=snapshot_schema(self._schema_dim))
+        self._writer.write_table(table, row_group_size=self._rows_per_group)
+        self._pending, self._pending_rows = [], 0
+
+    @property
+    def _schema_dim(self) -> int:
+        return int(self._schema.field("vector").type.list_size)
+
+
+def read_parquet_part(source: Path | pa.NativeFile, dimension: int) -> Iterator[pa.RecordBatch]:
+    """Decode one part, refusing anything that is not exactly the snapshot schema."""
+    try:
+        part = pq.ParquetFile(source)
+        _check_file_schema(part.schema_arrow, dimension)
+        for group in range(part.num_row_groups):
+            table = part.read_row_group(group)
+            yield from table.cast(snapshot_schema(dimension)).to_batches()
+    except CorruptSnapshotError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise CorruptSnapshotError(f"Parquet part is unreadable: {exc}") from None
+
+
+def _check_file_schema(schema: pa.Schema, dimension: int) -> None:
+    meta = schema.metadata or {}
+    if meta.get(KV_FORMAT_VERSION) != FORMAT_VERSION.encode():
+        raise CorruptSnapshotError(
+            f"Parquet part has format version {meta.get(KV_FORMAT_VERSION)!r}, "
+            f"expected {FORMAT_VERSION}"
+        )
+    if meta.get(KV_DIMENSION) != str(dimension).encode():
+        raise CorruptSnapshotError(
+            f"Parquet part has dimension {meta.get(KV_DIMENSION)!r}, metadata says {dimension}"
+        )
+    expected = snapshot_schema(dimension)
+    if not schema.remove_metadata().equals(expected, check_metadata=False):
+        raise CorruptSnapshotError(
+            f"Parquet part schema differs from the snapshot schema: {schema}"
+        )

@@ -1,0 +1,117 @@
+"""create = source → encode → upload → verify → commit: one snapshot from a job.
+
+The metadata file is written last, after every part was read back and checked, so a crash at
+any point leaves either a whole snapshot or nothing visible (orphan parts at worst, which a
+redo overwrites under the same keys).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from handlers.catalog import Catalog
+from handlers.encode import EncodedSnapshot, Encoder
+from handlers.job import SnapshotJob
+from handlers.metadata import PartInfo, SnapshotMetadata
+from handlers.sources import SourceReader
+from handlers.stores import ObjectStore, S3Options
+from handlers.upload import Uploader
+from handlers.verify import Verifier
+
+StageTimer = Callable[[str], AbstractAsyncContextManager[None]]
+"""Wraps each stage call (the daemon records metrics and the failing stage with it)."""
+
+STAGES = ("source", "encode", "upload", "verify")
+DEFAULT_PART_SIZE_BYTES = 64 * 1024 * 1024
+
+
+@contextlib.asynccontextmanager
+async def untimed(stage: str) -> AsyncIterator[None]:
+    yield
+
+
+@dataclass(frozen=True)
+class CreateOutcome:
+    metadata: SnapshotMetadata
+    duplicate: bool
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class SnapshotCreator:
+    """Makes snapshots in one store; the CLI and the daemon share it."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        *,
+        source_roots: Sequence[str],
+        s3: S3Options | None = None,
+        part_size_bytes: int = DEFAULT_PART_SIZE_BYTES,
+    ) -> None:
+        spool = store.spool_dir()
+        self._catalog = Catalog(store)
+        self._read_source = SourceReader(source_roots, s3=s3, spool_dir=spool)
+        self._encode = Encoder(spool, part_size_bytes)
+        self._upload = Uploader(store)
+        self._verify = Verifier(store)
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+    async def existing(self, job: SnapshotJob) -> SnapshotMetadata | None:
+        """The committed snapshot of this job's request id, if any (a duplicate)."""
+        return await self._catalog.find(job.collection_id, job.snapshot_id)
+
+    async def __call__(self, job: SnapshotJob, timer: StageTimer = untimed) -> CreateOutcome:
+        seconds: dict[str, float] = {}
+        async with _timed(timer, "source", seconds):
+            source = await self._read_source(job)
+        try:
+            async with _timed(timer, "encode", seconds):
+                encoded = await self._encode(job, source)
+        finally:
+            source.close()
+        try:
+            async with _timed(timer, "upload", seconds):
+                parts = await self._upload(job, encoded)
+        finally:
+            encoded.discard()
+        async with _timed(timer, "verify", seconds):
+            await self._verify(parts)
+            metadata = _metadata(job, encoded, parts)
+            await self._catalog.commit(metadata)
+        return CreateOutcome(metadata, duplicate=False, stage_seconds=seconds)
+
+
+@contextlib.asynccontextmanager
+async def _timed(timer: StageTimer, stage: str, seconds: dict[str, float]) -> AsyncIterator[None]:
+    started = time.perf_counter()
+    try:
+        async with timer(stage):
+            yield
+    finally:
+        seconds[stage] = time.perf_counter() - started
+
+
+def _metadata(
+    job: SnapshotJob, encoded: EncodedSnapshot, parts: tuple[PartInfo, ...]
+) -> SnapshotMetadata:
+    return SnapshotMetadata(
+        snapshot_id=job.snapshot_id,
+        collection_id=job.collection_id,
+        request_id=job.request_id,
+        format=job.format,
+        compression=job.compression if job.format == "parquet" else "none",
+        dimension=encoded.dimension,
+        vector_count=encoded.vector_count,
+        created_at=datetime.now(UTC).isoformat(timespec="microseconds"),
+        parts=parts,
+        labels=dict(job.labels),
+        json_equivalent_bytes=encoded.json_equivalent_bytes,
+    )

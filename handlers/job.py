@@ -1,0 +1,106 @@
+"""What to snapshot: a collection, a source of documents, a format. Same for CLI and daemon."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from handlers.errors import InvalidRequestError
+
+# Fixed forever: snapshot ids of existing snapshots depend on it.
+SNAPSHOT_NAMESPACE = uuid.UUID("6f1c2a9e-0c4b-5d7e-9a31-2b8f4e6d0a17")
+COLLECTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SNAPSHOT_FORMATS = ("parquet", "json")
+SOURCE_FORMATS = ("parquet", "arrow", "npy", "json")
+COMPRESSIONS = ("zstd", "snappy", "lz4", "none")
+
+SnapshotFormat = Literal["parquet", "json"]
+SourceFormat = Literal["parquet", "arrow", "npy", "json"]
+
+
+@dataclass(frozen=True)
+class InlineSource:
+    """Documents carried in the request itself (small collections)."""
+
+    documents: Sequence[Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class UriSource:
+    """An export to read: ``file://`` or ``s3://``, in one of SOURCE_FORMATS."""
+
+    uri: str
+    format: SourceFormat
+
+
+SourceSpec = InlineSource | UriSource
+
+
+@dataclass(frozen=True)
+class SnapshotJob:
+    """One snapshot to make. ``snapshot_id`` is derived from ``request_id``, so redoing a
+    request writes the same keys and never makes a second snapshot."""
+
+    collection_id: str
+    request_id: str
+    source: SourceSpec
+    format: SnapshotFormat = "parquet"
+    compression: str = "zstd"
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_collection_id(self.collection_id)
+        if not self.request_id or len(self.request_id) > 200:
+            raise InvalidRequestError("request_id must be a non-empty string of at most 200 chars")
+        if self.format not in SNAPSHOT_FORMATS:
+            raise InvalidRequestError(f"format {self.format!r} is not one of {SNAPSHOT_FORMATS}")
+        if self.compression not in COMPRESSIONS:
+            raise InvalidRequestError(
+                f"compression {self.compression!r} is not one of {COMPRESSIONS}"
+            )
+        if isinstance(self.source, UriSource) and self.source.format not in SOURCE_FORMATS:
+            raise InvalidRequestError(
+                f"source format {self.source.format!r} is not one of {SOURCE_FORMATS}"
+            )
+
+    @property
+    def snapshot_id(self) -> str:
+        return snapshot_id_for(self.request_id)
+
+
+def snapshot_id_for(request_id: str) -> str:
+    return str(uuid.uuid5(SNAPSHOT_NAMESPACE, request_id))
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def check_collection_id(collection_id: object) -> str:
+    if not isinstance(collection_id, str) or not COLLECTION_ID.fullmatch(collection_id):
+        raise InvalidRequestError(
+            f"collection_id {collection_id!r} must match {COLLECTION_ID.pattern}"
+        )
+    return collection_id
+
+
+def source_format_from_uri(uri: str) -> SourceFormat:
+    """Guess an export's format from its extension (for the CLI's --from)."""
+    lowered = uri.lower()
+    for suffix, kind in (
+        (".parquet", "parquet"),
+        (".arrow", "arrow"),
+        (".arrows", "arrow"),
+        (".ipc", "arrow"),
+        (".feather", "arrow"),
+        (".npy", "npy"),
+        (".json", "json"),
+    ):
+        if lowered.endswith(suffix):
+            return kind  # type: ignore[return-value]
+    raise InvalidRequestError(
+        f"cannot tell the format of {uri!r} from its extension (.parquet, .arrow, .npy or .json)"
+    )

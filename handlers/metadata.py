@@ -1,0 +1,72 @@
+"""The metadata file: a snapshot's commit marker and the truth its parts are checked against."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from handlers.errors import CorruptSnapshotError
+
+METADATA_SCHEMA = "akisnap.snapshot-metadata/v1"
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    key: str
+    size: int
+    rows: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class SnapshotMetadata:
+    snapshot_id: str
+    collection_id: str
+    request_id: str
+    format: str
+    compression: str
+    dimension: int
+    vector_count: int
+    created_at: str
+    parts: tuple[PartInfo, ...]
+    labels: Mapping[str, str] = field(default_factory=dict)
+    json_equivalent_bytes: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(part.size for part in self.parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["parts"] = [asdict(part) for part in self.parts]
+        body["labels"] = dict(self.labels)
+        body["total_bytes"] = self.total_bytes
+        return {"schema": METADATA_SCHEMA, **body}
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, *, key: str = "") -> SnapshotMetadata:
+        try:
+            body = json.loads(raw)
+            if body.get("schema") != METADATA_SCHEMA:
+                raise ValueError(f"unknown metadata schema {body.get('schema')!r}")
+            parts = tuple(PartInfo(**part) for part in body["parts"])
+            return cls(
+                snapshot_id=str(body["snapshot_id"]),
+                collection_id=str(body["collection_id"]),
+                request_id=str(body["request_id"]),
+                format=str(body["format"]),
+                compression=str(body["compression"]),
+                dimension=int(body["dimension"]),
+                vector_count=int(body["vector_count"]),
+                created_at=str(body["created_at"]),
+                parts=parts,
+                labels=dict(body.get("labels") or {}),
+                json_equivalent_bytes=int(body.get("json_equivalent_bytes", 0)),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CorruptSnapshotError(f"metadata file {key or '?'} is unreadable: {exc}") from None

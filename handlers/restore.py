@@ -1,0 +1,182 @@
+"""Restore a snapshot to a local file: .parquet, .arrow, .npy or .jsonl, by extension.
+
+Every part's SHA-256 is checked before any of its data is decoded, and the output is written
+to a temporary file beside the target and renamed at the end: a failed restore leaves the
+target untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from handlers.codecs import read_part
+from handlers.codecs.json_legacy import batch_to_documents
+from handlers.codecs.parquet import file_schema, writer_options
+from handlers.errors import CorruptSnapshotError, InvalidRequestError
+from handlers.metadata import SnapshotMetadata
+from handlers.model import DocumentBatch, snapshot_schema
+from handlers.stores import ObjectStore
+from handlers.verify import fetch_checked
+
+RESTORE_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".npy": "npy", ".jsonl": "jsonl"}
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    path: Path
+    rows: int
+    bytes_written: int
+
+
+class OutputWriter(Protocol):
+    def write(self, batch: DocumentBatch) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def output_format(path: Path) -> str:
+    try:
+        return RESTORE_FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise InvalidRequestError(
+            f"cannot restore to {path.name}: use .parquet, .arrow, .npy or .jsonl"
+        ) from None
+
+
+async def restore_snapshot(
+    store: ObjectStore,
+    metadata: SnapshotMetadata,
+    out: Path,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> RestoreResult:
+    """Write the snapshot's documents to ``out``; ``progress`` gets rows as they land."""
+    kind = output_format(out)
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", delete=False)  # noqa: SIM115
+    temp = Path(handle.name)
+    handle.close()
+    try:
+        writer = _open_writer(kind, temp, metadata)
+        try:
+            rows = await _copy_parts(store, metadata, writer, out.parent, progress)
+        finally:
+            await asyncio.to_thread(writer.close)
+        if rows != metadata.vector_count:
+            raise CorruptSnapshotError(
+                f"snapshot decodes to {rows} rows, metadata says {metadata.vector_count}"
+            )
+        os.replace(temp, out)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return RestoreResult(out, rows, out.stat().st_size)
+
+
+async def _copy_parts(
+    store: ObjectStore,
+    metadata: SnapshotMetadata,
+    writer: OutputWriter,
+    scratch: Path,
+    progress: Callable[[int], None] | None,
+) -> int:
+    rows = 0
+    for part in metadata.parts:
+        path = await fetch_checked(store, part, scratch)
+        try:
+            part_rows = await asyncio.to_thread(_decode_into, path, metadata, writer)
+        finally:
+            path.unlink(missing_ok=True)
+        if part_rows != part.rows:
+            raise CorruptSnapshotError(
+                f"part {part.key} decodes to {part_rows} rows, metadata says {part.rows}"
+            )
+        rows += part_rows
+        if progress is not None:
+            progress(part_rows)
+    return rows
+
+
+def _decode_into(path: Path, metadata: SnapshotMetadata, writer: OutputWriter) -> int:
+    rows = 0
+    for record in read_part(path, metadata.format, metadata.dimension):
+        batch = DocumentBatch(record)
+        writer.write(batch)
+        rows += batch.num_rows
+    return rows
+
+
+def _open_writer(kind: str, path: Path, metadata: SnapshotMetadata) -> OutputWriter:
+    if kind == "parquet":
+        return _ParquetOutput(path, metadata.dimension)
+    if kind == "arrow":
+        return _ArrowOutput(path, metadata.dimension)
+    if kind == "npy":
+        return _NpyOutput(path, metadata.vector_count, metadata.dimension)
+    return _JsonlOutput(path)
+
+
+class _ParquetOutput:
+    def __init__(self, path: Path, dimension: int) -> None:
+        self._writer = pq.ParquetWriter(path, file_schema(dimension), **writer_options("zstd"))
+
+    def write(self, batch: DocumentBatch) -> None:
+        self._writer.write_batch(batch.record_batch)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class _ArrowOutput:
+    def __init__(self, path: Path, dimension: int) -> None:
+        self._sink = pa.OSFile(str(path), "wb")
+        self._writer = pa.ipc.new_file(self._sink, snapshot_schema(dimension))
+
+    def write(self, batch: DocumentBatch) -> None:
+        self._writer.write_batch(batch.record_batch)
+
+    def close(self) -> None:
+        self._writer.close()
+        self._sink.close()
+
+
+class _NpyOutput:
+    """Streams rows into a .npy whose header already states the final shape."""
+
+    def __init__(self, path: Path, rows: int, dimension: int) -> None:
+        self._handle: BinaryIO = path.open("wb")
+        header = {"descr": "<f4", "fortran_order": False, "shape": (rows, dimension)}
+        np.lib.format.write_array_header_1_0(self._handle, header)
+
+    def write(self, batch: DocumentBatch) -> None:
+        self._handle.write(np.ascontiguousarray(batch.vectors, dtype="<f4").tobytes())
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class _JsonlOutput:
+    def __init__(self, path: Path) -> None:
+        self._handle = path.open("w", encoding="utf-8")
+
+    def write(self, batch: DocumentBatch) -> None:
+        for document in batch_to_documents(batch):
+            self._handle.write(json.dumps(document, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+__all__ = ["RestoreResult", "output_format", "restore_snapshot"]

@@ -1,0 +1,73 @@
+"""The one async protocol every object store speaks, and key hygiene shared by all."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from handlers.errors import StoreConfigError
+
+CHUNK_BYTES = 8 * 1024 * 1024
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a store knows of one object without reading it."""
+
+    key: str
+    size: int
+    last_modified: datetime
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """Keys are relative to the store's root, '/'-separated, never absolute or with '..'."""
+
+    @property
+    def root_uri(self) -> str: ...
+
+    def spool_dir(self) -> Path:
+        """Where encoders write parts before upload (for a local store: on the same disk)."""
+        ...
+
+    async def put_file(self, key: str, path: Path, *, sha256_hex: str) -> None:
+        """Store a finished local file under key (the file may be moved or removed)."""
+        ...
+
+    async def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    async def get_bytes(self, key: str) -> bytes: ...
+
+    def iter_chunks(self, key: str, chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
+        """Stream an object's bytes in order."""
+        ...
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        """Size and time of an object, or None when it does not exist."""
+        ...
+
+    def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        """Every object whose key starts with prefix, in no particular order."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove an object; removing a missing one is not an error."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailableError unless the store answers (readiness)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could leave the store's root (absolute, '..', odd characters)."""
+    if not _SAFE_KEY.match(key) or any(part in {".", ".."} for part in key.split("/")):
+        raise StoreConfigError(f"refused object key {key!r}: not a plain relative key")
+    return key

@@ -1,0 +1,41 @@
+"""Open the object store a URI names: ``file://…`` (or a path) or ``s3://bucket/prefix``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from handlers.errors import StoreConfigError
+from handlers.stores.base import ObjectStore
+from handlers.stores.local import local_store_from_uri
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """How to reach S3; empty values fall back to the default AWS chain."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
+    addressing_style: str = "path"
+    sse: str | None = None
+    sse_kms_key_id: str | None = None
+    multipart_threshold_bytes: int = 64 * 1024 * 1024
+    multipart_part_bytes: int = 16 * 1024 * 1024
+    max_concurrency: int = 4
+    connect_timeout_seconds: float = 10.0
+    read_timeout_seconds: float = 60.0
+    spool_dir: Path | None = None
+
+
+def open_store(uri: str, s3: S3Options | None = None) -> ObjectStore:
+    """The store behind a root URI; the caller closes it."""
+    if uri.startswith("s3://"):
+        # Imported on demand: aiobotocore is slow to import and local-only use never needs it.
+        from handlers.stores.s3 import S3Store  # noqa: PLC0415
+
+        return S3Store.from_uri(uri, s3 or S3Options())
+    if uri.startswith("file://") or "://" not in uri:
+        return local_store_from_uri(uri)
+    raise StoreConfigError(f"unsupported store URI {uri!r}: use file:///dir or s3://bucket/prefix")

@@ -1,0 +1,198 @@
+"""An object store in a local directory: atomic writes (temp file, fsync, rename)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from handlers.errors import ObjectMissingError, StoreConfigError, StoreUnavailableError
+from handlers.stores.base import CHUNK_BYTES, ObjectInfo, check_key
+
+SPOOL_DIR_NAME = ".akisnap-tmp"
+
+
+class LocalStore:
+    """Objects are files under ``root``; a key's '/' are directories."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root.resolve()
+
+    @property
+    def root_uri(self) -> str:
+        return self._root.as_uri()
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    def spool_dir(self) -> Path:
+        spool = self._root / SPOOL_DIR_NAME
+        spool.mkdir(parents=True, exist_ok=True)
+        return spool
+
+    def path_of(self, key: str) -> Path:
+        return self._root / check_key(key)
+
+    async def put_file(self, key: str, path: Path, *, sha256_hex: str) -> None:
+        await asyncio.to_thread(self._install, path, self.path_of(key))
+
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        await asyncio.to_thread(self._write_atomically, self.path_of(key), data)
+
+    async def get_bytes(self, key: str) -> bytes:
+        return await asyncio.to_thread(self._read, self.path_of(key))
+
+    async def iter_chunks(self, key: str, chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
+        handle = await asyncio.to_thread(self._open, self.path_of(key))
+        try:
+            while chunk := await asyncio.to_thread(handle.read, chunk_bytes):
+                yield chunk
+        finally:
+            handle.close()
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        return await asyncio.to_thread(self._stat, key)
+
+    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        infos = await asyncio.to_thread(lambda: list(self._walk(prefix)))
+        for info in infos:
+            yield info
+
+    async def delete(self, key: str) -> None:
+        path = self.path_of(key)
+        await asyncio.to_thread(_unlink_quietly, path)
+
+    async def ping(self) -> None:
+        if not await asyncio.to_thread(os.access, self._root, os.W_OK):
+            raise StoreUnavailableError(f"store directory {self._root} is not writable")
+
+    async def close(self) -> None:
+        return None
+
+    # -- blocking helpers, run in threads ------------------------------------------------------
+
+    def _install(self, source: Path, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if source.parent.resolve() == (self._root / SPOOL_DIR_NAME):
+                _fsync_file(source)
+                os.replace(source, target)
+            else:
+                with source.open("rb") as handle:
+                    self._write_stream_atomically(
+                        target, iter(lambda: handle.read(CHUNK_BYTES), b"")
+                    )
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            raise _store_error(exc, target) from exc
+
+    def _write_atomically(self, target: Path, data: bytes) -> None:
+        try:
+            self._write_stream_atomically(target, iter([data]))
+        except OSError as exc:
+            raise _store_error(exc, target) from exc
+
+    def _write_stream_atomically(self, target: Path, chunks: Iterator[bytes]) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp_name, target)
+        except BaseException:
+            _unlink_quietly(Path(temp_name))
+            raise
+        _fsync_dir(target.parent)
+
+    def _read(self, path: Path) -> bytes:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise ObjectMissingError(f"object {path.relative_to(self._root)} is missing") from None
+        except OSError as exc:
+            raise _store_error(exc, path) from exc
+
+    def _open(self, path: Path) -> BinaryIO:
+        try:
+            return path.open("rb")
+        except FileNotFoundError:
+            raise ObjectMissingError(f"object {path.relative_to(self._root)} is missing") from None
+
+    def _stat(self, key: str) -> ObjectInfo | None:
+        try:
+            stat = self.path_of(key).stat()
+        except FileNotFoundError:
+            return None
+        return ObjectInfo(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, tz=UTC))
+
+    def _walk(self, prefix: str) -> Iterator[ObjectInfo]:
+        start = self._root / prefix.rsplit("/", 1)[0] if "/" in prefix else self._root
+        if not start.is_dir():
+            return
+        for directory, subdirs, files in os.walk(start):
+            subdirs[:] = [d for d in subdirs if d != SPOOL_DIR_NAME]
+            for name in files:
+                if name.startswith(".tmp-"):
+                    continue
+                path = Path(directory) / name
+                key = path.relative_to(self._root).as_posix()
+                if key.startswith(prefix):
+                    with contextlib.suppress(FileNotFoundError):
+                        stat = path.stat()
+                        yield ObjectInfo(
+                            key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, tz=UTC)
+                        )
+
+
+def local_store_from_uri(uri: str) -> LocalStore:
+    """``file:///abs/dir``, ``file://./rel/dir`` or a plain path."""
+    if uri.startswith("file://"):
+        rest = uri[len("file://") :]
+        path = Path(rest) if rest.startswith("/") else Path.cwd() / rest
+    elif "://" in uri:
+        raise StoreConfigError(f"not a local store URI: {uri!r}")
+    else:
+        path = Path(uri)
+    path.mkdir(parents=True, exist_ok=True)
+    return LocalStore(path)
+
+
+def _store_error(exc: OSError, path: Path) -> Exception:
+    if isinstance(exc, PermissionError):
+        return StoreConfigError(f"permission denied writing {path}")
+    return StoreUnavailableError(f"local store I/O error on {path.name}: {exc.strerror or exc}")
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

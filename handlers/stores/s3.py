@@ -1,0 +1,528 @@
+"""An object store in an S3 bucket (AWS or any S3-compatible server), on aiobotocore.
+
+Big files go up as multipart uploads with bounded concurrency, so memory holds at most
+``max_concurrency`` parts; small ones as one streamed PutObject. Every failure leaves this
+module as one of our errors (see ``s3_error``), so the daemon can tell retry from dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import hashlib
+import math
+import re
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession, get_session
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    ParamValidationError,
+    PartialCredentialsError,
+)
+
+from handlers.errors import (
+    AkisnapError,
+    ObjectMissingError,
+    StoreAccessDeniedError,
+    StoreConfigError,
+    StoreUnavailableError,
+)
+from handlers.stores.base import CHUNK_BYTES, ObjectInfo, check_key
+from handlers.stores.factory import S3Options
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.literals import ServerSideEncryptionType
+    from types_aiobotocore_s3.type_defs import (
+        CompletedPartTypeDef,
+        CreateMultipartUploadRequestTypeDef,
+        PutObjectRequestTypeDef,
+    )
+
+MIN_PART_BYTES = 5 * 1024 * 1024  # S3 refuses smaller parts (except the last)
+MAX_PARTS = 10_000  # S3's limit on parts per upload
+MIN_SECRET_CHARS = 8
+SPOOL_DIR_NAME = "akisnap-spool"
+ADDRESSING_STYLES = frozenset({"path", "virtual", "auto"})
+SSE_MODES = frozenset({"AES256", "aws:kms", "aws:kms:dsse"})
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+# Error codes by what they mean for us. HEAD answers carry no body, so only a status code.
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "RequestLimitExceeded",
+        "TooManyRequests",
+        "RequestTimeout",
+        "InternalError",
+        "ServiceUnavailable",
+        "OperationAborted",
+        "NoSuchUpload",
+        "BadDigest",
+        "XAmzContentSHA256Mismatch",
+        "IncompleteBody",
+    }
+)
+_DENIED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "InvalidSecurity",
+        "KMS.AccessDeniedException",
+    }
+)
+_MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+_CONFIG_CODES = frozenset({"NoSuchBucket", "InvalidBucketName", "PermanentRedirect"})
+# What a server says when it does not implement x-amz-checksum-sha256.
+_CHECKSUM_REFUSALS = frozenset({"InvalidRequest", "NotImplemented", "InvalidArgument"})
+_STORE_EXCEPTIONS = (BotoCoreError, ClientError, aiohttp.ClientError, OSError)
+
+
+class S3Store:
+    """Objects are ``s3://bucket/prefix/<key>``; the client opens on first use, once."""
+
+    def __init__(self, bucket: str, prefix: str, options: S3Options) -> None:
+        self._bucket = bucket
+        self._prefix = f"{prefix}/" if prefix else ""
+        self._options = options
+        self._secret = options.secret_key or None
+        self._stack: AsyncExitStack | None = None
+        self._client: S3Client | None = None
+        self._client_lock = asyncio.Lock()
+        # None: not tried yet; False: the server refused x-amz-checksum-sha256 once.
+        self._sends_checksum: bool | None = None
+
+    @classmethod
+    def from_uri(cls, uri: str, options: S3Options) -> S3Store:
+        """``s3://bucket`` or ``s3://bucket/some/prefix``; settings are checked here, not later."""
+        parts = urlsplit(uri)
+        if parts.scheme != "s3" or parts.query or parts.fragment:
+            raise StoreConfigError(f"not an S3 store URI: {uri!r} (use s3://bucket/prefix)")
+        if not _BUCKET.match(parts.netloc):
+            raise StoreConfigError(f"S3 store URI {uri!r} names no valid bucket")
+        prefix = parts.path.strip("/")
+        if prefix:
+            check_key(prefix)
+        _check_options(options)
+        return cls(parts.netloc, prefix, options)
+
+    @property
+    def root_uri(self) -> str:
+        return f"s3://{self._bucket}/{self._prefix.rstrip('/')}".rstrip("/")
+
+    @property
+    def sends_checksum(self) -> bool | None:
+        """Whether the server took ChecksumSHA256 (None until the first upload)."""
+        return self._sends_checksum
+
+    def spool_dir(self) -> Path:
+        spool = self._options.spool_dir or Path(tempfile.gettempdir()) / SPOOL_DIR_NAME
+        spool.mkdir(parents=True, exist_ok=True)
+        return spool
+
+    async def put_file(self, key: str, path: Path, *, sha256_hex: str) -> None:
+        """One PutObject for small files, a multipart upload for big ones; the file stays."""
+        full_key = self._full_key(key)
+        with self._translated(f"read {path.name} for upload"):
+            size = (await asyncio.to_thread(path.stat)).st_size
+        if size < self._options.multipart_threshold_bytes:
+            handle = await asyncio.to_thread(path.open, "rb")
+            try:
+                await self._put_object(full_key, handle, sha256_hex)
+            finally:
+                handle.close()
+        else:
+            await self._put_multipart(full_key, path, size, sha256_hex)
+
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        await self._put_object(self._full_key(key), data, hashlib.sha256(data).hexdigest())
+
+    async def get_bytes(self, key: str) -> bytes:
+        return b"".join([chunk async for chunk in self.iter_chunks(key)])
+
+    async def iter_chunks(self, key: str, chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
+        full_key = self._full_key(key)
+        client = await self._s3()
+        with self._translated(f"get {self._uri(full_key)}"):
+            answer = await client.get_object(Bucket=self._bucket, Key=full_key)
+        async with answer["Body"] as body:
+            while chunk := await self._read_chunk(body, full_key, chunk_bytes):
+                yield chunk
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        full_key = self._full_key(key)
+        client = await self._s3()
+        try:
+            with self._translated(f"head {self._uri(full_key)}"):
+                answer = await client.head_object(Bucket=self._bucket, Key=full_key)
+        except ObjectMissingError:
+            return None
+        return ObjectInfo(key, answer["ContentLength"], answer["LastModified"])
+
+    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        full_prefix = self._prefix + _check_prefix(prefix)
+        client = await self._s3()
+        pages = client.get_paginator("list_objects_v2").paginate(
+            Bucket=self._bucket, Prefix=full_prefix
+        )
+        page_iter = aiter(pages)
+        while True:
+            with self._translated(f"list {self._uri(full_prefix)}"):
+                page = await anext(page_iter, None)
+            if page is None:
+                return
+            for item in page.get("Contents", []):
+                key = item["Key"][len(self._prefix) :]
+                yield ObjectInfo(key, item["Size"], item["LastModified"])
+
+    async def delete(self, key: str) -> None:
+        full_key = self._full_key(key)
+        client = await self._s3()
+        with (
+            contextlib.suppress(ObjectMissingError),
+            self._translated(f"delete {self._uri(full_key)}"),
+        ):
+            await client.delete_object(Bucket=self._bucket, Key=full_key)
+
+    async def ping(self) -> None:
+        """HeadBucket: answers only when the endpoint, the credentials and the bucket are good."""
+        client = await self._s3()
+        try:
+            with self._translated(f"head bucket {self._bucket}"):
+                await client.head_bucket(Bucket=self._bucket)
+        except ObjectMissingError:
+            raise StoreConfigError(f"bucket {self._bucket!r} does not exist") from None
+
+    async def close(self) -> None:
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    # -- uploads --------------------------------------------------------------------------------
+
+    async def _put_object(self, full_key: str, body: bytes | IO[bytes], sha256_hex: str) -> None:
+        """PutObject with ChecksumSHA256 until the server refuses it once; then metadata only.
+
+        The fallback is remembered only after the retry without the checksum succeeded, so an
+        unrelated ``InvalidRequest`` does not switch checksums off for good.
+        """
+        client = await self._s3()
+        request = self._put_request(full_key, body, sha256_hex)
+        with self._translated(f"put {self._uri(full_key)}"):
+            if self._sends_checksum is not False and await self._put_checked(
+                client, request, sha256_hex
+            ):
+                return
+            _rewind(body)
+            await client.put_object(**request)
+            self._sends_checksum = False
+
+    async def _put_checked(
+        self, client: S3Client, request: PutObjectRequestTypeDef, sha256_hex: str
+    ) -> bool:
+        """The server verifies the bytes against the digest; False if it has no checksums."""
+        checked = request.copy()
+        checked["ChecksumSHA256"] = _base64_digest(sha256_hex)
+        try:
+            await client.put_object(**checked)
+        except ClientError as exc:
+            if self._sends_checksum or _code(exc) not in _CHECKSUM_REFUSALS:
+                raise
+            return False
+        self._sends_checksum = True
+        return True
+
+    def _put_request(
+        self, full_key: str, body: bytes | IO[bytes], sha256_hex: str
+    ) -> PutObjectRequestTypeDef:
+        request: PutObjectRequestTypeDef = {
+            "Bucket": self._bucket,
+            "Key": full_key,
+            "Body": body,
+            "Metadata": {"sha256": sha256_hex},
+        }
+        if self._options.sse:
+            request["ServerSideEncryption"] = cast("ServerSideEncryptionType", self._options.sse)
+        if self._options.sse_kms_key_id:
+            request["SSEKMSKeyId"] = self._options.sse_kms_key_id
+        return request
+
+    async def _put_multipart(self, full_key: str, path: Path, size: int, sha256_hex: str) -> None:
+        """Create, upload parts, complete; abort on any failure so no parts linger (and cost)."""
+        client = await self._s3()
+        action = f"multipart upload {self._uri(full_key)}"
+        with self._translated(action):
+            created = await client.create_multipart_upload(
+                **self._create_request(full_key, sha256_hex)
+            )
+        upload_id = created["UploadId"]
+        try:
+            parts = await self._upload_parts(client, full_key, upload_id, path, size)
+            with self._translated(action):
+                await client.complete_multipart_upload(
+                    Bucket=self._bucket,
+                    Key=full_key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+        except BaseException:
+            await asyncio.shield(self._abort(client, full_key, upload_id))
+            raise
+
+    def _create_request(
+        self, full_key: str, sha256_hex: str
+    ) -> CreateMultipartUploadRequestTypeDef:
+        request: CreateMultipartUploadRequestTypeDef = {
+            "Bucket": self._bucket,
+            "Key": full_key,
+            "Metadata": {"sha256": sha256_hex},
+        }
+        if self._options.sse:
+            request["ServerSideEncryption"] = cast("ServerSideEncryptionType", self._options.sse)
+        if self._options.sse_kms_key_id:
+            request["SSEKMSKeyId"] = self._options.sse_kms_key_id
+        return request
+
+    async def _upload_parts(
+        self, client: S3Client, full_key: str, upload_id: str, path: Path, size: int
+    ) -> Sequence[CompletedPartTypeDef]:
+        """All parts at once, but only ``max_concurrency`` read into memory and in flight."""
+        part_bytes = part_size(size, self._options.multipart_part_bytes)
+        slots = asyncio.Semaphore(self._options.max_concurrency)
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(
+                        self._upload_part(
+                            client,
+                            _Part(full_key, upload_id, path, number, offset, part_bytes),
+                            slots,
+                        )
+                    )
+                    for number, offset in enumerate(range(0, size, part_bytes), start=1)
+                ]
+        except BaseExceptionGroup as errors:
+            raise _first_leaf(errors) from None
+        return [task.result() for task in tasks]
+
+    async def _upload_part(
+        self, client: S3Client, part: _Part, slots: asyncio.Semaphore
+    ) -> CompletedPartTypeDef:
+        async with slots:
+            with self._translated(f"read {part.path.name} for upload"):
+                data = await asyncio.to_thread(part.read)
+            with self._translated(f"upload part {part.number} of {self._uri(part.key)}"):
+                answer = await client.upload_part(
+                    Bucket=self._bucket,
+                    Key=part.key,
+                    UploadId=part.upload_id,
+                    PartNumber=part.number,
+                    Body=data,
+                )
+        return {"PartNumber": part.number, "ETag": answer["ETag"]}
+
+    async def _abort(self, client: S3Client, full_key: str, upload_id: str) -> None:
+        """Best effort: the upload's own error matters more than a failed abort."""
+        with contextlib.suppress(*_STORE_EXCEPTIONS):
+            await client.abort_multipart_upload(
+                Bucket=self._bucket, Key=full_key, UploadId=upload_id
+            )
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    async def _read_chunk(self, body: Any, full_key: str, chunk_bytes: int) -> bytes:
+        """Up to chunk_bytes (fewer only at the end): aiohttp hands out much smaller pieces."""
+        buffer = bytearray()
+        with self._translated(f"read {self._uri(full_key)}"):
+            while len(buffer) < chunk_bytes:
+                piece: bytes = await body.read(chunk_bytes - len(buffer))
+                if not piece:
+                    break
+                buffer += piece
+        return bytes(buffer)
+
+    async def _s3(self) -> S3Client:
+        """The one client, made on first use (not in __init__: that has no running loop)."""
+        if self._client is None:
+            async with self._client_lock:
+                if self._client is None:
+                    self._client = await self._open_client()
+        return self._client
+
+    async def _open_client(self) -> S3Client:
+        options = self._options
+        stack = AsyncExitStack()
+        try:
+            client = await stack.enter_async_context(
+                shared_session().create_client(
+                    "s3",
+                    endpoint_url=options.endpoint_url or None,
+                    region_name=options.region or None,
+                    aws_access_key_id=options.access_key or None,
+                    aws_secret_access_key=self._secret,
+                    config=client_config(options),
+                )
+            )
+        except ValueError as exc:
+            raise StoreConfigError(
+                f"cannot open S3 client: {_redacted(str(exc), self._secret)}"
+            ) from None
+        self._stack = stack
+        return client
+
+    @contextlib.contextmanager
+    def _translated(self, action: str) -> Iterator[None]:
+        """Turn botocore/aiohttp/OS errors raised inside into our errors."""
+        try:
+            yield
+        except _STORE_EXCEPTIONS as exc:
+            raise s3_error(exc, action, secret=self._secret) from exc
+
+    def _full_key(self, key: str) -> str:
+        return self._prefix + check_key(key)
+
+    def _uri(self, full_key: str) -> str:
+        return f"s3://{self._bucket}/{full_key}"
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One multipart part: which bytes of the file, and where they go."""
+
+    key: str
+    upload_id: str
+    path: Path
+    number: int
+    offset: int
+    size: int
+
+    def read(self) -> bytes:
+        """Blocking: run in a thread."""
+        with self.path.open("rb") as handle:
+            handle.seek(self.offset)
+            return handle.read(self.size)
+
+
+@functools.cache
+def shared_session() -> AioSession:
+    """One botocore session per process: it caches the S3 model, which takes ~0.3 s to load."""
+    return get_session()
+
+
+def client_config(options: S3Options) -> AioConfig:
+    """Few retries (the daemon retries whole requests) and checksums only when S3 needs them.
+
+    botocore's default since 1.36 adds CRC32 trailers to every upload (aws-chunked), which
+    many S3-compatible servers refuse; ``when_required`` keeps requests plain.
+    """
+    return AioConfig(
+        s3={"addressing_style": options.addressing_style},
+        retries={"max_attempts": 2, "mode": "standard"},
+        connect_timeout=options.connect_timeout_seconds,
+        read_timeout=options.read_timeout_seconds,
+        max_pool_connections=max(10, options.max_concurrency),
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+
+
+def s3_error(exc: BaseException, action: str, *, secret: str | None = None) -> AkisnapError:
+    """The one mapping from botocore/aiohttp failures to permanent or transient errors."""
+    if isinstance(exc, ClientError):
+        return _client_error(exc, action, secret)
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return StoreConfigError(f"{action}: no usable S3 credentials (set access and secret key)")
+    if isinstance(exc, ParamValidationError):
+        return StoreConfigError(f"{action}: {_redacted(str(exc), secret)}")
+    detail = _redacted(str(exc) or type(exc).__name__, secret)
+    return StoreUnavailableError(f"{action}: {detail}")
+
+
+def _client_error(exc: ClientError, action: str, secret: str | None) -> AkisnapError:
+    code = _code(exc)
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    message = _redacted(exc.response.get("Error", {}).get("Message", ""), secret)
+    detail = f"{action}: {code or status} {message}".strip()
+    if code in _CONFIG_CODES:
+        return StoreConfigError(detail)
+    if code in _MISSING_CODES or (status == 404 and code not in _TRANSIENT_CODES):
+        return ObjectMissingError(f"{action}: no such object")
+    if code in _DENIED_CODES or status == 403:
+        return StoreAccessDeniedError(detail)
+    if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+        return StoreUnavailableError(detail)
+    return StoreConfigError(detail)
+
+
+def part_size(size: int, wanted: int) -> int:
+    """The wanted part size, raised to S3's 5 MiB minimum and to fit in 10,000 parts."""
+    return max(wanted, MIN_PART_BYTES, math.ceil(size / MAX_PARTS))
+
+
+def _check_options(options: S3Options) -> None:
+    if options.addressing_style not in ADDRESSING_STYLES:
+        raise StoreConfigError(
+            f"S3 addressing style {options.addressing_style!r} is not one of path, virtual, auto"
+        )
+    if bool(options.access_key) != bool(options.secret_key):
+        raise StoreConfigError("set both the S3 access key and the secret key, or neither")
+    if options.sse and options.sse not in SSE_MODES:
+        raise StoreConfigError(
+            f"S3 server-side encryption {options.sse!r} is not one of AES256, aws:kms"
+        )
+    if options.max_concurrency < 1:
+        raise StoreConfigError("S3 max_concurrency must be at least 1")
+
+
+def _check_prefix(prefix: str) -> str:
+    """A listing prefix may end in '/' or part-way through a name, but must stay inside."""
+    stem = prefix.rstrip("/")
+    if prefix.startswith("/") or (stem and not check_key(stem)):
+        raise StoreConfigError(f"refused listing prefix {prefix!r}: not a plain relative prefix")
+    return prefix
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _redacted(text: str, secret: str | None) -> str:
+    """Hide the secret key should a message ever echo it (short test secrets are left alone)."""
+    return text.replace(secret, "***") if secret and len(secret) >= MIN_SECRET_CHARS else text
+
+
+def _base64_digest(sha256_hex: str) -> str:
+    return base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii")
+
+
+def _rewind(body: bytes | IO[bytes]) -> None:
+    if not isinstance(body, bytes):
+        body.seek(0)
+
+
+def _first_leaf(errors: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real error of a task group, so callers see our error, not a group."""
+    first = errors.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

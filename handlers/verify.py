@@ -1,0 +1,129 @@
+"""Stage 'verify': what the store holds is byte for byte what the metadata promises.
+
+The quick check reads every part back and compares size and SHA-256; the full check also
+decodes each part and checks rows, dimension, schema and finiteness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from handlers.codecs import read_part
+from handlers.errors import CorruptSnapshotError, ObjectMissingError
+from handlers.hashing import sha256_stream
+from handlers.metadata import PartInfo, SnapshotMetadata
+from handlers.model import DocumentBatch
+from handlers.stores import ObjectStore
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    snapshot_id: str
+    parts_checked: int
+    bytes_checked: int
+    full: bool
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class Verifier:
+    """Checks parts in the store against their PartInfo; raises CorruptSnapshotError."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+
+    async def __call__(self, parts: Iterable[PartInfo]) -> int:
+        checked = 0
+        for part in parts:
+            await self.check_part(part)
+            checked += part.size
+        return checked
+
+    async def check_part(self, part: PartInfo) -> None:
+        info = await self._store.head(part.key)
+        if info is None:
+            raise CorruptSnapshotError(f"part {part.key} is missing")
+        if info.size != part.size:
+            raise CorruptSnapshotError(
+                f"part {part.key} has {info.size} bytes, metadata says {part.size}"
+            )
+        try:
+            digest, size = await sha256_stream(self._store.iter_chunks(part.key))
+        except ObjectMissingError:
+            raise CorruptSnapshotError(f"part {part.key} is missing") from None
+        if digest != part.sha256 or size != part.size:
+            raise CorruptSnapshotError(f"part {part.key} fails its SHA-256 check")
+
+
+async def verify_snapshot(
+    store: ObjectStore, metadata: SnapshotMetadata, *, full: bool = False
+) -> VerifyReport:
+    """Check every part; with full, decode them too. Problems are collected, not raised."""
+    problems: list[str] = []
+    verifier = Verifier(store)
+    for part in metadata.parts:
+        try:
+            await verifier.check_part(part)
+            if full:
+                await _decode_check(store, metadata, part)
+        except CorruptSnapshotError as exc:
+            problems.append(exc.message)
+    rows = sum(part.rows for part in metadata.parts)
+    if rows != metadata.vector_count:
+        problems.append(f"parts hold {rows} rows, metadata says {metadata.vector_count}")
+    return VerifyReport(
+        metadata.snapshot_id, len(metadata.parts), metadata.total_bytes, full, problems
+    )
+
+
+async def fetch_checked(store: ObjectStore, part: PartInfo, directory: Path) -> Path:
+    """Download a part to a temp file, refusing it unless size and SHA-256 match."""
+    handle = tempfile.NamedTemporaryFile(dir=directory, suffix=".part", delete=False)  # noqa: SIM115
+    path = Path(handle.name)
+    try:
+        digest = hashlib.sha256()
+        size = 0
+        with handle:
+            async for chunk in store.iter_chunks(part.key):
+                await asyncio.to_thread(handle.write, chunk)
+                digest.update(chunk)
+                size += len(chunk)
+        if size != part.size or digest.hexdigest() != part.sha256:
+            raise CorruptSnapshotError(f"part {part.key} fails its SHA-256 check")
+        return path
+    except ObjectMissingError:
+        path.unlink(missing_ok=True)
+        raise CorruptSnapshotError(f"part {part.key} is missing") from None
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+async def _decode_check(store: ObjectStore, metadata: SnapshotMetadata, part: PartInfo) -> None:
+    with tempfile.TemporaryDirectory(prefix="akisnap-verify-") as directory:
+        path = await fetch_checked(store, part, Path(directory))
+        rows = await asyncio.to_thread(_count_valid_rows, path, metadata)
+    if rows != part.rows:
+        raise CorruptSnapshotError(
+            f"part {part.key} decodes to {rows} rows, metadata says {part.rows}"
+        )
+
+
+def _count_valid_rows(path: Path, metadata: SnapshotMetadata) -> int:
+    rows = 0
+    for record in read_part(path, metadata.format, metadata.dimension):
+        batch = DocumentBatch(record)
+        if not np.isfinite(batch.vectors).all():
+            raise CorruptSnapshotError(f"part {path.name} holds non-finite vector values")
+        rows += record.num_rows
+    return rows

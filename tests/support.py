@@ -1,0 +1,78 @@
+"""Plain helpers shared by the tests: data, exports, stores. No fixtures here."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from handlers.model import DocumentBatch
+from handlers.stores import ObjectStore, S3Options, open_store
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "pypi-summaries-minilm-20k.parquet"
+
+
+def unit_vectors(rows: int, dim: int, seed: int = 0) -> np.ndarray[Any, np.dtype[np.float32]]:
+    rng = np.random.default_rng(seed)
+    matrix = rng.standard_normal((rows, dim)).astype(np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix
+
+
+def documents_table(rows: int, dim: int, seed: int = 0, *, metadata: bool = True) -> pa.Table:
+    """A snapshot-shaped table of random unit vectors with ids and metadata."""
+    batch = DocumentBatch.from_arrays(
+        unit_vectors(rows, dim, seed),
+        document_ids=[uuid.UUID(int=seed * 10_000_000 + i + 1).bytes for i in range(rows)],
+        external_ids=[f"doc-{i}" for i in range(rows)],
+        metadata=[{"i": i, "lang": "en"} for i in range(rows)] if metadata else None,
+    )
+    return pa.Table.from_batches([batch.record_batch])
+
+
+def write_export(table: pa.Table, directory: Path, name: str = "export.parquet") -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    pq.write_table(table, path)
+    return path.as_uri()
+
+
+def real_embeddings(rows: int) -> pa.Table:
+    """The first rows of the shared real-embedding export (fails loudly if it is absent)."""
+    assert SHARED_DATA.exists(), f"shared test data missing: {SHARED_DATA}"
+    return pq.read_table(SHARED_DATA).slice(0, rows)
+
+
+def s3_options() -> S3Options:
+    missing = [
+        name
+        for name in ("AKISNAP_S3_ENDPOINT", "AKISNAP_S3_ACCESS_KEY", "AKISNAP_S3_SECRET_KEY")
+        if not os.environ.get(name)
+    ]
+    assert not missing, f"S3 test server not configured (run `make services`): {missing}"
+    return S3Options(
+        endpoint_url=os.environ["AKISNAP_S3_ENDPOINT"],
+        region=os.environ.get("AKISNAP_S3_REGION", "us-east-1"),
+        access_key=os.environ["AKISNAP_S3_ACCESS_KEY"],
+        secret_key=os.environ["AKISNAP_S3_SECRET_KEY"],
+        multipart_threshold_bytes=8 * 1024 * 1024,
+        multipart_part_bytes=5 * 1024 * 1024,
+    )
+
+
+def s3_root(prefix: str) -> str:
+    bucket = os.environ.get("AKISNAP_S3_BUCKET")
+    assert bucket, "AKISNAP_S3_BUCKET is not set (run `make services`)"
+    return f"s3://{bucket}/{prefix}"
+
+
+def open_test_store(kind: str, tmp_path: Path) -> ObjectStore:
+    if kind == "local":
+        return open_store((tmp_path / "store").as_uri())
+    return open_store(s3_root(f"tests/{uuid.uuid4().hex}"), s3_options())
