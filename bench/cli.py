@@ -60,14 +60,22 @@ def main(argv: list[str] | None = None) -> int:
         f"numpy {np.__version__}, lance {lance.__version__}, {os.cpu_count()} CPUs"
     )
     warmup = 0 if args.quick else 1
+    print(f"load average at start: {os.getloadavg()[0]:.1f} (others' work inflates wall times)")
     print(
         f"mode: {'quick' if args.quick else 'full'}; {warmup} warm-up + {repeats} timed "
         "round(s) per operation, operations interleaved; files on local disk"
     )
+    print(
+        "exports: random scenarios are written once with akisnap's writer settings; the real "
+        "embeddings file is read as-is"
+    )
     results = [run_scenario(s, repeats, warmup, args.workdir, quick=args.quick) for s in chosen]
     met = print_targets(results)
     took = time.perf_counter() - started
-    print(f"\nall targets met: {'yes' if met else 'no'}; bench took {took:.0f} s")
+    print(
+        f"\nall targets met: {'yes' if met else 'no'}; bench took {took:.0f} s; "
+        f"load average at end: {os.getloadavg()[0]:.1f}"
+    )
     return 0
 
 
@@ -84,19 +92,21 @@ def run_scenario(
             for round_number in range(warmup + repeats):
                 for op in operations:
                     gc.collect()
-                    began = time.perf_counter()
+                    began, cpu_began = time.perf_counter(), time.process_time()
                     op.run()
                     elapsed = time.perf_counter() - began
+                    cpu_used = time.process_time() - cpu_began
                     op.cleanup()
                     if round_number >= warmup:
                         op.seconds.append(elapsed)
+                        op.cpu_seconds.append(cpu_used)
             if warmup:
                 for values in bench.stage_seconds.values():
                     del values[:warmup]
             notes = [bench.lance_note] if bench.lance_note else []
-            medians = print_timings(scenario, operations, bench.stage_seconds, repeats, notes)
+            medians, cpu = print_timings(scenario, operations, bench.stage_seconds, repeats, notes)
             sizes = measure_sizes(bench, exact_json=not quick)
             print_sizes(sizes)
         finally:
             bench.close()
-    return ScenarioResult(scenario, medians, sizes)
+    return ScenarioResult(scenario, medians, cpu, sizes)

@@ -39,6 +39,7 @@ class Operation:
     run: Callable[[], None]
     cleanup: Callable[[], None] = lambda: None
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
 
 
 class ScenarioBench:
@@ -75,6 +76,7 @@ class ScenarioBench:
     def operations(self) -> list[Operation]:
         work = self.workdir
         zstd = writer_options("zstd")
+        export = self.prepared.export
         return [
             Operation(
                 "akisnap create (read export+encode+store+verify)",
@@ -107,6 +109,18 @@ class ScenarioBench:
                 (work / "w-snappy.parquet").unlink,
             ),
             Operation("pq.read_table (zstd+BSS file)", READ, lambda: _read(self.pq_fixture)),
+            Operation(
+                "pq read export + write zstd+BSS (create's like)",
+                WRITE,
+                lambda: pq.write_table(pq.read_table(export), work / "w-rw.parquet", **zstd),
+                (work / "w-rw.parquet").unlink,
+            ),
+            Operation(
+                "pq.read_table + np.save (restore→.npy's like)",
+                READ,
+                lambda: np.save(work / "w-rn.npy", _vectors(pq.read_table(self.pq_fixture))),
+                (work / "w-rn.npy").unlink,
+            ),
             Operation(
                 "np.save float32 matrix",
                 WRITE,
@@ -177,6 +191,12 @@ class ScenarioBench:
 
 def _read(path: Path) -> None:
     pq.read_table(path)
+
+
+def _vectors(table: pa.Table) -> np.ndarray:
+    column = table.column("vector").combine_chunks()
+    values: np.ndarray = column.flatten().to_numpy()
+    return values.reshape(len(column), column.type.list_size)
 
 
 def _np_load(path: Path) -> None:

@@ -75,8 +75,9 @@ def _json_size(table: pa.Table, work: Path, dim: int, *, exact: bool) -> int:
     """The legacy JSON format's size: written whole (exact), or extrapolated from a sample."""
     if not exact:
         sample = table.slice(0, min(JSON_SAMPLE_ROWS, table.num_rows)).combine_chunks()
-        per_row = documents_json_bytes(DocumentBatch(sample.to_batches()[0])) / sample.num_rows
-        return round(per_row * table.num_rows)
+        sampled = documents_json_bytes(DocumentBatch(sample.to_batches()[0]))
+        rows: int = table.num_rows
+        return round(sampled * rows / int(sample.num_rows))
     path = work / "legacy.json"
     writer = JsonPartWriter(path, dim)
     for batch in table.to_batches():

@@ -149,34 +149,12 @@ class Daemon:
         while not self._stop.is_set():
             producer = self._producer()
             consumer = self._kafka_consumer()
-            requests = RequestConsumer(
-                consumer,
-                Fate(
-                    creator=creator,
-                    publisher=Publisher(
-                        producer,
-                        result_topic=s.result_topic,
-                        dlq_topic=s.dlq_topic,
-                        store_root=store.root_uri,
-                    ),
-                    backoff=backoff,
-                    metrics=self.metrics,
-                    max_message_bytes=s.max_message_bytes,
-                    secrets=self._secrets,
-                ),
-                self.metrics,
-                ConsumerOptions(
-                    max_in_flight_requests=s.max_in_flight_requests,
-                    max_in_flight_bytes=s.max_in_flight_bytes,
-                    settle_seconds=settle_seconds(s.shutdown_grace_seconds),
-                ),
-                liveness=self.liveness,
-                on_joined=self._joined.set,
-            )
+            requests = self._wire(consumer, producer, creator, store, backoff)
             consumer.subscribe([s.request_topic], listener=requests.listener)
             try:
-                await producer.start()
-                await consumer.start()
+                if not await self._start(producer, consumer):
+                    await self._close(consumer, producer)
+                    break  # told to stop while connecting
             except KafkaError as err:
                 attempt += 1
                 delay = max(0.5, connect.delay(min(attempt, 8)))
@@ -212,6 +190,57 @@ class Daemon:
                 self._consumer = None
                 self.liveness.waiting(False)
                 await self._close(consumer, producer)
+
+    def _wire(
+        self,
+        consumer: Any,
+        producer: Any,
+        creator: SnapshotCreator,
+        store: ObjectStore,
+        backoff: Backoff,
+    ) -> RequestConsumer:
+        """The consume loop around the fate of each request, for one pair of clients."""
+        s = self.settings
+        fate = Fate(
+            creator=creator,
+            publisher=Publisher(
+                producer, result_topic=s.result_topic, dlq_topic=s.dlq_topic,
+                store_root=store.root_uri,
+            ),
+            backoff=backoff,
+            metrics=self.metrics,
+            max_message_bytes=s.max_message_bytes,
+            secrets=self._secrets,
+        )  # fmt: skip
+        options = ConsumerOptions(
+            max_in_flight_requests=s.max_in_flight_requests,
+            max_in_flight_bytes=s.max_in_flight_bytes,
+            settle_seconds=settle_seconds(s.shutdown_grace_seconds),
+        )
+        return RequestConsumer(
+            consumer, fate, self.metrics, options, liveness=self.liveness,
+            on_joined=self._joined.set,
+        )  # fmt: skip
+
+    async def _start(self, producer: Any, consumer: Any) -> bool:
+        """Start both clients; False if told to stop first (a black-holed broker address
+        can take a request timeout to fail, longer than the grace period)."""
+
+        async def both() -> None:
+            await producer.start()
+            await consumer.start()
+
+        starting = asyncio.create_task(both())
+        stopping = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, KafkaError):
+                await starting
+            return False
+        starting.result()
+        return True
 
     async def _close(self, consumer: Any, producer: Any) -> None:
         """Stop the consumer (leaves the group) and the producer; bounded, never raises."""

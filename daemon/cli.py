@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from daemon import cli_daemon, cli_snapshots
+from daemon import cli_daemon, cli_operator, cli_snapshots
 from daemon.cli_common import fail
 from handlers import __version__
 from handlers.errors import AkisnapError
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cli_daemon.register(commands)
     cli_snapshots.register(commands)
+    cli_operator.register(commands)
     return parser
 
 

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from aiokafka.errors import KafkaError
+
 from daemon.app import Daemon
 from daemon.cli_common import add_common_options, emit, fail, load_settings
 from daemon.dead_letter import H_CLASS, H_MESSAGE, H_STAGE
@@ -100,7 +102,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"akisnap: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
-    return asyncio.run(Daemon(settings).run(handle_signals=True))
+    try:
+        return asyncio.run(Daemon(settings).run(handle_signals=True))
+    except OSError as err:  # the metrics port is taken, the store directory is unwritable
+        return fail(f"cannot start: {err}")
 
 
 # -- request --------------------------------------------------------------------------------
@@ -153,7 +158,10 @@ def _request(args: argparse.Namespace) -> int:
         compression=args.compression,
         labels=labels_from(args.label),
     )
-    return asyncio.run(_publish_and_wait(args, settings, request_id, key, value))
+    try:
+        return asyncio.run(_publish_and_wait(args, settings, request_id, key, value))
+    except KafkaError as err:
+        return fail(f"Kafka at {settings.kafka_bootstrap}: {type(err).__name__}: {err}")
 
 
 async def _publish_and_wait(

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from daemon import cli_operator
 from daemon.cli_common import add_common_options, emit, fail, human_bytes, load_settings
 from daemon.settings import Settings
 from handlers.catalog import Catalog
@@ -32,6 +33,7 @@ Verb = Callable[[argparse.Namespace, Settings, ObjectStore], Awaitable[int]]
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group = commands.add_parser("snapshots", help="create, list, show, verify, delete, restore")
     verbs = group.add_subparsers(dest="verb", required=True, metavar="VERB")
+    cli_operator.register_prune(verbs)
 
     create = _verb(
         verbs, "create", "encode → upload → verify an export, here, without Kafka", _create
@@ -144,7 +146,12 @@ async def _delete(args: argparse.Namespace, settings: Settings, store: ObjectSto
 
 async def _restore(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
     metadata = await Catalog(store).get(args.snapshot_id)
-    result = await restore_snapshot(store, metadata, args.out)
+    progress = cli_operator.Progress(args, unit="rows", desc="restore")
+    progress.start(metadata.vector_count)
+    try:
+        result = await restore_snapshot(store, metadata, args.out, progress=progress.update)
+    finally:
+        progress.close()
     payload = {
         **metadata.to_dict(),
         "outcome": "restored",

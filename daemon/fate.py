@@ -134,6 +134,10 @@ class Fate:
             except PermanentError as err:
                 failure = Failure(err.stage, type(err).__name__, err.message, False, 1)
                 return await self._dead_letter(record, failure, stop, started)
+            except Exception as err:  # a bug in parsing: parsing again cannot help
+                log.error("request.unexpected_error", stage="decode", exc_info=err)
+                failure = Failure("decode", type(err).__name__, _describe_error(err), True, 1)
+                return await self._dead_letter(record, failure, stop, started)
             with bound_contextvars(
                 request_id=job.request_id,
                 collection_id=job.collection_id,

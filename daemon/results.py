@@ -107,8 +107,8 @@ class OutcomeWatcher:
             enable_auto_commit=False,
             **self._security,
         )
-        await consumer.start()
         try:
+            await consumer.start()
             consumer.assign(tps)
             await consumer.seek_to_end(*tps)
             for tp in tps:  # resolve the end offsets now, before anything is published
@@ -124,11 +124,15 @@ class OutcomeWatcher:
         if consumer is not None:
             await consumer.stop()
 
-    async def wait_for(self, request_ids: Iterable[str], within: float) -> dict[str, Outcome]:
-        """The outcomes of ``request_ids`` seen within ``within`` seconds (maybe not all)."""
+    async def wait_for(
+        self, request_ids: Iterable[str], within: float, *, at_least: int | None = None
+    ) -> dict[str, Outcome]:
+        """The outcomes of ``request_ids`` seen within ``within`` seconds (maybe not all);
+        with ``at_least``, return as soon as that many of them are known."""
         wanted = set(request_ids)
+        enough = len(wanted) if at_least is None else min(at_least, len(wanted))
         deadline = time.monotonic() + within
-        while not wanted <= self.outcomes.keys():
+        while len(wanted & self.outcomes.keys()) < enough:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -159,8 +163,8 @@ async def topic_partitions(
 ) -> dict[str, set[int]]:
     """The partitions of each topic (LookupError when a topic does not exist)."""
     probe = AIOKafkaProducer(bootstrap_servers=bootstrap, **dict(security or {}))
-    await probe.start()
     try:
+        await probe.start()
         found: dict[str, set[int]] = {}
         for topic in topics:
             try:
@@ -199,8 +203,8 @@ async def publish(
         max_request_size=max(MIB, largest + 64 * 1024),
         **settings.kafka_security_kwargs(),
     )
-    await producer.start()
     try:
+        await producer.start()
         placed = []
         for key, value in messages:
             meta = await producer.send_and_wait(

@@ -360,7 +360,7 @@ def _narrow(wide: npt.NDArray[np.float64]) -> FloatMatrix:
         bad = ~np.isfinite(wide) | (np.abs(wide) > FLOAT32_MAX)
     if bad.any():
         row, col = (int(v) for v in np.argwhere(bad)[0])
-        value = wide[row, col]
+        value = float(wide[row, col])
         reason = "is not finite" if not math.isfinite(value) else "overflows float32"
         raise InvalidDocumentsError(
             f"document #{row} has vector value {value!r} at index {col} that {reason}"
@@ -429,7 +429,9 @@ def _metadata_text(value: object, position: int) -> str | None:
     try:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise InvalidDocumentsError(f"document #{position} has metadata JSON cannot hold: {exc}") from None
+        raise InvalidDocumentsError(
+            f"document #{position} has metadata that JSON cannot hold: {exc}"
+        ) from None
 
 
 def _inline_timestamp(doc: Mapping[str, Any], position: int) -> int:

@@ -97,7 +97,10 @@ async def make_topics(kafka_admin: AIOKafkaAdminClient) -> AsyncIterator[TopicFa
         )
         names = [topics.requests, topics.results, topics.dlq]
         await kafka_admin.create_topics(
-            [NewTopic(name, num_partitions=TOPIC_PARTITIONS, replication_factor=1) for name in names]
+            [
+                NewTopic(name, num_partitions=TOPIC_PARTITIONS, replication_factor=1)
+                for name in names
+            ]
         )
         created.extend(names)
         return topics

@@ -47,8 +47,19 @@ def created(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     table = real_embeddings(3000)
     uri = write_export(table, base / "exports")
     store = base / "store"
-    body = ok_json(akisnap("snapshots", "create", "--collection", "c", "--from", uri,
-                           "--store", store.as_uri(), "--json"))
+    body = ok_json(
+        akisnap(
+            "snapshots",
+            "create",
+            "--collection",
+            "c",
+            "--from",
+            uri,
+            "--store",
+            store.as_uri(),
+            "--json",
+        )
+    )
     return {"body": body, "store": store, "table": table, "base": base}
 
 
@@ -62,8 +73,18 @@ def test_create_prints_metadata_and_outcome(created: dict[str, Any]) -> None:
 def test_restore_gives_back_every_vector_with_its_id(created: dict[str, Any]) -> None:
     """restore --out x.parquet returns every vector bit for bit with its id."""
     out = created["base"] / "x.parquet"
-    body = ok_json(akisnap("snapshots", "restore", created["body"]["snapshot_id"], "--out", str(out),
-                           "--store", created["store"].as_uri(), "--json"))
+    body = ok_json(
+        akisnap(
+            "snapshots",
+            "restore",
+            created["body"]["snapshot_id"],
+            "--out",
+            str(out),
+            "--store",
+            created["store"].as_uri(),
+            "--json",
+        )
+    )
     assert body["rows"] == 3000
     restored, original = pq.read_table(out), created["table"]
     assert vectors_bit_equal(
@@ -78,10 +99,15 @@ def test_list_show_and_verify(created: dict[str, Any]) -> None:
     store, snapshot_id = created["store"].as_uri(), created["body"]["snapshot_id"]
     listed = ok_json(akisnap("snapshots", "list", "--store", store, "--json"))
     assert [entry["snapshot_id"] for entry in listed] == [snapshot_id]
-    assert ok_json(akisnap("snapshots", "show", snapshot_id, "--store", store, "--json"))[
-        "vector_count"] == 3000
-    verified = ok_json(akisnap("snapshots", "verify", snapshot_id, "--full", "--store", store,
-                               "--json"))
+    assert (
+        ok_json(akisnap("snapshots", "show", snapshot_id, "--store", store, "--json"))[
+            "vector_count"
+        ]
+        == 3000
+    )
+    verified = ok_json(
+        akisnap("snapshots", "verify", snapshot_id, "--full", "--store", store, "--json")
+    )
     assert verified["outcome"] == "ok"
     human = akisnap("snapshots", "list", "--store", store)
     assert snapshot_id in human.stdout and "SNAPSHOT" in human.stdout
@@ -91,8 +117,9 @@ def test_flipped_byte_fails_verify_and_restore(tmp_path: Path) -> None:
     """After one byte of a part is flipped, verify and restore exit non-zero with one line."""
     uri = write_export(real_embeddings(500), tmp_path / "exports")
     store = tmp_path / "store"
-    body = ok_json(akisnap("snapshots", "create", "--collection", "c", "--from", uri, "--json",
-                           store=store))
+    body = ok_json(
+        akisnap("snapshots", "create", "--collection", "c", "--from", uri, "--json", store=store)
+    )
     part = store / body["parts"][0]["key"]
     data = bytearray(part.read_bytes())
     data[len(data) // 2] ^= 0x10
@@ -100,8 +127,9 @@ def test_flipped_byte_fails_verify_and_restore(tmp_path: Path) -> None:
     verify = akisnap("snapshots", "verify", body["snapshot_id"], store=store)
     assert verify.returncode != 0 and "SHA-256" in verify.stderr
     assert len(verify.stderr.strip().splitlines()) == 1
-    restore = akisnap("snapshots", "restore", body["snapshot_id"], "--out",
-                      str(tmp_path / "x.npy"), store=store)
+    restore = akisnap(
+        "snapshots", "restore", body["snapshot_id"], "--out", str(tmp_path / "x.npy"), store=store
+    )
     assert restore.returncode != 0 and "SHA-256" in restore.stderr
     assert not (tmp_path / "x.npy").exists()
 
@@ -112,7 +140,8 @@ def test_export_with_nan_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
     vectors = DocumentBatch(table.combine_chunks().to_batches()[0]).vectors.copy()
     vectors[50, 7] = np.nan
     poisoned = table.set_column(
-        table.schema.get_field_index("vector"), "vector",
+        table.schema.get_field_index("vector"),
+        "vector",
         pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 384),
     )
     uri = write_export(poisoned, tmp_path / "exports")
@@ -132,8 +161,14 @@ def test_unknown_snapshot_is_a_one_line_error(tmp_path: Path) -> None:
 
 def test_bad_output_extension_is_refused(created: dict[str, Any]) -> None:
     """restore to an unknown extension says which ones work."""
-    result = akisnap("snapshots", "restore", created["body"]["snapshot_id"], "--out", "x.csv",
-                     store=created["store"])
+    result = akisnap(
+        "snapshots",
+        "restore",
+        created["body"]["snapshot_id"],
+        "--out",
+        "x.csv",
+        store=created["store"],
+    )
     assert result.returncode == 1 and ".parquet" in result.stderr
 
 

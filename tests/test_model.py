@@ -23,8 +23,12 @@ def test_inline_documents_build_a_batch() -> None:
     """Inline JSON documents become one float32 batch with ids, metadata and times."""
     batch = DocumentBatch.from_documents(
         [
-            doc([0.5, -1.0], external_id="a", metadata={"lang": "en"},
-                inserted_at="2026-11-24T10:00:00Z"),
+            doc(
+                [0.5, -1.0],
+                external_id="a",
+                metadata={"lang": "en"},
+                inserted_at="2026-11-24T10:00:00Z",
+            ),
             doc([1.0, 2.0]),
         ]
     )
@@ -94,8 +98,9 @@ def test_from_arrow_accepts_uuid_text_and_missing_optional_columns() -> None:
 
 def test_from_arrow_refuses_mixed_dimensions_in_a_list_column() -> None:
     """A variable-length vector column with two lengths is refused."""
-    table = pa.table({"document_id": [str(uuid.uuid4()) for _ in range(2)],
-                      "vector": [[1.0, 2.0], [3.0]]})
+    table = pa.table(
+        {"document_id": [str(uuid.uuid4()) for _ in range(2)], "vector": [[1.0, 2.0], [3.0]]}
+    )
     with pytest.raises(InvalidDocumentsError, match="mixed vector dimensions"):
         DocumentBatch.from_arrow(table.to_batches()[0], default_inserted_at=NOW)
 

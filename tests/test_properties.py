@@ -26,7 +26,9 @@ finite_float32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8)
 metadata_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 metadata_objects = st.none() | st.dictionaries(st.text(max_size=6), metadata_values, max_size=4)
@@ -72,7 +74,9 @@ def check(kind: str, docs: list[dict[str, Any]], fmt: str) -> None:
     assert vectors_bit_equal(got.vectors, expected.vectors)
     assert [str(i) for i in got.document_ids] == [d["id"] for d in docs]
     assert restored.column("external_id").to_pylist() == [d["external_id"] for d in docs]
-    decoded = [None if m is None else json.loads(m) for m in restored.column("metadata").to_pylist()]
+    decoded = [
+        None if m is None else json.loads(m) for m in restored.column("metadata").to_pylist()
+    ]
     assert decoded == [d["metadata"] for d in docs]
 
 

@@ -27,7 +27,13 @@ from handlers.model import DocumentBatch, vectors_bit_equal
 from handlers.restore import restore_snapshot
 from handlers.stores import ObjectStore
 from handlers.verify import verify_snapshot
-from tests.support import documents_table, open_test_store, real_embeddings, unit_vectors, write_export
+from tests.support import (
+    documents_table,
+    open_test_store,
+    real_embeddings,
+    unit_vectors,
+    write_export,
+)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -105,8 +111,11 @@ async def test_metadata_fields(creator: SnapshotCreator, exports: Path) -> None:
     job = SnapshotJob(job.collection_id, "request-42", job.source, labels={"trigger": "test"})
     meta = (await creator(job)).metadata
     body = meta.to_dict()
-    assert body["snapshot_id"] == job.snapshot_id == str(uuid.uuid5(uuid.UUID(
-        "6f1c2a9e-0c4b-5d7e-9a31-2b8f4e6d0a17"), "request-42"))
+    assert (
+        body["snapshot_id"]
+        == job.snapshot_id
+        == str(uuid.uuid5(uuid.UUID("6f1c2a9e-0c4b-5d7e-9a31-2b8f4e6d0a17"), "request-42"))
+    )
     assert (body["request_id"], body["collection_id"]) == ("request-42", "products")
     assert (body["format"], body["compression"], body["dimension"]) == ("parquet", "zstd", 8)
     assert body["vector_count"] == 20 and body["labels"] == {"trigger": "test"}
@@ -133,8 +142,10 @@ async def test_empty_input_is_refused(creator: SnapshotCreator, exports: Path) -
 
 async def test_dimension_mismatch_is_refused(creator: SnapshotCreator) -> None:
     """Inline documents of two dimensions are refused."""
-    documents = [{"id": str(uuid.uuid4()), "vector": [1.0, 2.0]},
-                 {"id": str(uuid.uuid4()), "vector": [1.0]}]
+    documents = [
+        {"id": str(uuid.uuid4()), "vector": [1.0, 2.0]},
+        {"id": str(uuid.uuid4()), "vector": [1.0]},
+    ]
     with pytest.raises(InvalidDocumentsError, match="dimension"):
         await creator(SnapshotJob("c", "r", InlineSource(documents)))
     assert await creator.catalog.list() == []
@@ -156,8 +167,13 @@ async def test_non_finite_export_leaves_nothing_visible(
 
 
 @pytest.mark.parametrize(
-    "uri", ["file:///etc/passwd", "file:///tmp/../etc/passwd", "s3://other-bucket/x.parquet",
-            "http://example.invalid/x.parquet"]
+    "uri",
+    [
+        "file:///etc/passwd",
+        "file:///tmp/../etc/passwd",
+        "s3://other-bucket/x.parquet",
+        "http://example.invalid/x.parquet",
+    ],
 )
 async def test_source_outside_allow_list_is_refused(creator: SnapshotCreator, uri: str) -> None:
     """A request cannot make the service read outside the allowed roots."""
@@ -172,7 +188,9 @@ async def test_symlink_out_of_the_exports_root_is_refused(
     exports.mkdir(parents=True, exist_ok=True)
     (exports / "sneaky.parquet").symlink_to("/etc/passwd")
     with pytest.raises(SourceNotAllowedError):
-        await creator(SnapshotJob("c", "r", UriSource((exports / "sneaky.parquet").as_uri(), "parquet")))
+        await creator(
+            SnapshotJob("c", "r", UriSource((exports / "sneaky.parquet").as_uri(), "parquet"))
+        )
 
 
 async def test_restore_of_unknown_id_is_not_found(store: ObjectStore) -> None:

@@ -1,0 +1,775 @@
+"""The daemon against the real Kafka broker (and the real S3 server) of `make services`.
+
+Every test makes its own topics and consumer group (`make_topics`), drives the real loop —
+`Daemon.run(handle_signals=False)` in-process, or `akisnap run` as a subprocess for the
+signal tests — and reads outcomes back from the result and dead-letter topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from daemon.app import Daemon
+from daemon.consumer import ConsumerOptions, RequestConsumer
+from daemon.dead_letter import (
+    H_ATTEMPTS,
+    H_CLASS,
+    H_FAILED_AT,
+    H_MESSAGE,
+    H_OFFSET,
+    H_PARTITION,
+    H_REPLAY_COUNT,
+    H_RETRYABLE,
+    H_STAGE,
+    H_TIMESTAMP,
+    H_TOPIC,
+    headers_dict,
+)
+from daemon.demo import random_documents
+from daemon.events import REQUEST_SCHEMA, build_request, parse_result
+from daemon.fate import Settled, Verdict
+from daemon.metrics import Metrics
+from daemon.results import OutcomeWatcher
+from daemon.settings import Settings
+from handlers.catalog import Catalog
+from handlers.job import InlineSource, UriSource, snapshot_id_for
+from handlers.stores import open_store
+from tests.conftest import REPO, S3Service, TopicFactory, Topics
+from tests.support import real_embeddings, write_export
+
+Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def settings_for(bootstrap: str, topics: Topics, tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "kafka_bootstrap": bootstrap,
+        "group_id": topics.group_id,
+        "request_topic": topics.requests,
+        "result_topic": topics.results,
+        "dlq_topic": topics.dlq,
+        "store": (tmp_path / "store").as_uri(),
+        "exports_root": (tmp_path / "exports").as_uri(),
+        "retry_attempts": 3,
+        "retry_base_seconds": 0.05,
+        "retry_cap_seconds": 0.2,
+        "shutdown_grace_seconds": 8.0,
+        "log_format": "console",
+        "log_level": "warning",
+    }
+    values.update(overrides)
+    return Settings.load(None, **values)
+
+
+def env_for(settings: Settings, metrics_port: int) -> dict[str, str]:
+    """The environment of an `akisnap run` subprocess with these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AKISNAP_")}
+    for name in (
+        "kafka_bootstrap", "group_id", "request_topic", "result_topic", "dlq_topic", "store",
+        "exports_root", "retry_attempts", "retry_base_seconds", "retry_cap_seconds",
+        "shutdown_grace_seconds",
+    ):  # fmt: skip
+        env[f"AKISNAP_{name.upper()}"] = str(getattr(settings, name))
+    env.update(AKISNAP_METRICS_PORT=str(metrics_port), AKISNAP_LOG_FORMAT="json")
+    env["AKISNAP_LOG_LEVEL"] = "info"
+    return env
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Daemon]:
+    """The daemon, in-process, joined to its group; stopped (and checked to exit 0) after."""
+    daemon = Daemon(settings, metrics_port=0, health_host="127.0.0.1")
+    task = asyncio.create_task(daemon.run(handle_signals=False))
+    try:
+        joined = asyncio.create_task(daemon.wait_joined(30.0))
+        await asyncio.wait({joined, task}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            joined.cancel()
+            raise AssertionError(f"daemon stopped before joining: {task.result()!r}")
+        joined.result()
+        yield daemon
+    finally:
+        daemon.stop()
+        code = await asyncio.wait_for(task, settings.shutdown_grace_seconds + 10)
+    assert code == 0
+
+
+def watcher(bootstrap: str, topics: Topics) -> OutcomeWatcher:
+    return OutcomeWatcher(bootstrap, result_topic=topics.results, dlq_topic=topics.dlq)
+
+
+async def send(bootstrap: str, topic: str, messages: Sequence[Message]) -> list[Any]:
+    """Publish raw messages in order; their RecordMetadata."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", compression_type="gzip",
+        max_request_size=4 * 1024 * 1024,
+    )  # fmt: skip
+    await producer.start()
+    try:
+        return [
+            await producer.send_and_wait(topic, value=value, key=key, headers=headers or None)
+            for key, value, headers in messages
+        ]
+    finally:
+        await producer.stop()
+
+
+def inline_request(
+    collection: str, rows: int = 20, dim: int = 8, seed: int = 0, request_id: str | None = None
+) -> tuple[str, bytes, bytes]:
+    rid = request_id or str(uuid.uuid4())
+    key, value = build_request(
+        collection, InlineSource(random_documents(rows, dim, seed=seed)), request_id=rid
+    )
+    return rid, key, value
+
+
+async def read_topic(bootstrap: str, topic: str, count: int, within: float) -> list[Any]:
+    """The first ``count`` records of ``topic`` (all partitions, partition order kept)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )  # fmt: skip
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + within
+        while len(records) < count and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for batch in batches.values():
+                records.extend(batch)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def committed_total(admin: AIOKafkaAdminClient, group_id: str, topic: str) -> int:
+    offsets = await admin.list_consumer_group_offsets(group_id)
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic)
+
+
+async def snapshot_ids(settings: Settings, collection: str | None = None) -> list[str]:
+    store = open_store(settings.store, settings.s3_options())
+    try:
+        return [meta.snapshot_id for meta in await Catalog(store).list(collection)]
+    finally:
+        await store.close()
+
+
+def http_status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            status: int = answer.status
+            return status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def sample(daemon: Daemon, name: str, **labels: str) -> float:
+    return daemon.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def until(condition: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+class TcpProxy:
+    """A loopback TCP forwarder that can be switched off (connections refused) and on."""
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.removeprefix("http://").partition(":")
+        self._target = (host, int(port.rstrip("/")))
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._writers):
+                writer.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update((writer, up_writer))
+        await asyncio.gather(
+            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+        )
+        self._writers.difference_update((writer, up_writer))
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while chunk := await reader.read(65536):
+                writer.write(chunk)
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+def s3_settings(
+    bootstrap: str, topics: Topics, tmp_path: Path, s3: S3Service, endpoint: str, **more: Any
+) -> Settings:
+    return settings_for(
+        bootstrap, topics, tmp_path,
+        store=f"s3://{s3.bucket}/tests/{uuid.uuid4().hex}",
+        s3_endpoint=endpoint, s3_access_key=s3.access_key, s3_secret_key=s3.secret_key,
+        s3_region=s3.region, **more,
+    )  # fmt: skip
+
+
+# -- the happy path, order, concurrency ---------------------------------------------------------
+
+
+async def test_inline_request_becomes_result_and_snapshot(
+    kafka_bootstrap: str, make_topics: TopicFactory, kafka_admin: AIOKafkaAdminClient,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """An inline request yields a `created` result, a listed snapshot and a committed offset."""
+    topics = await make_topics()
+    settings = settings_for(kafka_bootstrap, topics, tmp_path)
+    rid, key, value = inline_request("products", rows=50, dim=16)
+    async with running(settings) as daemon, watcher(kafka_bootstrap, topics) as outcomes:
+        assert await asyncio.to_thread(http_status, daemon.metrics_port, "/healthz") == 200
+        await send(kafka_bootstrap, topics.requests, [(key, value, [])])
+        found = await outcomes.wait_for([rid], 30)
+        assert await asyncio.to_thread(http_status, daemon.metrics_port, "/readyz") == 200
+        assert sample(daemon, "akisnap_requests_total", outcome="created") == 1
+    result = found[rid].result
+    assert result is not None and result.status == "created"
+    assert result.snapshot_id == snapshot_id_for(rid)
+    assert (result.vector_count, result.dimension) == (50, 16)
+    assert result.metadata_uri.startswith(settings.store)
+    assert {"decode", "source", "encode", "upload", "verify", "total"} <= set(
+        result.durations_seconds
+    )
+    assert await snapshot_ids(settings, "products") == [snapshot_id_for(rid)]
+    assert await committed_total(kafka_admin, topics.group_id, topics.requests) == 1
+
+
+async def test_requests_of_a_collection_stay_in_order(
+    kafka_bootstrap: str, make_topics: TopicFactory, tmp_path: Path
+) -> None:
+    """Requests with one key are settled in publish order (results come out in that order)."""
+    topics = await make_topics()
+    settings = settings_for(kafka_bootstrap, topics, tmp_path)
+    requests = [inline_request("ordered", rows=30, dim=8, seed=i) for i in range(8)]
+    async with running(settings):
+        await send(kafka_bootstrap, topics.requests, [(k, v, []) for _, k, v in requests])
+        records = await read_topic(kafka_bootstrap, topics.results, len(requests), 60)
+    assert len({record.partition for record in records}) == 1
+    assert [parse_result(r.value).request_id for r in records] == [rid for rid, _, _ in requests]
+    stamps = [parse_result(r.value).created_at for r in records]
+    assert stamps == sorted(stamps)
+
+
+async def _consume_with(
+    kafka_bootstrap: str, topics: Topics, options: ConsumerOptions, per_partition: int
+) -> tuple[list[tuple[int, int, float, float]], int, set[int], Metrics]:
+    """Run a RequestConsumer over `per_partition` messages in each of the 4 partitions with a
+    0.3 s handler; the (partition, offset, start, end) of each call, the peak concurrency,
+    the partitions seen paused, and the metrics."""
+    total = 4 * per_partition
+    calls: list[tuple[int, int, float, float]] = []
+    active = peak = 0
+    paused: set[int] = set()
+    in_flight: list[float] = []
+    done = asyncio.Event()
+    metrics = Metrics()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap, group_id=topics.group_id, enable_auto_commit=False,
+        auto_offset_reset="earliest", max_poll_records=options.max_in_flight_requests,
+    )  # fmt: skip
+
+    async def handle(record: Any, stop: asyncio.Event) -> Settled:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        paused.update(tp.partition for tp in consumer.paused())
+        in_flight.append(gauge(metrics, "akisnap_in_flight_requests"))
+        started = time.monotonic()
+        await asyncio.sleep(0.3)
+        calls.append((record.partition, record.offset, started, time.monotonic()))
+        active -= 1
+        if len(calls) == total:
+            done.set()
+        return Settled(Verdict.CREATED, 0.3)
+
+    requests = RequestConsumer(consumer, handle, metrics, options)
+    consumer.subscribe([topics.requests], listener=requests.listener)
+    await consumer.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(requests.run(stop))
+    try:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            for index in range(per_partition):
+                for partition in range(4):
+                    await producer.send_and_wait(
+                        topics.requests, value=f"{partition}-{index}".encode(), partition=partition
+                    )
+        finally:
+            await producer.stop()
+        await asyncio.wait_for(done.wait(), 60)
+        await until(lambda: lags(metrics, topics.requests) == [0.0] * 4, 10, "zero lag")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await consumer.stop()
+    assert max(in_flight) <= options.max_in_flight_requests
+    return calls, peak, paused, metrics
+
+
+def lags(metrics: Metrics, topic: str) -> list[float | None]:
+    return [
+        metrics.registry.get_sample_value(
+            "akisnap_consumer_lag", {"topic": topic, "partition": str(p)}
+        )
+        for p in range(4)
+    ]
+
+
+def gauge(metrics: Metrics, name: str) -> float:
+    return metrics.registry.get_sample_value(name) or 0.0
+
+
+async def test_partitions_run_concurrently_each_in_order(
+    kafka_bootstrap: str, make_topics: TopicFactory, kafka_admin: AIOKafkaAdminClient
+) -> None:
+    """Four partitions are worked on at once, one record at a time each, offsets in order."""
+    topics = await make_topics()
+    options = ConsumerOptions(max_in_flight_requests=16, settle_seconds=5, lag_interval_seconds=0.2)
+    calls, peak, _, _ = await _consume_with(kafka_bootstrap, topics, options, per_partition=3)
+    assert peak == 4
+    for partition in range(4):
+        mine = [c for c in calls if c[0] == partition]
+        assert [c[1] for c in mine] == [0, 1, 2]
+        assert all(a[3] <= b[2] for a, b in itertools.pairwise(mine))
+    span = max(c[3] for c in calls) - min(c[2] for c in calls)
+    assert span < 2.5, f"12 calls of 0.3 s over 4 partitions took {span:.2f}s: not concurrent"
+    assert await committed_total(kafka_admin, topics.group_id, topics.requests) == 12
+
+
+async def test_in_flight_bound_pauses_partitions(
+    kafka_bootstrap: str, make_topics: TopicFactory, kafka_admin: AIOKafkaAdminClient
+) -> None:
+    """With at most 2 requests in flight, partitions are paused, never more than 2 run, and
+    everything is still settled and committed."""
+    topics = await make_topics()
+    options = ConsumerOptions(max_in_flight_requests=2, settle_seconds=5, lag_interval_seconds=0.2)
+    calls, peak, paused, metrics = await _consume_with(
+        kafka_bootstrap, topics, options, per_partition=2
+    )
+    assert peak <= 2
+    assert paused, "no partition was ever paused"
+    assert len(calls) == 8
+    assert gauge(metrics, "akisnap_in_flight_requests") == 0
+    assert await committed_total(kafka_admin, topics.group_id, topics.requests) == 8
+
+
+# -- bad requests -----------------------------------------------------------------------------
+
+
+def _doc(vector: list[Any], **extra: Any) -> dict[str, Any]:
+    return {"id": str(uuid.uuid4()), "vector": vector, **extra}
+
+
+def _request(rid: str, collection: Any = "bad", **fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "schema": REQUEST_SCHEMA,
+        "request_id": rid,
+        "collection_id": collection,
+        "source": {"documents": [_doc([0.1, 0.2, 0.3])]},
+    }
+    body.update(fields)
+    return body
+
+
+def bad_requests(exports: Path) -> list[tuple[str, bytes | None, str, str | None]]:
+    """(name, value, expected stage, expected error class) of each kind of bad request."""
+
+    def r() -> str:
+        return str(uuid.uuid4())
+
+    def j(body: dict[str, Any]) -> bytes:
+        return json.dumps(body).encode()
+
+    missing = (exports / "missing.parquet").as_uri()
+    return [
+        ("malformed JSON", b'{"schema": "akisnap.snapshot-request/v1", "request_id": ', "decode",
+         "DecodeError"),
+        ("not UTF-8", b"\xff\xfe{}", "decode", "DecodeError"),
+        ("tombstone", None, "decode", "DecodeError"),
+        ("missing fields", j({"schema": REQUEST_SCHEMA, "request_id": r()}), "validate",
+         "InvalidRequestError"),
+        ("wrong types", j(_request(r(), request_id=42)), "validate", "InvalidRequestError"),
+        ("path-traversing collection", j(_request(r(), collection="../../etc")), "validate",
+         "InvalidRequestError"),
+        ("mixed dimensions", j(_request(r(), source={"documents": [
+            _doc([0.1, 0.2, 0.3]), _doc([0.1, 0.2, 0.3, 0.4])]})), "validate", None),
+        ("empty documents", j(_request(r(), source={"documents": []})), "validate", None),
+        ("unknown schema version", j(_request(r(), schema="akisnap.snapshot-request/v9")),
+         "validate", "InvalidRequestError"),
+        ("source without uri", j(_request(r(), source={"format": "parquet"})), "validate",
+         "InvalidRequestError"),
+        ("missing source file", j(_request(r(), source={"uri": missing, "format": "parquet"})),
+         "source", "SourceError"),
+        ("unsupported source scheme", j(_request(r(), source={
+            "uri": "ftp://example.com/x.parquet", "format": "parquet"})), "source", None),
+        ("source outside the allowed roots", j(_request(r(), source={
+            "uri": "file:///etc/passwd.parquet", "format": "parquet"})), "source", None),
+        ("metadata not an object", j(_request(r(), source={"documents": [
+            _doc([0.1, 0.2], metadata=[1, 2])]})), "validate", "InvalidDocumentsError"),
+        ("bad UUID", j(_request(r(), source={"documents": [
+            {"id": "not-a-uuid", "vector": [0.1, 0.2]}]})), "validate", "InvalidDocumentsError"),
+        ("float32 overflow", j(_request(r(), source={"documents": [_doc([1e39, 0.0])]})),
+         "validate", "InvalidDocumentsError"),
+        ("NaN", j(_request(r(), source={"documents": [_doc([float("nan"), 0.0])]})),
+         "validate", "InvalidDocumentsError"),
+    ]  # fmt: skip
+
+
+async def test_each_bad_request_is_dead_lettered_byte_for_byte(
+    kafka_bootstrap: str, make_topics: TopicFactory, kafka_admin: AIOKafkaAdminClient,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Every kind of bad request reaches the DLQ with its key, value and DESIGN headers, at
+    once, and the daemon goes on to settle the good request behind them."""
+    topics = await make_topics()
+    settings = settings_for(kafka_bootstrap, topics, tmp_path)
+    (tmp_path / "exports").mkdir()
+    bad = bad_requests(tmp_path / "exports")
+    messages: list[Message] = [
+        (f"key-{i}".encode(), value, [(H_REPLAY_COUNT, b"2")] if i == 0 else [])
+        for i, (_, value, _, _) in enumerate(bad)
+    ]
+    good_id, good_key, good_value = inline_request("bad", rows=5, dim=4)
+    messages.append((good_key, good_value, []))
+    async with running(settings) as daemon, watcher(kafka_bootstrap, topics) as outcomes:
+        sent = await send(kafka_bootstrap, topics.requests, messages)
+        letters = await read_topic(kafka_bootstrap, topics.dlq, len(bad), 60)
+        found = await outcomes.wait_for([good_id], 30)
+        assert sample(daemon, "akisnap_requests_total", outcome="dead_lettered") == len(bad)
+    assert found[good_id].status == "created"
+    assert len(letters) == len(bad)
+    by_origin = {
+        (int(headers_dict(r.headers)[H_PARTITION]), int(headers_dict(r.headers)[H_OFFSET])): r
+        for r in letters
+    }
+    for (name, value, stage, error_class), meta, (key, _, _) in zip(
+        bad, sent, messages, strict=False
+    ):
+        letter = by_origin[(meta.partition, meta.offset)]
+        headers = headers_dict(letter.headers)
+        assert (letter.key, letter.value) == (key, value), name
+        assert headers[H_STAGE] == stage, (name, headers)
+        if error_class is not None:
+            assert headers[H_CLASS] == error_class, (name, headers)
+        assert headers[H_RETRYABLE] == "false", name
+        assert headers[H_ATTEMPTS] == "1", name
+        assert headers[H_TOPIC] == topics.requests
+        assert headers[H_TIMESTAMP] == str(meta.timestamp)
+        assert 0 < len(headers[H_MESSAGE]) <= 500, name
+        assert datetime.fromisoformat(headers[H_FAILED_AT].replace("Z", "+00:00"))
+    assert (
+        headers_dict(by_origin[(sent[0].partition, sent[0].offset)].headers)[H_REPLAY_COUNT] == "2"
+    )
+    assert H_REPLAY_COUNT not in headers_dict(
+        by_origin[(sent[1].partition, sent[1].offset)].headers
+    )
+    assert await committed_total(kafka_admin, topics.group_id, topics.requests) == len(messages)
+
+
+# -- transient failures -----------------------------------------------------------------------
+
+
+async def test_store_down_for_a_while_is_retried_then_succeeds(
+    kafka_bootstrap: str, make_topics: TopicFactory, s3_service: S3Service, tmp_path: Path
+) -> None:
+    """With S3 unreachable the request is retried (retries_total grows); once S3 is back the
+    same request is created."""
+    topics = await make_topics()
+    proxy = TcpProxy(s3_service.endpoint)
+    settings = s3_settings(
+        kafka_bootstrap, topics, tmp_path, s3_service, f"http://127.0.0.1:{proxy.port}",
+        retry_attempts=30, retry_base_seconds=0.2, retry_cap_seconds=0.5,
+    )  # fmt: skip
+    rid, key, value = inline_request("flaky", rows=40, dim=8)
+    try:
+        async with running(settings) as daemon, watcher(kafka_bootstrap, topics) as outcomes:
+            await send(kafka_bootstrap, topics.requests, [(key, value, [])])
+            await until(lambda: sample(daemon, "akisnap_retries_total", stage="upload") >= 2,
+                        30, "two retries")  # fmt: skip
+            assert await asyncio.to_thread(http_status, daemon.metrics_port, "/readyz") == 503
+            await proxy.start()
+            found = await outcomes.wait_for([rid], 40)
+    finally:
+        await proxy.stop()
+    assert found[rid].status == "created"
+    assert await _s3_snapshot_ids(settings, s3_service) == [snapshot_id_for(rid)]
+
+
+async def _s3_snapshot_ids(settings: Settings, s3: S3Service) -> list[str]:
+    direct = settings.model_copy(update={"s3_endpoint": s3.endpoint})
+    return await snapshot_ids(direct)
+
+
+async def test_retries_exhausted_go_to_dead_letters_as_retryable(
+    kafka_bootstrap: str, make_topics: TopicFactory, s3_service: S3Service, tmp_path: Path
+) -> None:
+    """When S3 stays down, the request is dead-lettered after the configured attempts with
+    retryable=true, and the offset is committed (the daemon goes on)."""
+    topics = await make_topics()
+    dead_port = free_port()
+    settings = s3_settings(
+        kafka_bootstrap, topics, tmp_path, s3_service, f"http://127.0.0.1:{dead_port}",
+        retry_attempts=3,
+    )  # fmt: skip
+    rid, key, value = inline_request("down", rows=10, dim=4)
+    async with running(settings), watcher(kafka_bootstrap, topics) as outcomes:
+        await send(kafka_bootstrap, topics.requests, [(key, value, [])])
+        found = await outcomes.wait_for([rid], 60)
+    letter = found[rid].dead_letter
+    assert letter is not None and letter.value == value and letter.key == key
+    headers = headers_dict(letter.headers)
+    assert headers[H_RETRYABLE] == "true"
+    assert headers[H_ATTEMPTS] == "3"
+    assert headers[H_STAGE] == "upload"
+    assert headers[H_CLASS] == "StoreUnavailableError"
+    assert s3_service.secret_key not in headers[H_MESSAGE]
+
+
+# -- duplicates -------------------------------------------------------------------------------
+
+
+async def test_replayed_request_is_a_duplicate_and_nothing_is_rewritten(
+    kafka_bootstrap: str, make_topics: TopicFactory, tmp_path: Path
+) -> None:
+    """The same request published twice: `created`, then `duplicate`, one snapshot, the
+    metadata file untouched."""
+    topics = await make_topics()
+    settings = settings_for(kafka_bootstrap, topics, tmp_path)
+    rid, key, value = inline_request("replayed", rows=10, dim=4)
+    async with running(settings) as daemon:
+        async with watcher(kafka_bootstrap, topics) as outcomes:
+            await send(kafka_bootstrap, topics.requests, [(key, value, [])])
+            first = (await outcomes.wait_for([rid], 30))[rid]
+        (metadata,) = (tmp_path / "store").rglob("*.metadata.json")
+        before = (metadata.stat().st_mtime_ns, metadata.read_bytes())
+        async with watcher(kafka_bootstrap, topics) as outcomes:
+            await send(kafka_bootstrap, topics.requests, [(key, value, [(H_REPLAY_COUNT, b"1")])])
+            second = (await outcomes.wait_for([rid], 30))[rid]
+        assert sample(daemon, "akisnap_requests_total", outcome="duplicate") == 1
+    assert (first.status, second.status) == ("created", "duplicate")
+    assert second.result is not None and second.result.snapshot_id == snapshot_id_for(rid)
+    assert (metadata.stat().st_mtime_ns, metadata.read_bytes()) == before
+    assert await snapshot_ids(settings) == [snapshot_id_for(rid)]
+
+
+# -- lifecycle --------------------------------------------------------------------------------
+
+
+async def test_unreachable_kafka_keeps_health_up_and_not_ready(tmp_path: Path) -> None:
+    """With no broker, /healthz is 200 and /readyz 503 while the daemon keeps retrying; stop
+    still returns 0 promptly."""
+    topics = Topics("r", "s", "d", "g")
+    settings = settings_for(f"127.0.0.1:{free_port()}", topics, tmp_path)
+    daemon = Daemon(settings, metrics_port=0, health_host="127.0.0.1")
+    task = asyncio.create_task(daemon.run(handle_signals=False))
+    try:
+        await until(lambda: _port(daemon) is not None, 10, "the health server")
+        await asyncio.sleep(2.0)
+        assert await asyncio.to_thread(http_status, daemon.metrics_port, "/healthz") == 200
+        assert await asyncio.to_thread(http_status, daemon.metrics_port, "/readyz") == 503
+        assert not task.done()
+    finally:
+        daemon.stop()
+        started = time.monotonic()
+        assert await asyncio.wait_for(task, 10) == 0
+    assert time.monotonic() - started < 5
+
+
+def _port(daemon: Daemon) -> int | None:
+    try:
+        return daemon.metrics_port
+    except RuntimeError:
+        return None
+
+
+def _spawn(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli", "run"],
+            cwd=REPO, env=env_for(settings, port), stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+async def _until_ready(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"akisnap run exited early:\n{log.read_text()[-3000:]}"
+        with contextlib.suppress(OSError):
+            if await asyncio.to_thread(http_status, port, "/readyz") == 200:
+                return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"akisnap run not ready in 40 s:\n{log.read_text()[-3000:]}")
+
+
+def _export_requests(tmp_path: Path, count: int, rows: int) -> list[tuple[str, bytes, bytes]]:
+    """`count` requests by URI of one real-embedding export of `rows` rows, over 6 collections."""
+    uri = write_export(real_embeddings(rows), tmp_path / "exports", "real.parquet")
+    out = []
+    for i in range(count):
+        rid = str(uuid.uuid4())
+        key, value = build_request(f"wave-{i % 6}", UriSource(uri, "parquet"), request_id=rid)
+        out.append((rid, key, value))
+    return out
+
+
+@pytest.mark.timeout(300)
+async def test_sigterm_drains_commits_and_exits_zero(
+    kafka_bootstrap: str, make_topics: TopicFactory, kafka_admin: AIOKafkaAdminClient,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """SIGTERM mid-wave: `akisnap run` exits 0 within the grace period having committed exactly
+    the requests it finished; a restart settles the rest, none twice."""
+    topics = await make_topics()
+    grace = 10.0
+    settings = settings_for(kafka_bootstrap, topics, tmp_path, shutdown_grace_seconds=grace)
+    requests = _export_requests(tmp_path, 16, 5_000)
+    port, log = free_port(), tmp_path / "run.log"
+    process = _spawn(settings, port, log)
+    try:
+        await _until_ready(process, port, log)
+        async with watcher(kafka_bootstrap, topics) as outcomes:
+            await send(kafka_bootstrap, topics.requests, [(k, v, []) for _, k, v in requests])
+            await outcomes.wait_for([rid for rid, _, _ in requests], 60, at_least=2)
+            process.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            code = await asyncio.to_thread(process.wait, grace + 5)
+            took = time.monotonic() - started
+            assert code == 0, log.read_text()[-3000:]
+            assert took <= grace, f"exit took {took:.1f}s"
+            await outcomes.wait_for([rid for rid, _, _ in requests], 2.0)  # drain what exists
+            finished = dict(outcomes.outcomes)
+            assert len(finished) < len(requests), "the wave ended before SIGTERM: test is moot"
+            assert await committed_total(kafka_admin, topics.group_id, topics.requests) == len(
+                finished
+            )
+            async with running(settings):
+                found = await outcomes.wait_for([rid for rid, _, _ in requests], 90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert len(found) == len(requests)
+    assert all(outcome.status == "created" for outcome in found.values())
+    assert sorted(await snapshot_ids(settings)) == sorted(
+        snapshot_id_for(r) for r, _, _ in requests
+    )
+
+
+@pytest.mark.timeout(300)
+async def test_sigkill_midway_leaves_exactly_one_snapshot_per_request(
+    kafka_bootstrap: str, make_topics: TopicFactory, tmp_path: Path
+) -> None:
+    """`kill -9` in the middle of 30 requests, then a restart: every request ends as exactly
+    one snapshot (redone ones report `duplicate` or `created`, never a second snapshot)."""
+    topics = await make_topics()
+    settings = settings_for(kafka_bootstrap, topics, tmp_path)
+    requests = _export_requests(tmp_path, 30, 5_000)
+    port, log = free_port(), tmp_path / "run.log"
+    process = _spawn(settings, port, log)
+    try:
+        await _until_ready(process, port, log)
+        async with watcher(kafka_bootstrap, topics) as outcomes:
+            await send(kafka_bootstrap, topics.requests, [(k, v, []) for _, k, v in requests])
+            await outcomes.wait_for([rid for rid, _, _ in requests], 60, at_least=4)
+            process.kill()
+            await asyncio.to_thread(process.wait, 10)
+            before = len(outcomes.outcomes)
+            assert before < len(requests), "the wave ended before the kill: test is moot"
+            process = _spawn(settings, port, log)
+            await _until_ready(process, port, log)
+            found = await outcomes.wait_for([rid for rid, _, _ in requests], 120)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(process.wait, 20)
+    assert len(found) == len(requests)
+    assert {o.status for o in found.values()} <= {"created", "duplicate"}
+    assert sorted(await snapshot_ids(settings)) == sorted(
+        snapshot_id_for(r) for r, _, _ in requests
+    )
+    metadata_files = list((tmp_path / "store").rglob("*.metadata.json"))
+    assert len(metadata_files) == len(requests)
+    assert process.returncode == 0, log.read_text()[-3000:]
+
+
+@pytest.mark.timeout(300)
+async def test_rebalance_hands_partitions_over_without_redoing_work(
+    kafka_bootstrap: str, make_topics: TopicFactory, kafka_admin: AIOKafkaAdminClient,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """A second daemon joining mid-wave takes over partitions: the first settles and commits
+    what it finished, and every request gets exactly one result."""
+    topics = await make_topics()
+    settings = settings_for(kafka_bootstrap, topics, tmp_path)
+    requests = _export_requests(tmp_path, 24, 10_000)
+    ids = [rid for rid, _, _ in requests]
+    async with watcher(kafka_bootstrap, topics) as outcomes, running(settings) as first:
+        await send(kafka_bootstrap, topics.requests, [(k, v, []) for _, k, v in requests])
+        await outcomes.wait_for(ids, 60, at_least=2)
+        async with running(settings) as second:
+            found = await outcomes.wait_for(ids, 120)
+            assert sample(second, "akisnap_requests_total", outcome="created") > 0, (
+                "the second daemon got no work: the wave ended before the rebalance"
+            )
+        created_first = sample(first, "akisnap_requests_total", outcome="created")
+    assert len(found) == len(requests)
+    results = await read_topic(kafka_bootstrap, topics.results, len(requests) + 1, 5)
+    assert sorted(parse_result(r.value).request_id for r in results) == sorted(ids)
+    assert created_first < len(requests)
+    assert await committed_total(kafka_admin, topics.group_id, topics.requests) == len(requests)

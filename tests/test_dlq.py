@@ -1,0 +1,470 @@
+"""`akisnap dlq list|replay` against the real Kafka broker (and S3 server) of `make services`.
+
+Each test makes its own topics (`make_topics`, 4 partitions, auto-create is off) and its own
+replay consumer group, produces dead letters carrying the DESIGN headers, and reads back what
+the replay published.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from daemon.app import Daemon
+from daemon.cli_operator import register
+from daemon.dlq import (
+    DlqFilter,
+    PartitionProgress,
+    Replayer,
+    ReplayObserver,
+    ReplayOptions,
+    TopicMissingError,
+    decode_progress,
+    encode_progress,
+    list_dead_letters,
+    parse_when,
+)
+from daemon.events import build_request
+from daemon.settings import Settings
+from handlers.catalog import Catalog
+from handlers.errors import AkisnapError
+from handlers.job import InlineSource, snapshot_id_for
+from handlers.stores import open_store
+from tests.conftest import S3Service, TopicFactory, Topics
+
+Header = tuple[str, bytes]
+
+
+def settings_for(bootstrap: str, topics: Topics, tmp_path: Path, **more: Any) -> Settings:
+    values: dict[str, Any] = {
+        "kafka_bootstrap": bootstrap,
+        "group_id": topics.group_id,
+        "request_topic": topics.requests,
+        "result_topic": topics.results,
+        "dlq_topic": topics.dlq,
+        "store": (tmp_path / "store").as_uri(),
+        "log_format": "console",
+        "log_level": "warning",
+        **more,
+    }
+    return Settings.load(None, **values)
+
+
+def request(collection: str, rows: int = 3) -> tuple[str, bytes, bytes]:
+    rid = str(uuid.uuid4())
+    docs = [{"id": str(uuid.uuid4()), "vector": [0.5 + i, -0.25, 1e-3, 3.0]} for i in range(rows)]
+    key, value = build_request(collection, InlineSource(docs), request_id=rid)
+    return rid, key, value
+
+
+def dead_letter_headers(
+    stage: str, error_class: str, *, replays: int | None = None, offset: int = 7
+) -> list[Header]:
+    """The DESIGN headers of a dead letter (akisnap.replay.count only on replays)."""
+    headers = [
+        ("akisnap.error.stage", stage.encode()),
+        ("akisnap.error.class", error_class.encode()),
+        ("akisnap.error.message", f"{error_class} happened".encode()),
+        ("akisnap.error.retryable", b"true" if stage == "upload" else b"false"),
+        ("akisnap.attempts", b"5"),
+        ("akisnap.original.topic", b"akidb.snapshot.requests"),
+        ("akisnap.original.partition", b"1"),
+        ("akisnap.original.offset", str(offset).encode()),
+        ("akisnap.original.timestamp", b"1764000000000"),
+        ("akisnap.failed_at", b"2026-11-24T10:00:00.000Z"),
+    ]
+    if replays is not None:
+        headers.append(("akisnap.replay.count", str(replays).encode()))
+    return headers
+
+
+async def produce(
+    bootstrap: str,
+    topic: str,
+    messages: Sequence[tuple[bytes | None, bytes | None, list[Header], int | None]],
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value, headers, stamp in messages:
+            await producer.send_and_wait(
+                topic, value=value, key=key, headers=headers, timestamp_ms=stamp
+            )
+    finally:
+        await producer.stop()
+
+
+async def read_all(bootstrap: str, topic: str) -> list[Any]:
+    """Every record of ``topic`` up to its current end, all partitions."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    tps = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        records: list[Any] = []
+        deadline = time.monotonic() + 15
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            assert time.monotonic() < deadline, f"could not read {topic} to its end"
+            for batch in (await consumer.getmany(timeout_ms=300)).values():
+                records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
+
+
+Letters = dict[str, tuple[bytes, bytes]]
+
+
+@pytest.fixture
+async def seeded(kafka_bootstrap: str, make_topics: TopicFactory) -> tuple[Topics, Letters]:
+    """Six dead letters: 3 upload (collections a, a, b), 2 validate, 1 decode replayed once,
+    plus one upload letter from two days ago."""
+    topics = await make_topics()
+    plan = [
+        ("u1", "a", "upload", "StoreUnavailableError", None, None),
+        ("v1", "a", "validate", "InvalidRequestError", None, None),
+        ("u2", "a", "upload", "StoreUnavailableError", None, None),
+        ("d1", "c", "decode", "DecodeError", 1, None),
+        ("u3", "b", "upload", "StoreUnavailableError", None, None),
+        ("v2", "b", "validate", "InvalidDocumentsError", None, None),
+        ("old", "a", "upload", "StoreUnavailableError", None, 2),
+    ]
+    letters: Letters = {}
+    messages = []
+    now_ms = int(time.time() * 1000)
+    for name, collection, stage, error, replays, days_ago in plan:
+        _, key, value = request(collection)
+        letters[name] = (key, value)
+        stamp = now_ms - days_ago * 86_400_000 if days_ago else None
+        messages.append((key, value, dead_letter_headers(stage, error, replays=replays), stamp))
+    await produce(kafka_bootstrap, topics.dlq, messages)
+    return topics, letters
+
+
+async def test_list_filters(
+    kafka_bootstrap: str, seeded: tuple[Topics, Letters], tmp_path: Path
+) -> None:
+    """list reads every dead letter with its headers; each filter narrows it."""
+    topics, letters = seeded
+    settings = settings_for(kafka_bootstrap, topics, tmp_path)
+    everything = await list_dead_letters(settings)
+    assert len(everything) == 7
+    assert {(d.key, d.value) for d in everything} == set(letters.values())
+    first = everything[0].to_dict()
+    assert first["original_topic"] == "akidb.snapshot.requests" and first["attempts"] == 5
+    assert everything[0].value == letters["old"][1]  # oldest first
+
+    async def names(**where: Any) -> set[str]:
+        found = await list_dead_letters(settings, DlqFilter(**where))
+        by_value = {value: name for name, (_, value) in letters.items()}
+        return {by_value[d.value or b""] for d in found}
+
+    assert await names(stage="upload") == {"u1", "u2", "u3", "old"}
+    assert await names(error_class="InvalidDocumentsError") == {"v2"}
+    assert await names(collection="a") == {"u1", "v1", "u2", "old"}
+    assert await names(stage="upload", collection="b") == {"u3"}
+    recent = parse_when("1d")
+    assert await names(stage="upload", since=recent) == {"u1", "u2", "u3"}
+    assert await names(until=recent) == {"old"}
+    assert len(await list_dead_letters(settings, DlqFilter(stage="upload"), limit=2)) == 2
+    [decode] = await list_dead_letters(settings, DlqFilter(stage="decode"))
+    assert decode.replay_count == 1 and decode.collection_id == "c"
+
+
+async def test_replay_byte_for_byte_and_only_once(
+    kafka_bootstrap: str, seeded: tuple[Topics, Letters], tmp_path: Path
+) -> None:
+    """replay --stage upload re-publishes key and value untouched with replay.count + 1;
+    a second run replays nothing; the letters it skipped are still there for other filters."""
+    topics, letters = seeded
+    settings = settings_for(kafka_bootstrap, topics, tmp_path)
+    group = f"replay-{uuid.uuid4().hex[:8]}"
+    upload = ReplayOptions(where=DlqFilter(stage="upload"), rate_per_second=0, group_id=group)
+
+    dry = await Replayer(settings, ReplayOptions(**{**upload.__dict__, "dry_run": True}))()
+    assert dry.count("would_replay") == 4 and not await read_all(kafka_bootstrap, topics.requests)
+
+    first = await Replayer(settings, upload)()
+    assert first.count("replayed") == 4 and first.not_matching == 3
+    sent = await read_all(kafka_bootstrap, topics.requests)
+    assert sorted((r.key, r.value) for r in sent) == sorted(
+        letters[name] for name in ("u1", "u2", "u3", "old")
+    )
+    assert all(list(r.headers) == [("akisnap.replay.count", b"1")] for r in sent)
+
+    second = await Replayer(settings, upload)()
+    assert second.count("replayed") == 0 and second.already_replayed == 4
+    assert len(await read_all(kafka_bootstrap, topics.requests)) == 4
+
+    everything = ReplayOptions(rate_per_second=0, group_id=group)
+    rest = await Replayer(settings, everything)()
+    assert rest.count("replayed") == 3 and rest.already_replayed == 4
+    sent = await read_all(kafka_bootstrap, topics.requests)
+    assert len(sent) == 7
+    decode = [r for r in sent if (r.key, r.value) == letters["d1"]]
+    assert [list(r.headers) for r in decode] == [[("akisnap.replay.count", b"2")]]
+    assert (await Replayer(settings, everything)()).count("replayed") == 0
+
+
+async def test_replay_cap_refuses(
+    kafka_bootstrap: str, make_topics: TopicFactory, tmp_path: Path
+) -> None:
+    """A dead letter replayed max times already is refused, with the reason, and stays
+    refusable (not marked done); a higher cap replays it. --limit and the rate hold."""
+    topics = await make_topics()
+    settings = settings_for(kafka_bootstrap, topics, tmp_path)
+    _, key, value = request("poison")
+    fine = [request("ok")[1:] for _ in range(4)]
+    await produce(
+        kafka_bootstrap,
+        topics.dlq,
+        [(key, value, dead_letter_headers("verify", "CorruptSnapshotError", replays=3), None)]
+        + [(k, v, dead_letter_headers("upload", "StoreUnavailableError"), None) for k, v in fine],
+    )
+    group = f"replay-{uuid.uuid4().hex[:8]}"
+    acted: list[str] = []
+
+    class Lines(ReplayObserver):
+        def acted(self, action: Any) -> None:
+            acted.append(f"{action.action}: {action.reason}")
+
+    capped = ReplayOptions(where=DlqFilter(stage="verify"), group_id=group)
+    report = await Replayer(settings, capped, Lines())()
+    assert report.count("refused") == 1 and report.count("replayed") == 0
+    assert acted == ["refused: replayed 3 time(s) already; the maximum is 3"]
+    again = await Replayer(settings, capped)()
+    assert again.count("refused") == 1  # still there, still refused
+    raised = ReplayOptions(where=DlqFilter(stage="verify"), group_id=group, max_replays=4)
+    assert (await Replayer(settings, raised)()).count("replayed") == 1
+    [sent] = await read_all(kafka_bootstrap, topics.requests)
+    assert (sent.key, sent.value, list(sent.headers)) == (
+        key,
+        value,
+        [("akisnap.replay.count", b"4")],
+    )
+
+    paced = ReplayOptions(group_id=group, rate_per_second=20, limit=3)
+    started = time.monotonic()
+    limited = await Replayer(settings, paced)()
+    assert limited.count("replayed") == 3 and time.monotonic() - started >= 0.09
+    assert (await Replayer(settings, paced)()).count("replayed") == 1
+
+
+async def test_missing_topic_is_a_clear_error(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """A DLQ topic that does not exist is reported as such (nothing is auto-created)."""
+    topics = Topics(f"nope.{uuid.uuid4().hex}", "r", f"nope.{uuid.uuid4().hex}.dlq", "g")
+    with pytest.raises(TopicMissingError, match="does not exist"):
+        await list_dead_letters(settings_for(kafka_bootstrap, topics, tmp_path))
+
+
+def test_progress_record_round_trip() -> None:
+    """The group's progress: committed offset = first not-done letter, done ones above it."""
+    state = PartitionProgress(committed=10, handled=[[14, 15]])
+    state.begin(10)
+    for offset, done in [(10, True), (11, False), (12, True), (13, True), (14, True), (16, True)]:
+        state.saw(offset, handled=done)
+    low, text = state.commit_point()
+    assert (low, text) == (11, "akisnap-dlq/1 1-5")
+    assert decode_progress(low, text) == [[12, 16]]
+    assert encode_progress(5, []) == "akisnap-dlq/1" and decode_progress(5, "other") == []
+    ahead = PartitionProgress(committed=3)
+    ahead.begin(8)  # --since skipped 3..7: they stay not done
+    ahead.saw(8, handled=True)
+    assert ahead.commit_point() == (3, "akisnap-dlq/1 5")
+    assert parse_when("2026-11-24") == datetime(2026, 11, 24, tzinfo=UTC)
+    assert datetime.now(UTC) - parse_when("90m") > timedelta(minutes=89)
+
+
+def run_dlq(argv: list[str]) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser(prog="akisnap")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["dlq", *argv])
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = int(args.func(args))
+        except AkisnapError as exc:
+            code, _ = 1, err.write(exc.message)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_dlq_cli(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dlq list` prints a table (or JSON); `dlq replay` prints one line per message."""
+    topics = asyncio.run(_seed_for_cli(kafka_bootstrap))
+    try:
+        _cli_checks(kafka_bootstrap, topics, monkeypatch)
+    finally:
+        asyncio.run(_delete_topics(kafka_bootstrap, [topics.requests, topics.dlq]))
+
+
+def _cli_checks(kafka_bootstrap: str, topics: Topics, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AKISNAP_KAFKA_BOOTSTRAP", kafka_bootstrap)
+    monkeypatch.setenv("AKISNAP_DLQ_TOPIC", topics.dlq)
+    monkeypatch.setenv("AKISNAP_REQUEST_TOPIC", topics.requests)
+    code, out, err = run_dlq(["list"])
+    assert code == 0, err
+    header, *rows = out.splitlines()
+    assert header.split() == [
+        "TIME", "DLQ", "ORIGINAL", "STAGE", "ERROR", "COLLECTION", "REPLAYS", "MESSAGE",
+    ]  # fmt: skip
+    assert len(rows) == 2 and "akidb.snapshot.requests[1]@7" in rows[0]
+    code, out, _ = run_dlq(["list", "--stage", "upload", "--json"])
+    assert code == 0 and [d["collection_id"] for d in json.loads(out)] == ["cli"]
+    group = ["--group", f"cli-{uuid.uuid4().hex[:8]}", "--rate", "0"]
+    code, out, _ = run_dlq(["replay", "--stage", "upload", *group])
+    assert code == 0 and out.startswith("replayed (replay 1)") and "replayed 1, refused 0" in out
+    code, out, _ = run_dlq(["replay", *group, "--max-replays", "1", "--json"])
+    body = json.loads(out)
+    assert (body["replayed"], body["refused"], body["already_replayed"]) == (0, 1, 1)
+    code, _, err = run_dlq(["list", "--since", "yesterday-ish"])
+    assert code == 1 and "cannot read the time" in err
+
+
+async def _seed_for_cli(bootstrap: str) -> Topics:
+    """Own topics (the CLI runs its own event loop, not the session one of make_topics)."""
+    tag = uuid.uuid4().hex[:10]
+    topics = Topics(f"test.{tag}.requests", "-", f"test.{tag}.requests.dlq", "-")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, 2, 1) for name in (topics.requests, topics.dlq)])
+    finally:
+        await admin.close()
+    _, key, value = request("cli")
+    _, key2, value2 = request("cli2")
+    await produce(
+        bootstrap,
+        topics.dlq,
+        [
+            (key, value, dead_letter_headers("upload", "StoreUnavailableError"), None),
+            (key2, value2, dead_letter_headers("decode", "DecodeError", replays=1), None),
+        ],
+    )
+    return topics
+
+
+async def _delete_topics(bootstrap: str, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+# -- end to end: the store was down, dead letters, store back, replay → snapshots ------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Daemon]:
+    daemon = Daemon(settings, metrics_port=0, health_host="127.0.0.1")
+    task = asyncio.create_task(daemon.run(handle_signals=False))
+    try:
+        await daemon.wait_joined(30.0)
+        yield daemon
+    finally:
+        daemon.stop()
+        assert await asyncio.wait_for(task, 30) == 0
+
+
+async def snapshot_ids(settings: Settings) -> list[str]:
+    store = open_store(settings.store, settings.s3_options())
+    try:
+        return sorted(meta.snapshot_id for meta in await Catalog(store).list())
+    finally:
+        await store.close()
+
+
+async def wait_for(condition: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+async def test_store_down_dead_letters_then_replay_makes_snapshots(
+    kafka_bootstrap: str, make_topics: TopicFactory, s3_service: S3Service, tmp_path: Path
+) -> None:
+    """S3 unreachable → upload dead letters; S3 back → `replay --stage upload` turns each into
+    exactly one snapshot, and a second replay replays nothing."""
+    topics = await make_topics()
+    store = f"s3://{s3_service.bucket}/tests/{uuid.uuid4().hex}"
+    common: dict[str, Any] = {
+        "store": store,
+        "s3_access_key": s3_service.access_key,
+        "s3_secret_key": s3_service.secret_key,
+        "s3_region": s3_service.region,
+        "retry_attempts": 2,
+        "retry_base_seconds": 0.05,
+        "retry_cap_seconds": 0.1,
+        "shutdown_grace_seconds": 6.0,
+    }
+    down = settings_for(
+        kafka_bootstrap, topics, tmp_path, s3_endpoint=f"http://127.0.0.1:{free_port()}", **common
+    )
+    up = settings_for(kafka_bootstrap, topics, tmp_path, s3_endpoint=s3_service.endpoint, **common)
+    requests = [request(f"col{i % 2}") for i in range(3)]
+    _, bad_key, bad_value = request("bad")
+    broken = bad_value.replace(b'"schema"', b'"schemaa"')
+    await produce(
+        kafka_bootstrap,
+        topics.requests,
+        [(key, value, [], None) for _, key, value in requests] + [(bad_key, broken, [], None)],
+    )
+
+    async def dead_letters(count: int) -> Any:
+        async def enough() -> bool:
+            return len(await read_all(kafka_bootstrap, topics.dlq)) >= count
+
+        return enough
+
+    async with running(down):
+        await wait_for(await dead_letters(4), 60, "4 dead letters")
+    letters = await list_dead_letters(down)
+    assert sorted(d.stage for d in letters) == ["upload", "upload", "upload", "validate"]
+    assert await snapshot_ids(up) == []
+
+    replay = ReplayOptions(where=DlqFilter(stage="upload"), rate_per_second=0)
+    expected = sorted(snapshot_id_for(rid) for rid, _, _ in requests)
+    async with running(up):
+        first = await Replayer(up, replay)()
+        assert first.count("replayed") == 3
+
+        async def created() -> bool:
+            return await snapshot_ids(up) == expected
+
+        await wait_for(created, 60, "3 snapshots")
+        second = await Replayer(up, replay)()
+        assert second.count("replayed") == 0 and second.already_replayed == 3
+    assert await snapshot_ids(up) == expected

@@ -1,0 +1,192 @@
+"""Retention: prune keeps exactly the N newest, --older-than, dry runs, orphan clean-up.
+
+On both stores: a local directory and the real S3 server of `make services`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from daemon.cli_operator import register_prune
+from handlers.catalog import Catalog
+from handlers.create import SnapshotCreator
+from handlers.errors import AkisnapError, InvalidRequestError
+from handlers.job import InlineSource, SnapshotJob
+from handlers.layout import metadata_key, snapshot_prefix
+from handlers.metadata import SnapshotMetadata
+from handlers.retention import apply_retention, find_orphans, plan_prune, prune, remove_orphans
+from handlers.stores import ObjectStore
+from tests.support import open_test_store, unit_vectors
+
+
+@pytest.fixture(params=["local", "s3"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ObjectStore]:
+    opened = open_test_store(request.param, tmp_path)
+    yield opened
+    await opened.close()
+
+
+def documents(rows: int = 4, dim: int = 8, seed: int = 0) -> list[dict[str, object]]:
+    vectors = unit_vectors(rows, dim, seed)
+    return [
+        {"id": str(uuid.uuid4()), "vector": vectors[i].tolist(), "metadata": {"i": i}}
+        for i in range(rows)
+    ]
+
+
+async def make_snapshots(
+    store: ObjectStore, collection: str, count: int, *, age_days: list[float] | None = None
+) -> list[SnapshotMetadata]:
+    """``count`` small snapshots, oldest first; ``age_days`` backdates their created_at."""
+    creator = SnapshotCreator(store, source_roots=[])
+    catalog = Catalog(store)
+    made = []
+    now = datetime.now(UTC)
+    for i in range(count):
+        job = SnapshotJob(collection, str(uuid.uuid4()), InlineSource(documents(seed=i)))
+        meta = (await creator(job)).metadata
+        if age_days is not None:
+            stamp = now - timedelta(days=age_days[i])
+            meta = replace(meta, created_at=stamp.isoformat(timespec="microseconds"))
+            await catalog.commit(meta)
+        made.append(meta)
+    return made
+
+
+async def keys_under(store: ObjectStore, prefix: str) -> set[str]:
+    return {info.key async for info in store.list(prefix)}
+
+
+async def test_prune_keeps_exactly_the_newest(store: ObjectStore) -> None:
+    """--keep-last 2 of 5 leaves the two newest; the others lose metadata and every part."""
+    made = await make_snapshots(store, "products", 5)
+    other = await make_snapshots(store, "other", 1)
+    result = await prune(Catalog(store), "products", keep_last=2)
+    left = await Catalog(store).list("products")
+    assert [m.snapshot_id for m in left] == [m.snapshot_id for m in made[-2:]]
+    assert {m.snapshot_id for m in result.deleted} == {m.snapshot_id for m in made[:3]}
+    for meta in made[:3]:
+        assert not await keys_under(store, snapshot_prefix("products", meta.snapshot_id))
+        assert await store.head(metadata_key("products", meta.snapshot_id)) is None
+    assert [m.snapshot_id for m in await Catalog(store).list("other")] == [other[0].snapshot_id]
+
+
+async def test_prune_dry_run_and_older_than(tmp_path: Path) -> None:
+    """A dry run deletes nothing; --older-than never touches the keep-last newest."""
+    store = open_test_store("local", tmp_path)
+    made = await make_snapshots(store, "c", 4, age_days=[40, 20, 10, 1])
+    catalog = Catalog(store)
+    dry = await prune(catalog, "c", keep_last=1, older_than_days=15, dry_run=True)
+    assert [m.snapshot_id for m in dry.plan.delete] == [made[1].snapshot_id, made[0].snapshot_id]
+    assert len(await catalog.list("c")) == 4
+    done = await prune(catalog, "c", keep_last=1, older_than_days=15)
+    assert {m.snapshot_id for m in done.deleted} == {made[0].snapshot_id, made[1].snapshot_id}
+    assert [m.snapshot_id for m in await catalog.list("c")] == [
+        made[2].snapshot_id,
+        made[3].snapshot_id,
+    ]
+    # keep-last protects even very old snapshots
+    plan = plan_prune("c", made, keep_last=4, older_than_days=0)
+    assert not plan.delete
+
+
+async def test_policy_errors_and_daemon_hook(tmp_path: Path) -> None:
+    """No limit is an error for prune and a no-op for the daemon's retention hook."""
+    store = open_test_store("local", tmp_path)
+    await make_snapshots(store, "c", 3)
+    with pytest.raises(InvalidRequestError):
+        await prune(Catalog(store), "c", keep_last=None)
+    with pytest.raises(InvalidRequestError):
+        await prune(Catalog(store), "c", keep_last=-1)
+    assert not (await apply_retention(Catalog(store), "c", None, None)).deleted
+    assert len((await apply_retention(Catalog(store), "c", 1, None)).deleted) == 2
+    assert len(await Catalog(store).list("c")) == 1
+
+
+async def test_orphans_removed_live_snapshots_untouched(store: ObjectStore) -> None:
+    """Parts without metadata, older than the grace period, go; live snapshots stay whole."""
+    live = await make_snapshots(store, "c", 2)
+    crashed = await make_snapshots(store, "c", 1)
+    await store.delete(metadata_key("c", crashed[0].snapshot_id))  # a crash before the commit
+    stray = "snapshots/d/0d0d0d0d-0000-4000-8000-000000000000/part-00000.parquet"
+    await store.put_bytes(stray, b"half written")
+    live_keys = [await keys_under(store, snapshot_prefix("c", m.snapshot_id)) for m in live]
+    assert all(live_keys)
+
+    # all written just now: within the default grace period of one hour
+    young = await remove_orphans(store)
+    assert not young.removed and len(young.too_young) == 2
+
+    later = datetime.now(UTC) + timedelta(hours=2)
+    dry = await remove_orphans(store, dry_run=True, now=later)
+    assert {o.snapshot_id for o in dry.removed} == {crashed[0].snapshot_id, stray.split("/")[2]}
+    assert await store.head(stray) is not None
+
+    only_c = await remove_orphans(store, collection_id="c", now=later)
+    assert [o.snapshot_id for o in only_c.removed] == [crashed[0].snapshot_id]
+    assert await store.head(stray) is not None
+    done = await remove_orphans(store, now=later)
+    assert [o.prefix for o in done.removed] == ["snapshots/d/" + stray.split("/")[2] + "/"]
+    assert await find_orphans(store, now=later) == ([], [])
+    assert not await keys_under(store, snapshot_prefix("c", crashed[0].snapshot_id))
+    after = [await keys_under(store, snapshot_prefix("c", m.snapshot_id)) for m in live]
+    assert after == live_keys
+    assert [m.snapshot_id for m in await Catalog(store).list("c")] == [m.snapshot_id for m in live]
+
+
+async def test_orphan_grace_uses_object_age(tmp_path: Path) -> None:
+    """On a local store, an orphan whose files are two hours old is removed with the default."""
+    store = open_test_store("local", tmp_path)
+    crashed = await make_snapshots(store, "c", 1)
+    await store.delete(metadata_key("c", crashed[0].snapshot_id))
+    old = (datetime.now(UTC) - timedelta(hours=2)).timestamp()
+    for path in (tmp_path / "store" / "snapshots" / "c").rglob("part-*"):
+        os.utime(path, (old, old))
+    assert len((await remove_orphans(store)).removed) == 1
+
+
+def run_prune(argv: list[str]) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser(prog="akisnap")
+    commands = parser.add_subparsers(dest="command", required=True)
+    register_prune(commands.add_parser("snapshots").add_subparsers(dest="verb", required=True))
+    args = parser.parse_args(["snapshots", "prune", *argv])
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = int(args.func(args))
+        except AkisnapError as exc:
+            code, _ = 1, err.write(exc.message)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_prune_cli(tmp_path: Path) -> None:
+    """`snapshots prune C --keep-last 2` says what it did; --json is one object; bad flags fail."""
+
+    async def setup() -> list[SnapshotMetadata]:
+        store = open_test_store("local", tmp_path)
+        return await make_snapshots(store, "c", 4)
+
+    made = asyncio.run(setup())
+    root = (tmp_path / "store").as_uri()
+    code, out, _ = run_prune(["c", "--keep-last", "2", "--dry-run", "--store", root])
+    assert code == 0 and sum(line.startswith("would delete ") for line in out.splitlines()) == 2
+    code, out, _ = run_prune(["c", "--keep-last", "2", "--store", root, "--json"])
+    body = json.loads(out)
+    assert code == 0 and body["kept"] == [made[3].snapshot_id, made[2].snapshot_id]
+    assert {m["snapshot_id"] for m in body["deleted"]} == {m.snapshot_id for m in made[:2]}
+    code, out, _ = run_prune(["--orphans", "--grace-hours", "0", "--store", root])
+    assert code == 0 and "orphans: removed 0" in out
+    code, _, err = run_prune(["--keep-last", "2", "--store", root])
+    assert code == 1 and "name the collection" in err
