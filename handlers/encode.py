@@ -1,17 +1,23 @@
 """Stage 'encode': documents → part files of bounded size in the spool directory.
 
-Runs in a worker thread (pyarrow, zstd and hashlib release the GIL), so the event loop stays
-free. Memory holds one read batch and one row group at most; parts go to disk as they fill.
+Runs in worker threads (pyarrow, zstd and hashlib release the GIL), so the event loop stays
+free: one thread reads and validates the next batch while another compresses this one.
+Memory holds a couple of read batches and one row group at most; parts go to disk as they
+fill, hashed as they are written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import queue
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -19,12 +25,14 @@ import numpy.typing as npt
 from handlers.codecs import PartWriter, open_part_writer, part_extension
 from handlers.codecs.json_legacy import documents_json_bytes
 from handlers.errors import InvalidDocumentsError
-from handlers.hashing import sha256_file
 from handlers.job import SnapshotJob
-from handlers.model import DocumentBatch, bytes_per_row_estimate
+from handlers.model import DocumentBatch, bytes_per_row_estimate, check_unique_ids, id_keys
 from handlers.sources import OpenedSource
 
-JSON_SAMPLE_ROWS = 256
+JSON_SAMPLE_VALUES = 4096
+PREFETCH_DEPTH = 2
+MIN_PARALLEL_PART_BYTES = 8 * 1024 * 1024
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -61,14 +69,19 @@ class Encoder:
         self._part_size = part_size_bytes
 
     async def __call__(self, job: SnapshotJob, source: OpenedSource) -> EncodedSnapshot:
-        return await asyncio.to_thread(self.encode_blocking, job, source.batches)
+        return await asyncio.to_thread(
+            self.encode_blocking, job, source.batches, source.expected_rows
+        )
 
     def encode_blocking(
-        self, job: SnapshotJob, batches: Iterator[DocumentBatch]
+        self,
+        job: SnapshotJob,
+        batches: Iterator[DocumentBatch],
+        expected_rows: int | None = None,
     ) -> EncodedSnapshot:
-        run = _EncodeRun(job, self._spool, self._part_size)
+        run = _EncodeRun(job, self._spool, self._part_size, expected_rows)
         try:
-            for batch in batches:
+            for batch in prefetched(batches, PREFETCH_DEPTH):
                 run.add(batch)
             return run.finish()
         except BaseException:
@@ -76,102 +89,169 @@ class Encoder:
             raise
 
 
-class _EncodeRun:
-    """The state of one encoding: the open part, finished parts, ids seen."""
+def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
+    """Iterate ``items`` in a second thread, up to ``depth`` ahead of the consumer."""
+    slots: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
 
-    def __init__(self, job: SnapshotJob, spool: Path, part_size: int) -> None:
+    def offer(entry: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                slots.put(entry, timeout=0.05)
+                return True
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer(("item", item)):
+                    return
+            offer(("end", None))
+        except BaseException as exc:  # handed over: the consumer re-raises it
+            offer(("error", exc))
+
+    reader = threading.Thread(target=produce, name="akisnap-prefetch", daemon=True)
+    reader.start()
+    try:
+        while True:
+            kind, value = slots.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        reader.join()
+
+
+class _PartWorker:
+    """Writes one part in its own thread, fed batches through a short queue."""
+
+    def __init__(self, index: int, path: Path, writer: PartWriter) -> None:
+        self.index = index
+        self.path = path
+        self.rows = 0
+        self._writer = writer
+        self._inbox: queue.Queue[DocumentBatch | None] = queue.Queue(maxsize=PREFETCH_DEPTH)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"akisnap-part-{index}")
+        self._thread.start()
+
+    def feed(self, batch: DocumentBatch) -> None:
+        self.rows += batch.num_rows
+        self._inbox.put(batch)
+
+    def finish(self) -> EncodedPart:
+        """Close the part and wait for it; re-raises whatever the writer thread hit."""
+        self._inbox.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return EncodedPart(
+            self.index, self.path, self._writer.rows, self._writer.size, self._writer.sha256
+        )
+
+    def _run(self) -> None:
+        try:
+            while (batch := self._inbox.get()) is not None:
+                if self._error is None:
+                    self._writer.write(batch)
+            self._writer.close()
+        except BaseException as exc:  # kept for finish(), which re-raises it
+            self._error = exc
+            while self._inbox.get() is not None:  # keep the feeder from blocking
+                pass
+
+
+class _EncodeRun:
+    """The state of one encoding: parts being written (one thread each), finished parts,
+    ids seen. Up to ``workers`` parts are compressed at once."""
+
+    def __init__(
+        self, job: SnapshotJob, spool: Path, part_size: int, expected_rows: int | None
+    ) -> None:
         self._job = job
         self._spool = spool
         self._part_size = part_size
+        self._expected_rows = expected_rows
+        self._workers = max(1, os.cpu_count() or 1)
         self._token = uuid.uuid4().hex[:8]
-        self._writer: PartWriter | None = None
-        self._writer_path: Path | None = None
+        self._active: list[_PartWorker] = []
         self._parts: list[EncodedPart] = []
         self._ids: list[npt.NDArray[np.void]] = []
+        self._started = 0
         self._dimension = 0
+        self._part_rows = 0
         self._rows = 0
         self._json_per_row = 0.0
 
     def add(self, batch: DocumentBatch) -> None:
         if self._dimension == 0:
-            self._dimension = batch.dimension
-            self._json_per_row = _json_bytes_per_row(batch)
+            self._begin(batch)
         elif batch.dimension != self._dimension:
             raise InvalidDocumentsError(
                 f"mixed dimensions: {self._dimension} then {batch.dimension} at row {self._rows}"
             )
-        self._ids.append(_id_keys(batch))
+        self._ids.append(id_keys(batch.record_batch.column("document_id")).copy())
         self._rows += batch.num_rows
-        part_rows = max(1, self._part_size // bytes_per_row_estimate(self._dimension))
         start = 0
         while start < batch.num_rows:
-            writer = self._writer or self._open_part()
-            take = min(batch.num_rows - start, part_rows - writer.rows)
-            writer.write(batch if take == batch.num_rows else batch.slice(start, take))
+            worker = self._current_part()
+            take = min(batch.num_rows - start, self._part_rows - worker.rows)
+            worker.feed(batch if take == batch.num_rows else batch.slice(start, take))
             start += take
-            if writer.rows >= part_rows:
-                self._close_part()
 
     def finish(self) -> EncodedSnapshot:
         if self._rows == 0:
             raise InvalidDocumentsError("the source holds no documents")
-        self._close_part()
-        _check_unique_across_batches(self._ids)
+        while self._active:
+            self._parts.append(self._active.pop(0).finish())
+        check_unique_ids(np.concatenate(self._ids) if len(self._ids) > 1 else self._ids[0])
         return EncodedSnapshot(
-            tuple(self._parts),
+            tuple(sorted(self._parts, key=lambda part: part.index)),
             self._dimension,
             self._rows,
             round(self._json_per_row * self._rows),
         )
 
     def abandon(self) -> None:
-        if self._writer is not None:
-            with contextlib.suppress(Exception):
-                self._writer.close()
         paths = [part.path for part in self._parts]
-        if self._writer_path is not None:
-            paths.append(self._writer_path)
+        for worker in self._active:
+            with contextlib.suppress(Exception):
+                worker.finish()
+            paths.append(worker.path)
         for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    def _open_part(self) -> PartWriter:
-        extension = part_extension(self._job.format)
-        name = f"{self._job.snapshot_id}-{self._token}-{len(self._parts):05d}.{extension}"
-        self._writer_path = self._spool / name
-        self._writer = open_part_writer(
-            self._writer_path, self._job.format, self._dimension, self._job.compression
-        )
-        return self._writer
+    def _begin(self, batch: DocumentBatch) -> None:
+        self._dimension = batch.dimension
+        self._json_per_row = _json_bytes_per_row(batch)
+        row_bytes = bytes_per_row_estimate(self._dimension)
+        self._part_rows = max(1, self._part_size // row_bytes)
+        if self._expected_rows:
+            # Enough parts to keep every core busy, none smaller than MIN_PARALLEL_PART_BYTES.
+            share = -(-self._expected_rows // self._workers)
+            floor = max(1, MIN_PARALLEL_PART_BYTES // row_bytes)
+            self._part_rows = min(self._part_rows, max(share, floor))
 
-    def _close_part(self) -> None:
-        if self._writer is None or self._writer_path is None:
-            return
-        self._writer.close()
-        path, rows = self._writer_path, self._writer.rows
-        self._writer, self._writer_path = None, None
-        self._parts.append(
-            EncodedPart(len(self._parts), path, rows, path.stat().st_size, sha256_file(path))
-        )
+    def _current_part(self) -> _PartWorker:
+        if self._active and self._active[-1].rows < self._part_rows:
+            return self._active[-1]
+        while len(self._active) >= self._workers:
+            self._parts.append(self._active.pop(0).finish())
+        extension = part_extension(self._job.format)
+        index = self._started
+        path = self._spool / f"{self._job.snapshot_id}-{self._token}-{index:05d}.{extension}"
+        writer = open_part_writer(path, self._job.format, self._dimension, self._job.compression)
+        self._started += 1
+        self._active.append(_PartWorker(index, path, writer))
+        return self._active[-1]
 
 
 def _json_bytes_per_row(batch: DocumentBatch) -> float:
-    sample = DocumentBatch(batch.record_batch.slice(0, min(JSON_SAMPLE_ROWS, batch.num_rows)))
-    return documents_json_bytes(sample) / sample.num_rows
-
-
-def _id_keys(batch: DocumentBatch) -> npt.NDArray[np.void]:
-    ids = batch.record_batch.column("document_id")
-    raw = np.frombuffer(ids.buffers()[1], dtype=np.uint8, count=16 * (len(ids) + ids.offset))
-    return raw[16 * ids.offset :].view("V16").copy()
-
-
-def _check_unique_across_batches(keys: list[npt.NDArray[np.void]]) -> None:
-    if len(keys) < 2:
-        return
-    merged = np.concatenate(keys)
-    if len(np.unique(merged)) != len(merged):
-        raise InvalidDocumentsError("duplicate document ids across the export's batches")
-
-
-__all__ = ["EncodedPart", "EncodedSnapshot", "Encoder"]
+    """Estimated from a few rows: the exact JSON of a whole collection would cost more than
+    encoding it, and on real embeddings the estimate lands within a percent."""
+    rows = max(1, min(batch.num_rows, JSON_SAMPLE_VALUES // batch.dimension))
+    return documents_json_bytes(batch.slice(0, rows)) / rows

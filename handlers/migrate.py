@@ -39,7 +39,7 @@ from handlers.metadata import SnapshotMetadata
 from handlers.model import DocumentBatch, vectors_bit_equal
 from handlers.sources import Location, parse_location
 from handlers.stores import ObjectStore, S3Options, open_store
-from handlers.verify import fetch_checked
+from handlers.verify import checked_part_file
 
 MIGRATION_NAMESPACE = uuid.UUID("0b7f8f0e-3a51-5c55-9a9e-6d2f0c1e5a42")
 """Fixed forever: the snapshot ids of migrated files depend on it."""
@@ -225,11 +225,8 @@ class Migrator:
         with tempfile.TemporaryDirectory(dir=self._store.spool_dir()) as scratch:
             row = 0
             for part in metadata.parts:
-                path = await fetch_checked(self._store, part, Path(scratch))
-                try:
+                async with checked_part_file(self._store, part, Path(scratch)) as path:
                     row = await asyncio.to_thread(_compare_part, path, metadata, source, row)
-                finally:
-                    path.unlink(missing_ok=True)
         if row != source.num_rows:
             raise CorruptSnapshotError(f"snapshot holds {row} rows, the source {source.num_rows}")
 

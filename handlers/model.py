@@ -82,13 +82,16 @@ class DocumentBatch:
         return [uuid.UUID(bytes=raw) for raw in self.record_batch.column("document_id").to_pylist()]
 
     @classmethod
-    def from_arrow(cls, batch: pa.RecordBatch, *, default_inserted_at: datetime) -> DocumentBatch:
+    def from_arrow(
+        cls, batch: pa.RecordBatch, *, default_inserted_at: datetime, unique_ids: bool = True
+    ) -> DocumentBatch:
         """Normalise an export's batch to the snapshot schema, then validate it.
 
         ``document_id`` may be 16-byte binary or UUID text; ``external_id``, ``metadata`` and
-        ``inserted_at`` may be missing (nulls, or ``default_inserted_at``).
+        ``inserted_at`` may be missing (nulls, or ``default_inserted_at``). ``unique_ids=False``
+        leaves the duplicate check to a caller that checks across all batches at once.
         """
-        return cls.validated(_normalise(batch, default_inserted_at))
+        return cls.validated(_normalise(batch, default_inserted_at), unique_ids=unique_ids)
 
     @classmethod
     def from_arrays(
@@ -147,11 +150,12 @@ class DocumentBatch:
         return cls.validated(batch)
 
     @classmethod
-    def validated(cls, batch: pa.RecordBatch) -> DocumentBatch:
+    def validated(cls, batch: pa.RecordBatch, *, unique_ids: bool = True) -> DocumentBatch:
         """Check every invariant of the model; raise InvalidDocumentsError naming the culprit."""
         _check_shape(batch)
         ids = batch.column("document_id")
-        _check_ids(ids)
+        if unique_ids:
+            check_unique_ids(id_keys(ids))
         _check_finite(fixed_size_list_to_matrix(batch.column("vector")), ids)
         _check_metadata(batch.column("metadata"), ids)
         if batch.column("inserted_at").null_count:
@@ -204,14 +208,22 @@ def _check_shape(batch: pa.RecordBatch) -> None:
         raise InvalidDocumentsError("vector and document_id must not be null")
 
 
-def _check_ids(ids: pa.Array) -> None:
+def id_keys(ids: pa.Array) -> npt.NDArray[np.void]:
+    """The 16-byte ids as one NumPy array of opaque 16-byte items (a view when possible)."""
     raw = np.frombuffer(ids.buffers()[1], dtype=np.uint8, count=16 * (len(ids) + ids.offset))
-    keys = raw[16 * ids.offset :].view("V16")
-    unique, first_index, counts = np.unique(keys, return_index=True, return_counts=True)
-    if len(unique) != len(keys):
-        duplicate = int(first_index[np.argmax(counts > 1)])
+    return raw[16 * ids.offset :].view("V16")
+
+
+def check_unique_ids(keys: npt.NDArray[np.void]) -> None:
+    """Refuse duplicate ids, naming the first one and the position it repeats at."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    repeats = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if len(repeats):
+        position = int(order[repeats[0] + 1])
+        duplicate = uuid.UUID(bytes=keys[position].tobytes())
         raise InvalidDocumentsError(
-            f"document id {_describe(ids, duplicate)} appears more than once"
+            f"document #{position} ({duplicate}) has an id that appears more than once"
         )
 
 

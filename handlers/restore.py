@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,12 +23,12 @@ import pyarrow.parquet as pq
 
 from handlers.codecs import read_part
 from handlers.codecs.json_legacy import batch_to_documents
-from handlers.codecs.parquet import file_schema, writer_options
+from handlers.codecs.parquet import file_schema, parquet_part_rows, writer_options
 from handlers.errors import CorruptSnapshotError, InvalidRequestError
 from handlers.metadata import SnapshotMetadata
 from handlers.model import DocumentBatch, snapshot_schema
 from handlers.stores import ObjectStore
-from handlers.verify import fetch_checked
+from handlers.verify import checked_part_file
 
 RESTORE_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".npy": "npy", ".jsonl": "jsonl"}
 
@@ -69,11 +70,12 @@ async def restore_snapshot(
     temp = Path(handle.name)
     handle.close()
     try:
-        writer = _open_writer(kind, temp, metadata)
-        try:
-            rows = await _copy_parts(store, metadata, writer, out.parent, progress)
-        finally:
-            await asyncio.to_thread(writer.close)
+        if kind == "parquet" and metadata.format == "parquet" and len(metadata.parts) == 1:
+            rows = await _copy_single_part(store, metadata, temp, out.parent, progress)
+        else:
+            rows = await _decode_parts_into(
+                store, metadata, temp, kind, out.parent, progress=progress
+            )
         if rows != metadata.vector_count:
             raise CorruptSnapshotError(
                 f"snapshot decodes to {rows} rows, metadata says {metadata.vector_count}"
@@ -85,6 +87,39 @@ async def restore_snapshot(
     return RestoreResult(out, rows, out.stat().st_size)
 
 
+async def _copy_single_part(
+    store: ObjectStore,
+    metadata: SnapshotMetadata,
+    target: Path,
+    scratch: Path,
+    progress: Callable[[int], None] | None,
+) -> int:
+    """A one-part Parquet snapshot already is the restored file: copy its checked bytes."""
+    part = metadata.parts[0]
+    async with checked_part_file(store, part, scratch) as path:
+        await asyncio.to_thread(shutil.copyfile, path, target)
+    rows = await asyncio.to_thread(parquet_part_rows, target, metadata.dimension)
+    if progress is not None:
+        progress(rows)
+    return rows
+
+
+async def _decode_parts_into(
+    store: ObjectStore,
+    metadata: SnapshotMetadata,
+    target: Path,
+    kind: str,
+    scratch: Path,
+    *,
+    progress: Callable[[int], None] | None,
+) -> int:
+    writer = _open_writer(kind, target, metadata)
+    try:
+        return await _copy_parts(store, metadata, writer, scratch, progress)
+    finally:
+        await asyncio.to_thread(writer.close)
+
+
 async def _copy_parts(
     store: ObjectStore,
     metadata: SnapshotMetadata,
@@ -94,11 +129,8 @@ async def _copy_parts(
 ) -> int:
     rows = 0
     for part in metadata.parts:
-        path = await fetch_checked(store, part, scratch)
-        try:
+        async with checked_part_file(store, part, scratch) as path:
             part_rows = await asyncio.to_thread(_decode_into, path, metadata, writer)
-        finally:
-            path.unlink(missing_ok=True)
         if part_rows != part.rows:
             raise CorruptSnapshotError(
                 f"part {part.key} decodes to {part_rows} rows, metadata says {part.rows}"
@@ -161,7 +193,7 @@ class _NpyOutput:
         np.lib.format.write_array_header_1_0(self._handle, header)
 
     def write(self, batch: DocumentBatch) -> None:
-        self._handle.write(np.ascontiguousarray(batch.vectors, dtype="<f4").tobytes())
+        self._handle.write(np.ascontiguousarray(batch.vectors, dtype="<f4").data)
 
     def close(self) -> None:
         self._handle.close()

@@ -41,6 +41,7 @@ class OpenedSource:
     batches: Iterator[DocumentBatch]
     description: str
     cleanup_paths: list[Path] = field(default_factory=list)
+    expected_rows: int | None = None
 
     def close(self) -> None:
         for path in self.cleanup_paths:
@@ -62,7 +63,7 @@ class SourceReader:
         started = datetime.now(UTC)
         if isinstance(job.source, InlineSource):
             batch = DocumentBatch.from_documents(job.source.documents)
-            return OpenedSource(iter([batch]), "inline documents")
+            return OpenedSource(iter([batch]), "inline documents", expected_rows=batch.num_rows)
         source: UriSource = job.source
         location = self.check_allowed(source.uri)
         if location.scheme == "s3":
@@ -164,7 +165,23 @@ def open_local(path: Path, fmt: str, *, seed: str, default_time: datetime) -> Op
         batches = openers[fmt](path, seed, default_time)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise SourceError(f"cannot read {fmt} export {path.name}: {exc}") from None
-    return OpenedSource(_guarded(batches, fmt, path.name), f"{fmt} export {path.name}")
+    return OpenedSource(
+        _guarded(batches, fmt, path.name),
+        f"{fmt} export {path.name}",
+        expected_rows=_expected_rows(path, fmt),
+    )
+
+
+def _expected_rows(path: Path, fmt: str) -> int | None:
+    """What the file's header says it holds, to size parts for parallel encoding."""
+    try:
+        if fmt == "parquet":
+            return int(pq.read_metadata(path).num_rows)
+        if fmt == "npy":
+            return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
+    except (pa.ArrowException, OSError, ValueError, IndexError):
+        return None  # the reader itself reports the problem with its own message
+    return None
 
 
 def _guarded(batches: Iterator[DocumentBatch], fmt: str, name: str) -> Iterator[DocumentBatch]:
@@ -183,7 +200,7 @@ def _parquet(path: Path, seed: str, default_time: datetime) -> Iterator[Document
     export = pq.ParquetFile(path)
     dimension = _declared_dimension(export.schema_arrow)
     for batch in export.iter_batches(batch_size=_rows_per_batch(dimension)):
-        yield DocumentBatch.from_arrow(batch, default_inserted_at=default_time)
+        yield DocumentBatch.from_arrow(batch, default_inserted_at=default_time, unique_ids=False)
 
 
 def _arrow(path: Path, seed: str, default_time: datetime) -> Iterator[DocumentBatch]:
@@ -198,7 +215,7 @@ def _arrow(path: Path, seed: str, default_time: datetime) -> Iterator[DocumentBa
         source.seek(0)
         batches = iter(pa.ipc.open_stream(source))
     for batch in batches:
-        yield DocumentBatch.from_arrow(batch, default_inserted_at=default_time)
+        yield DocumentBatch.from_arrow(batch, default_inserted_at=default_time, unique_ids=False)
 
 
 def _npy(path: Path, seed: str, default_time: datetime) -> Iterator[DocumentBatch]:

@@ -7,9 +7,10 @@ decodes each part and checks rows, dimension, schema and finiteness.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import tempfile
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from handlers.codecs import read_part
 from handlers.errors import CorruptSnapshotError, ObjectMissingError
-from handlers.hashing import sha256_stream
+from handlers.hashing import sha256_file, sha256_stream
 from handlers.metadata import PartInfo, SnapshotMetadata
 from handlers.model import DocumentBatch
 from handlers.stores import ObjectStore
@@ -57,6 +58,10 @@ class Verifier:
             raise CorruptSnapshotError(
                 f"part {part.key} has {info.size} bytes, metadata says {part.size}"
             )
+        in_place = self._store.local_path(part.key)
+        if in_place is not None:
+            await _check_in_place(in_place, part)
+            return
         try:
             digest, size = await sha256_stream(self._store.iter_chunks(part.key))
         except ObjectMissingError:
@@ -86,9 +91,39 @@ async def verify_snapshot(
     )
 
 
-async def fetch_checked(store: ObjectStore, part: PartInfo, directory: Path) -> Path:
-    """Download a part to a temp file, refusing it unless size and SHA-256 match."""
-    handle = tempfile.NamedTemporaryFile(dir=directory, suffix=".part", delete=False)  # noqa: SIM115
+@contextlib.asynccontextmanager
+async def checked_part_file(
+    store: ObjectStore, part: PartInfo, scratch: Path
+) -> AsyncIterator[Path]:
+    """A local file holding the part, yielded only once its size and SHA-256 match.
+
+    A local store's file is hashed in place; anything else is downloaded to ``scratch``
+    (and removed afterwards).
+    """
+    in_place = store.local_path(part.key)
+    if in_place is not None:
+        await _check_in_place(in_place, part)
+        yield in_place
+        return
+    path = await _download_checked(store, part, scratch)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+async def _check_in_place(path: Path, part: PartInfo) -> None:
+    try:
+        size = path.stat().st_size
+        digest = await asyncio.to_thread(sha256_file, path) if size == part.size else ""
+    except FileNotFoundError:
+        raise CorruptSnapshotError(f"part {part.key} is missing") from None
+    if size != part.size or digest != part.sha256:
+        raise CorruptSnapshotError(f"part {part.key} fails its SHA-256 check")
+
+
+async def _download_checked(store: ObjectStore, part: PartInfo, scratch: Path) -> Path:
+    handle = tempfile.NamedTemporaryFile(dir=scratch, suffix=".part", delete=False)  # noqa: SIM115
     path = Path(handle.name)
     try:
         digest = hashlib.sha256()
@@ -111,8 +146,8 @@ async def fetch_checked(store: ObjectStore, part: PartInfo, directory: Path) -> 
 
 async def _decode_check(store: ObjectStore, metadata: SnapshotMetadata, part: PartInfo) -> None:
     with tempfile.TemporaryDirectory(prefix="akisnap-verify-") as directory:
-        path = await fetch_checked(store, part, Path(directory))
-        rows = await asyncio.to_thread(_count_valid_rows, path, metadata)
+        async with checked_part_file(store, part, Path(directory)) as path:
+            rows = await asyncio.to_thread(_count_valid_rows, path, metadata)
     if rows != part.rows:
         raise CorruptSnapshotError(
             f"part {part.key} decodes to {rows} rows, metadata says {part.rows}"

@@ -18,6 +18,14 @@ class PartWriter(Protocol):
     extension: str
     rows: int
 
+    @property
+    def sha256(self) -> str:
+        """Of the bytes written, valid once closed."""
+        ...
+
+    @property
+    def size(self) -> int: ...
+
     def write(self, batch: DocumentBatch) -> None: ...
 
     def close(self) -> None: ...

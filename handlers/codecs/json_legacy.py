@@ -17,11 +17,12 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import pyarrow as pa
 
 from handlers.errors import CorruptSnapshotError, InvalidDocumentsError
+from handlers.hashing import HashingFile
 from handlers.model import DocumentBatch
 
 LEGACY_FORMAT = "akidb.snapshot.json"
@@ -59,8 +60,8 @@ class JsonPartWriter:
     extension = "json"
 
     def __init__(self, path: Path, dimension: int, compression: str = "none") -> None:
-        self._handle: TextIO = path.open("w", encoding="utf-8")
-        self._handle.write(
+        self._sink = HashingFile(path)
+        self._write(
             f'{{"format": "{LEGACY_FORMAT}", "version": {LEGACY_VERSION}, '
             f'"dimension": {dimension}, "documents": ['
         )
@@ -68,16 +69,30 @@ class JsonPartWriter:
         self.rows = 0
 
     def write(self, batch: DocumentBatch) -> None:
-        for document in batch_to_documents(batch):
-            if not self._first:
-                self._handle.write(",\n")
-            self._handle.write(json.dumps(document, ensure_ascii=False, allow_nan=False))
-            self._first = False
+        texts = [
+            json.dumps(document, ensure_ascii=False, allow_nan=False)
+            for document in batch_to_documents(batch)
+        ]
+        self._write(("" if self._first else ",\n") + ",\n".join(texts))
+        self._first = False
         self.rows += batch.num_rows
 
     def close(self) -> None:
-        self._handle.write("]}\n")
-        self._handle.close()
+        try:
+            self._write("]}\n")
+        finally:
+            self._sink.close()
+
+    @property
+    def sha256(self) -> str:
+        return self._sink.sha256
+
+    @property
+    def size(self) -> int:
+        return self._sink.size
+
+    def _write(self, text: str) -> None:
+        self._sink.write(text.encode("utf-8"))
 
 
 def documents_json_bytes(batch: DocumentBatch) -> int:

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from handlers.errors import CorruptSnapshotError
+from handlers.hashing import HashingFile
 from handlers.model import DocumentBatch, bytes_per_row_estimate, snapshot_schema
 
 FORMAT_VERSION = "1"
@@ -53,7 +54,8 @@ class ParquetPartWriter:
     ) -> None:
         self._rows_per_group = max(1, row_group_bytes // bytes_per_row_estimate(dimension))
         self._schema = file_schema(dimension)
-        self._writer = pq.ParquetWriter(path, self._schema, **writer_options(compression))
+        self._sink = HashingFile(path)
+        self._writer = pq.ParquetWriter(self._sink, self._schema, **writer_options(compression))
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self.rows = 0
@@ -66,8 +68,19 @@ class ParquetPartWriter:
             self._flush()
 
     def close(self) -> None:
-        self._flush()
-        self._writer.close()
+        try:
+            self._flush()
+            self._writer.close()
+        finally:
+            self._sink.close()
+
+    @property
+    def sha256(self) -> str:
+        return self._sink.sha256
+
+    @property
+    def size(self) -> int:
+        return self._sink.size
 
     def _flush(self) -> None:
         if not self._pending:
@@ -89,6 +102,18 @@ def read_parquet_part(source: Path | pa.NativeFile, dimension: int) -> Iterator[
         for group in range(part.num_row_groups):
             table = part.read_row_group(group)
             yield from table.cast(snapshot_schema(dimension)).to_batches()
+    except CorruptSnapshotError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise CorruptSnapshotError(f"Parquet part is unreadable: {exc}") from None
+
+
+def parquet_part_rows(path: Path, dimension: int) -> int:
+    """Rows of a part, after checking its footer and schema (without decoding the data)."""
+    try:
+        part = pq.ParquetFile(path)
+        _check_file_schema(part.schema_arrow, dimension)
+        return int(part.metadata.num_rows)
     except CorruptSnapshotError:
         raise
     except (pa.ArrowException, OSError, ValueError) as exc:

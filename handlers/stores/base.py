@@ -35,6 +35,10 @@ class ObjectStore(Protocol):
         """Where encoders write parts before upload (for a local store: on the same disk)."""
         ...
 
+    def local_path(self, key: str) -> Path | None:
+        """The object's file when the store is a local directory (read in place), else None."""
+        ...
+
     async def put_file(self, key: str, path: Path, *, sha256_hex: str) -> None:
         """Store a finished local file under key (the file may be moved or removed)."""
         ...

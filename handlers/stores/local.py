@@ -40,6 +40,9 @@ class LocalStore:
     def path_of(self, key: str) -> Path:
         return self._root / check_key(key)
 
+    def local_path(self, key: str) -> Path | None:
+        return self.path_of(key)
+
     async def put_file(self, key: str, path: Path, *, sha256_hex: str) -> None:
         await asyncio.to_thread(self._install, path, self.path_of(key))
 

@@ -142,6 +142,9 @@ class S3Store:
         spool.mkdir(parents=True, exist_ok=True)
         return spool
 
+    def local_path(self, key: str) -> Path | None:
+        return None
+
     async def put_file(self, key: str, path: Path, *, sha256_hex: str) -> None:
         """One PutObject for small files, a multipart upload for big ones; the file stays."""
         full_key = self._full_key(key)

@@ -1,0 +1,80 @@
+"""The encode stage: bounded parts, parallel part writers, nothing left behind on failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from handlers import encode
+from handlers.encode import Encoder
+from handlers.errors import InvalidDocumentsError
+from handlers.hashing import sha256_file
+from handlers.job import InlineSource, SnapshotJob
+from handlers.model import DocumentBatch
+from tests.support import unit_vectors
+
+JOB = SnapshotJob("c", "r", InlineSource([{"id": "x"}]))
+
+
+def batches(count: int, rows: int, dim: int) -> list[DocumentBatch]:
+    return [
+        DocumentBatch.from_arrays(
+            unit_vectors(rows, dim, seed=i), id_seed="s", first_position=i * rows
+        )
+        for i in range(count)
+    ]
+
+
+def test_parts_are_split_across_cores_and_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the row count known, parts are sized so every core gets one; hashes are exact."""
+    monkeypatch.setattr(encode.os, "cpu_count", lambda: 3)
+    monkeypatch.setattr(encode, "MIN_PARALLEL_PART_BYTES", 1)
+    source = batches(6, 500, 32)
+    encoded = Encoder(tmp_path, 64 * 1024 * 1024).encode_blocking(JOB, iter(source), 3000)
+    assert [part.rows for part in encoded.parts] == [1000, 1000, 1000]
+    assert [part.index for part in encoded.parts] == [0, 1, 2]
+    assert all(part.sha256 == sha256_file(part.path) for part in encoded.parts)
+    assert all(part.size == part.path.stat().st_size for part in encoded.parts)
+    encoded.discard()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_part_size_bounds_parts_without_a_row_count(tmp_path: Path) -> None:
+    """Without a row count, parts are cut at the configured size."""
+    source = batches(4, 1000, 64)
+    encoded = Encoder(tmp_path, 100_000).encode_blocking(JOB, iter(source))
+    assert len(encoded.parts) > 10 and sum(p.rows for p in encoded.parts) == 4000
+    encoded.discard()
+
+
+def test_failure_mid_stream_leaves_no_spool_files(tmp_path: Path) -> None:
+    """A bad batch after good ones raises, and every part file is removed."""
+
+    def stream() -> object:
+        yield from batches(3, 200, 16)
+        raise InvalidDocumentsError("boom in the source")
+
+    with pytest.raises(InvalidDocumentsError, match="boom"):
+        Encoder(tmp_path, 8000).encode_blocking(JOB, iter(stream()))  # type: ignore[call-overload]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_duplicate_ids_across_batches_are_refused(tmp_path: Path) -> None:
+    """The same id in two different batches is caught by the global check."""
+    first = DocumentBatch.from_arrays(np.ones((3, 4), dtype=np.float32), id_seed="a")
+    again = DocumentBatch.from_arrays(np.ones((3, 4), dtype=np.float32), id_seed="a")
+    with pytest.raises(InvalidDocumentsError, match="appears more than once"):
+        Encoder(tmp_path, 1 << 20).encode_blocking(JOB, iter([first, again]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mixed_dimensions_across_batches_are_refused(tmp_path: Path) -> None:
+    """A later batch of another dimension is refused."""
+    with pytest.raises(InvalidDocumentsError, match="mixed dimensions"):
+        Encoder(tmp_path, 1 << 20).encode_blocking(
+            JOB, iter([batches(1, 5, 4)[0], batches(1, 5, 8)[0]])
+        )
