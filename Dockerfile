@@ -22,8 +22,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TMPDIR=/tmp \
     AKISNAP_TMP_DIR=/tmp
-RUN groupadd --system --gid "${UID}" akisnap \
-    && useradd --system --uid "${UID}" --gid "${UID}" --home-dir /var/lib/akisnap \
+RUN groupadd --gid "${UID}" akisnap \
+    && useradd --uid "${UID}" --gid "${UID}" --home-dir /var/lib/akisnap \
         --no-create-home --shell /usr/sbin/nologin akisnap \
     && install -d -o "${UID}" -g "${UID}" -m 0750 /var/lib/akisnap
 # No index: exactly the wheels built above, nothing fetched at this stage.
