@@ -301,7 +301,7 @@ def _summarise(
 ) -> int:
     problems: list[str] = []
     rows: list[list[str]] = []
-    made = vectors = stored = as_json = 0
+    made = vectors = stored = as_json = raw = 0
     letters: list[tuple[Sent, Outcome]] = []
     for item in sent:
         outcome = found.get(item.request_id)
@@ -322,6 +322,7 @@ def _summarise(
         json_bytes = _json_equivalent(result.metadata_uri, snapshots)
         made += 1
         vectors += result.vector_count
+        raw += 4 * result.vector_count * result.dimension
         stored += result.total_bytes
         as_json += json_bytes
         ratio = f"{json_bytes / result.total_bytes:.1f}×" if result.total_bytes else "-"
@@ -354,8 +355,9 @@ def _summarise(
     if as_json and stored:
         print(
             f"Snapshots made: {made}, {vectors:,} vectors, {human_bytes(stored)} stored "
-            f"against {human_bytes(as_json)} as JSON ({as_json / stored:.1f}× smaller), "
-            f"in {snapshots}"
+            f"against {human_bytes(as_json)} as JSON ({as_json / stored:.1f}× smaller) "
+            f"and {human_bytes(raw)} as raw float32 ({raw / stored:.2f}× smaller: real "
+            f"embeddings barely compress), in {snapshots}"
         )
     else:
         print(f"Snapshots made: {made}, {vectors:,} vectors, {human_bytes(stored)} stored")
