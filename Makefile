@@ -31,8 +31,10 @@ lint: install
 	$(BIN)/ruff format --check daemon handlers tests bench
 	$(BIN)/mypy --strict daemon handlers
 
-test: install tools services lint
-	$(MAKE) test-only
+# The suite runs even when lint fails, so one run reports both (pytest's summary last).
+test: install tools services
+	status=0; $(MAKE) --no-print-directory lint || status=$$?; \
+	$(MAKE) --no-print-directory test-only || status=$$?; exit $$status
 
 test-only:
 	set -a && source .services.env && set +a && $(BIN)/pytest -q tests

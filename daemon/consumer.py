@@ -40,7 +40,6 @@ from aiokafka.errors import (
     IllegalStateError,
     KafkaError,
 )
-from prometheus_client import Counter
 
 from daemon.dead_letter import SourceRecord, describe
 from daemon.fate import AbandonedError, Settled
@@ -231,7 +230,6 @@ class RequestConsumer:
         self._committed: dict[TopicPartition, int] = {}
         self._commit_lock = asyncio.Lock()
         self._dirty = asyncio.Event()
-        self._commit_failures = _commit_failures_counter(metrics)
         self.joined = False
         self.listener = _RebalanceListener(self)
 
@@ -350,7 +348,7 @@ class RequestConsumer:
             try:
                 await self._consumer.commit(offsets)
             except CommitFailedError as err:
-                self._commit_failures.labels(reason="commit_failed").inc()
+                self._metrics.commit_failed("commit_failed")
                 log.warning(
                     "consumer.commit_failed",
                     error=str(err),
@@ -359,13 +357,13 @@ class RequestConsumer:
                 )
                 return
             except IllegalStateError as err:
-                self._commit_failures.labels(reason="not_assigned").inc()
+                self._metrics.commit_failed("not_assigned")
                 log.warning(
                     "consumer.commit_not_assigned", error=str(err), offsets=_offsets_text(offsets)
                 )
                 return
             except KafkaError as err:
-                self._commit_failures.labels(reason="kafka_error").inc()
+                self._metrics.commit_failed("kafka_error")
                 log.warning(
                     "consumer.commit_error",
                     error_class=type(err).__name__,
@@ -437,21 +435,6 @@ class RequestConsumer:
             end = ends.get(tp)
             if end is not None and tp in self._workers:
                 self._metrics.set_lag(tp.topic, tp.partition, int(end) - int(base))
-
-
-def _commit_failures_counter(metrics: Metrics) -> Counter:
-    """``akisnap_commit_failures_total{reason}``, on the metrics' registry (once per registry)."""
-    existing = getattr(metrics, "_akisnap_commit_failures", None)
-    if isinstance(existing, Counter):
-        return existing
-    counter = Counter(
-        "akisnap_commit_failures_total",
-        "Offset commits that failed (the requests behind them are redone, idempotently).",
-        ["reason"],
-        registry=metrics.registry,
-    )
-    metrics._akisnap_commit_failures = counter  # type: ignore[attr-defined]
-    return counter
 
 
 def _tps_text(tps: Iterable[TopicPartition]) -> str:

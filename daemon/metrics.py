@@ -128,6 +128,13 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        # Beyond DESIGN's list: commits that failed (their requests are redone idempotently).
+        self.commit_failures = Counter(
+            "akisnap_commit_failures_total",
+            "Offset commits that failed (the requests behind them are redone, idempotently).",
+            ["reason"],
+            registry=r,
+        )
         self.last_success = Gauge(
             "akisnap_last_success_timestamp_seconds",
             "Unix time of the last snapshot created.",
@@ -177,6 +184,9 @@ class Metrics:
 
     def dead_lettered(self, stage: str) -> None:
         self.dlq_messages.labels(stage=stage).inc()
+
+    def commit_failed(self, reason: str) -> None:
+        self.commit_failures.labels(reason=reason).inc()
 
     @contextlib.asynccontextmanager
     async def track_in_flight(self, nbytes: int) -> AsyncIterator[None]:

@@ -32,6 +32,7 @@ from handlers.sources import OpenedSource
 JSON_SAMPLE_VALUES = 4096
 PREFETCH_DEPTH = 2
 MIN_PARALLEL_PART_BYTES = 8 * 1024 * 1024
+SMALL_JOB_ROWS = 4096
 T = TypeVar("T")
 
 
@@ -79,9 +80,11 @@ class Encoder:
         batches: Iterator[DocumentBatch],
         expected_rows: int | None = None,
     ) -> EncodedSnapshot:
-        run = _EncodeRun(job, self._spool, self._part_size, expected_rows)
+        # Threads cost more than they save on a small job: encode it right here.
+        small = expected_rows is not None and expected_rows <= SMALL_JOB_ROWS
+        run = _EncodeRun(job, self._spool, self._part_size, expected_rows, threaded=not small)
         try:
-            for batch in prefetched(batches, PREFETCH_DEPTH):
+            for batch in batches if small else prefetched(batches, PREFETCH_DEPTH):
                 run.add(batch)
             return run.finish()
         except BaseException:
@@ -128,24 +131,32 @@ def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
 class _PartWorker:
     """Writes one part in its own thread, fed batches through a short queue."""
 
-    def __init__(self, index: int, path: Path, writer: PartWriter) -> None:
+    def __init__(self, index: int, path: Path, writer: PartWriter, *, threaded: bool) -> None:
         self.index = index
         self.path = path
         self.rows = 0
         self._writer = writer
         self._inbox: queue.Queue[DocumentBatch | None] = queue.Queue(maxsize=PREFETCH_DEPTH)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=f"akisnap-part-{index}")
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(target=self._run, name=f"akisnap-part-{index}")
+            self._thread.start()
 
     def feed(self, batch: DocumentBatch) -> None:
         self.rows += batch.num_rows
-        self._inbox.put(batch)
+        if self._thread is None:
+            self._writer.write(batch)
+        else:
+            self._inbox.put(batch)
 
     def finish(self) -> EncodedPart:
         """Close the part and wait for it; re-raises whatever the writer thread hit."""
-        self._inbox.put(None)
-        self._thread.join()
+        if self._thread is None:
+            self._writer.close()
+        else:
+            self._inbox.put(None)
+            self._thread.join()
         if self._error is not None:
             raise self._error
         return EncodedPart(
@@ -169,13 +180,20 @@ class _EncodeRun:
     ids seen. Up to ``workers`` parts are compressed at once."""
 
     def __init__(
-        self, job: SnapshotJob, spool: Path, part_size: int, expected_rows: int | None
+        self,
+        job: SnapshotJob,
+        spool: Path,
+        part_size: int,
+        expected_rows: int | None,
+        *,
+        threaded: bool = True,
     ) -> None:
         self._job = job
+        self._threaded = threaded
         self._spool = spool
         self._part_size = part_size
         self._expected_rows = expected_rows
-        self._workers = max(1, os.cpu_count() or 1)
+        self._workers = max(1, os.cpu_count() or 1) if threaded else 1
         self._token = uuid.uuid4().hex[:8]
         self._active: list[_PartWorker] = []
         self._parts: list[EncodedPart] = []
@@ -246,7 +264,7 @@ class _EncodeRun:
         path = self._spool / f"{self._job.snapshot_id}-{self._token}-{index:05d}.{extension}"
         writer = open_part_writer(path, self._job.format, self._dimension, self._job.compression)
         self._started += 1
-        self._active.append(_PartWorker(index, path, writer))
+        self._active.append(_PartWorker(index, path, writer, threaded=self._threaded))
         return self._active[-1]
 
 

@@ -216,11 +216,24 @@ def id_keys(ids: pa.Array) -> npt.NDArray[np.void]:
 
 def check_unique_ids(keys: npt.NDArray[np.void]) -> None:
     """Refuse duplicate ids, naming the first one and the position it repeats at."""
-    order = np.argsort(keys, kind="stable")
-    ordered = keys[order]
+    # Sorting 16-byte items is slow: sort a 64-bit mix of both halves, then compare whole
+    # ids only where the mixes collide (ids sharing a prefix, like positional ones, still mix
+    # apart).
+    halves = np.ascontiguousarray(keys).view(np.uint64).reshape(-1, 2)
+    with np.errstate(over="ignore"):
+        mixed = halves[:, 0] ^ (halves[:, 1] * np.uint64(0x9E3779B97F4A7C15))
+    order = np.argsort(mixed)
+    leading = mixed[order]
+    ties = np.flatnonzero(leading[1:] == leading[:-1])
+    if len(ties) == 0:
+        return
+    tied = np.unique(np.concatenate([order[ties], order[ties + 1]]))
+    subset = keys[tied]
+    sub_order = np.argsort(subset, kind="stable")
+    ordered = subset[sub_order]
     repeats = np.flatnonzero(ordered[1:] == ordered[:-1])
     if len(repeats):
-        position = int(order[repeats[0] + 1])
+        position = int(tied[sub_order[repeats[0] + 1]])
         duplicate = uuid.UUID(bytes=keys[position].tobytes())
         raise InvalidDocumentsError(
             f"document #{position} ({duplicate}) has an id that appears more than once"

@@ -3,6 +3,13 @@
 A source URI must lie under one of the allowed roots: a request must never make the service
 read an arbitrary file (``file:///etc/passwd``) or another bucket. Exports in S3 are first
 copied to the spool directory, so every format is then read from a local file in batches.
+
+What an export *declares* is checked before any of its data is read, so a small file cannot
+make the service allocate what it claims (a decompression bomb): the dimension (at most the
+model's), the row count, a Parquet column chunk that expands more than ``BOMB_RATIO`` times
+past ``BOMB_MIN_BYTES``, an ``.npy`` header that promises more bytes than the file holds, and
+the size of a legacy JSON export (parsed whole). Parquet page checksums, where an export has
+them, are verified.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
@@ -21,6 +29,7 @@ import pyarrow.parquet as pq
 
 from handlers.codecs.json_legacy import parse_legacy
 from handlers.errors import (
+    InvalidDocumentsError,
     ObjectMissingError,
     SourceError,
     SourceNotAllowedError,
@@ -28,10 +37,19 @@ from handlers.errors import (
     StoreUnavailableError,
 )
 from handlers.job import InlineSource, SnapshotJob, UriSource
-from handlers.model import DocumentBatch, bytes_per_row_estimate
+from handlers.model import MAX_DIMENSION, DocumentBatch, bytes_per_row_estimate
 from handlers.stores import S3Options, open_store
 
-READ_BATCH_BYTES = 16 * 1024 * 1024
+MIB = 1024 * 1024
+READ_BATCH_BYTES = 16 * MIB
+# Bounds on what one request may make the service read (checked before reading any data).
+MAX_EXPORT_ROWS = 1_000_000_000
+BOMB_MIN_BYTES = 64 * MIB
+BOMB_RATIO = 100
+MAX_JSON_EXPORT_BYTES = 512 * MIB
+# What reading an export's content may raise (ValueError covers UnicodeError; TypeError: a
+# struct metadata column holding values JSON cannot hold; RecursionError: nested too deeply).
+READ_ERRORS = (pa.ArrowException, OSError, ValueError, TypeError, RecursionError)
 
 
 @dataclass
@@ -131,6 +149,8 @@ def parse_location(uri: str) -> Location:
     """A canonical location; local paths are resolved (symlinks, '..') before any check."""
     if not isinstance(uri, str) or not uri:
         raise SourceError("source URI is empty")
+    if "\x00" in uri or "%00" in uri:
+        raise SourceError(f"source {uri!r} holds a NUL byte")
     parts = urlsplit(uri)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost", "."):
@@ -158,13 +178,14 @@ def normalise_root(root: str) -> Location:
 
 
 def open_local(path: Path, fmt: str, *, seed: str, default_time: datetime) -> OpenedSource:
+    """Open an export, checking what it declares now; its batches are read lazily."""
     if not path.is_file():
         raise SourceError(f"source file {path} does not exist")
     openers = {"parquet": _parquet, "arrow": _arrow, "npy": _npy, "json": _json}
     try:
         batches = openers[fmt](path, seed, default_time)
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise SourceError(f"cannot read {fmt} export {path.name}: {exc}") from None
+    except READ_ERRORS as exc:
+        raise SourceError(f"cannot read {fmt} export {path.name}: {_reason(exc)}") from None
     return OpenedSource(
         _guarded(batches, fmt, path.name),
         f"{fmt} export {path.name}",
@@ -188,8 +209,12 @@ def _guarded(batches: Iterator[DocumentBatch], fmt: str, name: str) -> Iterator[
     """Turn read errors mid-way (truncated, corrupt) into a typed source error."""
     try:
         yield from batches
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise SourceError(f"cannot read {fmt} export {name}: {exc}") from None
+    except READ_ERRORS as exc:
+        raise SourceError(f"cannot read {fmt} export {name}: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
 
 
 def _rows_per_batch(dimension: int) -> int:
@@ -197,10 +222,52 @@ def _rows_per_batch(dimension: int) -> int:
 
 
 def _parquet(path: Path, seed: str, default_time: datetime) -> Iterator[DocumentBatch]:
-    export = pq.ParquetFile(path)
+    # Pages that carry a CRC are checked: a corrupt export fails, not decodes to garbage.
+    # pre_buffer would read the whole file into memory up front: stream it instead.
+    export = pq.ParquetFile(path, page_checksum_verification=True, pre_buffer=False)
     dimension = _declared_dimension(export.schema_arrow)
+    _check_parquet_bounds(export.metadata, path.name)
+    return _parquet_batches(export, dimension, default_time)
+
+
+def _parquet_batches(
+    export: pq.ParquetFile, dimension: int, default_time: datetime
+) -> Iterator[DocumentBatch]:
     for batch in export.iter_batches(batch_size=_rows_per_batch(dimension)):
         yield DocumentBatch.from_arrow(batch, default_inserted_at=default_time, unique_ids=False)
+
+
+def _check_parquet_bounds(metadata: pq.FileMetaData, name: str) -> None:
+    """Refuse what the footer declares before a page is read: too many rows, row groups that
+    do not add up to the file's rows, or a column chunk that expands like a bomb."""
+    rows = int(metadata.num_rows)
+    _check_rows(rows, name)
+    groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
+    if sum(int(group.num_rows) for group in groups) != rows:
+        raise SourceError(f"parquet export {name}: its row groups do not add up to {rows} rows")
+    for group in groups:
+        for index in range(group.num_columns):
+            chunk = group.column(index)
+            expanded = int(chunk.total_uncompressed_size)
+            stored = max(1, int(chunk.total_compressed_size))
+            if expanded > BOMB_MIN_BYTES and expanded > BOMB_RATIO * stored:
+                raise SourceError(
+                    f"parquet export {name}: column {chunk.path_in_schema} expands from "
+                    f"{stored} to {expanded} bytes (over {BOMB_RATIO}x): refused as a "
+                    "decompression bomb"
+                )
+
+
+def _check_rows(rows: int, name: str) -> None:
+    if rows > MAX_EXPORT_ROWS:
+        raise SourceError(
+            f"export {name} declares {rows} rows, more than the limit of {MAX_EXPORT_ROWS}"
+        )
+
+
+def _check_dimension(dimension: int) -> None:
+    if not 1 <= dimension <= MAX_DIMENSION:
+        raise InvalidDocumentsError(f"dimension {dimension} is outside 1..{MAX_DIMENSION}")
 
 
 def _arrow(path: Path, seed: str, default_time: datetime) -> Iterator[DocumentBatch]:
@@ -213,17 +280,52 @@ def _arrow(path: Path, seed: str, default_time: datetime) -> Iterator[DocumentBa
         )
     except pa.ArrowInvalid:
         source.seek(0)
-        batches = iter(pa.ipc.open_stream(source))
+        reader = pa.ipc.open_stream(source)
+        batches = iter(reader)
+    _declared_dimension(reader.schema)
+    return _arrow_batches(batches, default_time)
+
+
+def _arrow_batches(
+    batches: Iterator[pa.RecordBatch], default_time: datetime
+) -> Iterator[DocumentBatch]:
     for batch in batches:
         yield DocumentBatch.from_arrow(batch, default_inserted_at=default_time, unique_ids=False)
 
 
 def _npy(path: Path, seed: str, default_time: datetime) -> Iterator[DocumentBatch]:
-    matrix = np.load(path, mmap_mode="r", allow_pickle=False)
-    if matrix.ndim != 2 or matrix.dtype.kind not in "fiu":
+    shape, dtype, offset = _npy_header(path)
+    if len(shape) != 2 or dtype.kind not in "fiu":
+        raise SourceError(f"npy export must be a 2-D numeric array, got {dtype}{shape}")
+    _check_rows(shape[0], path.name)
+    _check_dimension(shape[1])
+    declared = shape[0] * shape[1] * dtype.itemsize
+    held = path.stat().st_size - offset
+    if declared != held:
         raise SourceError(
-            f"npy export must be a 2-D numeric array, got {matrix.dtype}{matrix.shape}"
+            f"npy export {path.name} declares {dtype}{shape} ({declared} bytes) but holds "
+            f"{held} bytes of data"
         )
+    matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+    return _npy_batches(matrix, seed, default_time)
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype[Any], int]:
+    """(shape, dtype, data offset) from the header alone."""
+    with path.open("rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise SourceError(f"npy export {path.name}: unsupported format version {version}")
+        return tuple(int(n) for n in shape), dtype, handle.tell()
+
+
+def _npy_batches(
+    matrix: np.ndarray[Any, Any], seed: str, default_time: datetime
+) -> Iterator[DocumentBatch]:
     step = _rows_per_batch(int(matrix.shape[1]))
     for start in range(0, max(1, matrix.shape[0]), step):
         chunk = np.asarray(matrix[start : start + step])
@@ -233,12 +335,26 @@ def _npy(path: Path, seed: str, default_time: datetime) -> Iterator[DocumentBatc
 
 
 def _json(path: Path, seed: str, default_time: datetime) -> Iterator[DocumentBatch]:
+    size = path.stat().st_size
+    if size > MAX_JSON_EXPORT_BYTES:
+        raise SourceError(
+            f"json export {path.name} is {size} bytes, more than the {MAX_JSON_EXPORT_BYTES} "
+            "a legacy JSON export may have (it is parsed whole): export it as Parquet"
+        )
+    return _json_batches(path)
+
+
+def _json_batches(path: Path) -> Iterator[DocumentBatch]:
     _, documents = parse_legacy(path.read_bytes())
     yield DocumentBatch.from_documents(documents)
 
 
 def _declared_dimension(schema: pa.Schema) -> int:
+    """The vector dimension the schema declares (checked), or 1024 for variable lists."""
     if "vector" not in schema.names:
         raise SourceError("export has no 'vector' column")
     kind = schema.field("vector").type
-    return int(kind.list_size) if pa.types.is_fixed_size_list(kind) else 1024
+    if not pa.types.is_fixed_size_list(kind):
+        return 1024
+    _check_dimension(int(kind.list_size))
+    return int(kind.list_size)

@@ -33,9 +33,9 @@ def test_parts_are_split_across_cores_and_hashed(
     """With the row count known, parts are sized so every core gets one; hashes are exact."""
     monkeypatch.setattr(encode.os, "cpu_count", lambda: 3)
     monkeypatch.setattr(encode, "MIN_PARALLEL_PART_BYTES", 1)
-    source = batches(6, 500, 32)
-    encoded = Encoder(tmp_path, 64 * 1024 * 1024).encode_blocking(JOB, iter(source), 3000)
-    assert [part.rows for part in encoded.parts] == [1000, 1000, 1000]
+    source = batches(6, 1000, 32)
+    encoded = Encoder(tmp_path, 64 * 1024 * 1024).encode_blocking(JOB, iter(source), 6000)
+    assert [part.rows for part in encoded.parts] == [2000, 2000, 2000]
     assert [part.index for part in encoded.parts] == [0, 1, 2]
     assert all(part.sha256 == sha256_file(part.path) for part in encoded.parts)
     assert all(part.size == part.path.stat().st_size for part in encoded.parts)
