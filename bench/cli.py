@@ -1,4 +1,10 @@
-"""``python -m bench``: every scenario, every operation, N rounds, medians and targets."""
+"""``python -m bench``: every scenario, every operation, N rounds, medians and targets.
+
+Three groups, all run by default (``make bench``), or picked with selectors (combinable):
+``--seed`` (the seed's in-process scenarios), ``--scale`` (whole-process create/restore of
+200k × 768 and create of 1M × 768, with peak RSS), ``--daemon`` (`akisnap run` end to end with
+the real broker and S3 server); ``--scenario NAME`` picks single scenarios of any group.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +19,22 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from bench.daemon_e2e import DaemonPlan, DaemonResult, run_daemon_bench
 from bench.ops import ScenarioBench
+from bench.procs import REPO_ROOT
 from bench.report import ScenarioResult, print_sizes, print_targets, print_timings
+from bench.report_scale import print_scale_targets
+from bench.scale import PROCESS_1M, PROCESS_200K, ScaleResult, run_scale
 from bench.scenarios import SCENARIOS, Scenario, check_real_data, prepare
 from bench.sizes import measure_sizes
 
 DEFAULT_REPEATS = 5
+SCALE_REPEATS = 3
+HUGE_REPEATS = 1
+DAEMON = "daemon-e2e"
+SEED_NAMES = [s.name for s in SCENARIOS]
+SCALE_NAMES = [PROCESS_200K.name, PROCESS_1M.name]
+ALL_NAMES = [*SEED_NAMES, *SCALE_NAMES, DAEMON]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,11 +48,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scenario",
         action="append",
-        choices=[s.name for s in SCENARIOS],
+        choices=ALL_NAMES,
         help="run only this scenario (repeatable); default: all",
     )
+    parser.add_argument("--seed", action="store_true", help="the seed's in-process scenarios")
     parser.add_argument(
-        "--repeat", type=int, help=f"timed rounds per operation (default {DEFAULT_REPEATS})"
+        "--scale",
+        action="store_true",
+        help="whole-process akisnap vs bare pyarrow: 200k×768 create/restore, 1M×768 create",
+    )
+    parser.add_argument(
+        "--daemon", action="store_true", help="`akisnap run` end to end (needs `make services`)"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        help=f"timed rounds per operation (default {DEFAULT_REPEATS} for the seed scenarios, "
+        f"{SCALE_REPEATS} for 200k×768, {HUGE_REPEATS} for 1M×768; the daemon runs once)",
     )
     parser.add_argument(
         "--workdir", type=Path, help="where temporary files go (default: the system temp dir)"
@@ -44,12 +72,49 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def code_state() -> str:
+    """The commit measured, and whether handlers/ or daemon/ differ from it."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", *args],
+                check=False,
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    changed = git("status", "--porcelain", "--", "handlers", "daemon").splitlines()
+    return f"git {commit}" + (
+        f" + {len(changed)} uncommitted file(s) in handlers/ daemon/" if changed else ""
+    )
+
+
+def chosen_names(args: argparse.Namespace) -> list[str]:
+    names = set(args.scenario or [])
+    if args.seed:
+        names.update(SEED_NAMES)
+    if args.scale:
+        names.update(SCALE_NAMES)
+    if args.daemon:
+        names.add(DAEMON)
+    return [name for name in ALL_NAMES if not names or name in names]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    repeats = args.repeat or (1 if args.quick else DEFAULT_REPEATS)
-    if repeats < 1:
+    if args.repeat is not None and args.repeat < 1:
         raise SystemExit("bench: --repeat must be at least 1")
-    chosen = [s for s in SCENARIOS if not args.scenario or s.name in args.scenario]
+    repeats = args.repeat or (1 if args.quick else DEFAULT_REPEATS)
+    names = chosen_names(args)
+    chosen = [s for s in SCENARIOS if s.name in names]
     if any(s.real for s in chosen):
         check_real_data()
     import lance
@@ -61,16 +126,34 @@ def main(argv: list[str] | None = None) -> int:
     )
     warmup = 0 if args.quick else 1
     print(f"load average at start: {os.getloadavg()[0]:.1f} (others' work inflates wall times)")
-    print(
-        f"mode: {'quick' if args.quick else 'full'}; {warmup} warm-up + {repeats} timed "
-        "round(s) per operation, operations interleaved; files on local disk"
-    )
-    print(
-        "exports: random scenarios are written once with akisnap's writer settings; the real "
-        "embeddings file is read as-is"
-    )
-    results = [run_scenario(s, repeats, warmup, args.workdir, quick=args.quick) for s in chosen]
-    met = print_targets(results)
+    print(f"code: {code_state()}")
+    print(f"scenarios: {', '.join(names)}")
+    met = True
+    if chosen:
+        print(
+            f"mode: {'quick' if args.quick else 'full'}; {warmup} warm-up + {repeats} timed "
+            "round(s) per operation, operations interleaved; files on local disk"
+        )
+        print(
+            "exports: random scenarios are written once with akisnap's writer settings; the "
+            "real embeddings file is read as-is"
+        )
+        results = [run_scenario(s, repeats, warmup, args.workdir, quick=args.quick) for s in chosen]
+        met = print_targets(results)
+    scale: list[ScaleResult] = []
+    for scenario, default in ((PROCESS_200K, SCALE_REPEATS), (PROCESS_1M, HUGE_REPEATS)):
+        if scenario.name in names:
+            rounds = args.repeat or (1 if args.quick else default)
+            result = run_scale(scenario, rounds, args.workdir, quick=args.quick)
+            if result is not None:
+                scale.append(result)
+    daemon: DaemonResult | None = None
+    if DAEMON in names:
+        plan = DaemonPlan.quick() if args.quick else DaemonPlan()
+        daemon = run_daemon_bench(plan, args.workdir)
+    if scale or daemon is not None:
+        scale_met, _ = print_scale_targets(scale, daemon)
+        met = met and scale_met
     took = time.perf_counter() - started
     print(
         f"\nall targets met: {'yes' if met else 'no'}; bench took {took:.0f} s; "

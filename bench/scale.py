@@ -11,6 +11,7 @@ import asyncio
 import json
 import shutil
 import statistics
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ BARE_CREATE = "bare pq: read_table export + write_table zstd+BSS"
 BARE_RESTORE_PARQUET = "bare pq: read_table + write_table .parquet"
 BARE_RESTORE_NPY = "bare pq: read_table + np.save .npy"
 LANCE_WRITE = "Lance: read_table export + write_dataset"
+AKISNAP_STARTUP = "startup only: akisnap --version"
+BARE_STARTUP = "startup only: python -c 'import pyarrow.parquet'"
 
 
 @dataclass(frozen=True)
@@ -192,14 +195,16 @@ class _ScaleRun:
                 ),
             ]
         lance_out = work / "out.lance"
-        ops.append(
+        ops += [
             ProcessOp(
                 LANCE_WRITE,
                 BARE_CREATE,
                 lambda n: bare_command("lance", export, str(lance_out)),
                 lambda run: shutil.rmtree(lance_out),
-            )
-        )
+            ),
+            ProcessOp(AKISNAP_STARTUP, BARE_STARTUP, lambda n: [akisnap_exe(), "--version"]),
+            ProcessOp(BARE_STARTUP, "", lambda n: [sys.executable, "-c", "import pyarrow.parquet"]),
+        ]
         return ops
 
     def _create_command(self, request_id: str) -> list[str]:
@@ -238,16 +243,18 @@ def print_scale(
         f"{'min–max s':>12} {'peak RSS':>10} {'cpu s':>7}"
     )
     for op in ops:
-        rate = scenario.raw_bytes / MB / op.seconds
+        startup = op.label.startswith("startup")
+        rate = f"{scenario.raw_bytes / MB / op.seconds:.0f}" if not startup else "–"
         ratio = f"{op.seconds / by_label[op.bare].seconds:.2f}×" if op.bare else "1.00×"
         spread = f"{min(r.seconds for r in op.runs):.2f}–{max(r.seconds for r in op.runs):.2f}"
         print(
-            f"{op.label:<50} {op.seconds:>9.2f} {rate:>7.0f} {ratio:>8} {spread:>12} "
+            f"{op.label:<50} {op.seconds:>9.2f} {rate:>7} {ratio:>8} {spread:>12} "
             f"{op.peak_rss / MIB:>6.0f} MiB {op.cpu_seconds:>7.1f}"
         )
     print("   wall time from exec to exit (interpreter start and imports included); peak RSS =")
     print("   the kernel's high-water mark for the process (wait4 ru_maxrss), max over runs;")
-    print("   × bare = vs the bare pyarrow script doing the same work (Lance: vs bare create).")
+    print("   × bare = vs the bare pyarrow script doing the same work (Lance: vs bare create;")
+    print("   startup: interpreter + imports, no work: what every akisnap process pays first).")
     for note in notes:
         print(f"   note: {note}")
 

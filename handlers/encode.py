@@ -31,7 +31,6 @@ from handlers.sources import OpenedSource
 
 JSON_SAMPLE_VALUES = 4096
 PREFETCH_DEPTH = 2
-MIN_PARALLEL_PART_BYTES = 8 * 1024 * 1024
 SMALL_JOB_ROWS = 4096
 T = TypeVar("T")
 
@@ -248,11 +247,13 @@ class _EncodeRun:
         self._json_per_row = _json_bytes_per_row(batch)
         row_bytes = bytes_per_row_estimate(self._dimension)
         self._part_rows = max(1, self._part_size // row_bytes)
-        if self._expected_rows:
-            # Enough parts to keep every core busy, none smaller than MIN_PARALLEL_PART_BYTES.
-            share = -(-self._expected_rows // self._workers)
-            floor = max(1, MIN_PARALLEL_PART_BYTES // row_bytes)
-            self._part_rows = min(self._part_rows, max(share, floor))
+        if self._expected_rows and self._expected_rows > self._part_rows:
+            # Already several parts: make their count a multiple of the cores, evenly sized,
+            # so every core stays busy. A snapshot that fits one part stays one part (a
+            # restore to .parquet is then a plain copy).
+            parts = -(-self._expected_rows // self._part_rows)
+            parts = -(-parts // self._workers) * self._workers
+            self._part_rows = -(-self._expected_rows // parts)
 
     def _current_part(self) -> _PartWorker:
         if self._active and self._active[-1].rows < self._part_rows:

@@ -12,7 +12,7 @@ from handlers.encode import Encoder
 from handlers.errors import InvalidDocumentsError
 from handlers.hashing import sha256_file
 from handlers.job import InlineSource, SnapshotJob
-from handlers.model import DocumentBatch
+from handlers.model import DocumentBatch, bytes_per_row_estimate
 from tests.support import unit_vectors
 
 JOB = SnapshotJob("c", "r", InlineSource([{"id": "x"}]))
@@ -30,11 +30,11 @@ def batches(count: int, rows: int, dim: int) -> list[DocumentBatch]:
 def test_parts_are_split_across_cores_and_hashed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the row count known, parts are sized so every core gets one; hashes are exact."""
+    """A multi-part snapshot gets a multiple of the cores in even parts; hashes are exact."""
     monkeypatch.setattr(encode.os, "cpu_count", lambda: 3)
-    monkeypatch.setattr(encode, "MIN_PARALLEL_PART_BYTES", 1)
     source = batches(6, 1000, 32)
-    encoded = Encoder(tmp_path, 64 * 1024 * 1024).encode_blocking(JOB, iter(source), 6000)
+    part_bytes = 2500 * bytes_per_row_estimate(32)
+    encoded = Encoder(tmp_path, part_bytes).encode_blocking(JOB, iter(source), 6000)
     assert [part.rows for part in encoded.parts] == [2000, 2000, 2000]
     assert [part.index for part in encoded.parts] == [0, 1, 2]
     assert all(part.sha256 == sha256_file(part.path) for part in encoded.parts)
@@ -78,3 +78,11 @@ def test_mixed_dimensions_across_batches_are_refused(tmp_path: Path) -> None:
         Encoder(tmp_path, 1 << 20).encode_blocking(
             JOB, iter([batches(1, 5, 4)[0], batches(1, 5, 8)[0]])
         )
+
+
+def test_a_snapshot_that_fits_one_part_stays_one_part(tmp_path: Path) -> None:
+    """Below the part size nothing is split, even with several cores."""
+    source = batches(6, 1000, 32)
+    encoded = Encoder(tmp_path, 64 * 1024 * 1024).encode_blocking(JOB, iter(source), 6000)
+    assert [part.rows for part in encoded.parts] == [6000]
+    encoded.discard()
