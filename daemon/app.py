@@ -17,12 +17,20 @@ import asyncio
 import contextlib
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Awaitable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
 
 from daemon.consumer import ConsumerOptions, RequestConsumer
 from daemon.dead_letter import safe_message
@@ -76,7 +84,7 @@ class Daemon:
         self._store: ObjectStore | None = None
         self._consumer: RequestConsumer | None = None
         self._ping_cache: tuple[float, bool, str] | None = None
-        self._secrets = _secrets(settings)
+        self._secrets = settings.secret_values()
 
     # -- control ----------------------------------------------------------------------------
 
@@ -158,15 +166,20 @@ class Daemon:
             except KafkaError as err:
                 attempt += 1
                 delay = max(0.5, connect.delay(min(attempt, 8)))
-                log.warning(
-                    "kafka.unreachable",
+                await self._close(consumer, producer)
+                reason, refused = str(err), False
+                if _no_bootstrap(err):
+                    reason, refused = await self._explain(s)
+                (log.error if refused else log.warning)(
+                    "kafka.refused" if refused else "kafka.unreachable",
                     bootstrap=s.kafka_bootstrap,
+                    security_protocol=s.kafka_security_protocol,
                     attempt=attempt,
                     error_class=type(err).__name__,
                     error=safe_message(str(err), self._secrets),
+                    reason=safe_message(reason, self._secrets),
                     retry_in_seconds=round(delay, 2),
                 )
-                await self._close(consumer, producer)
                 await sleep_unless(self._stop, delay)
                 continue
             attempt = 0
@@ -190,6 +203,19 @@ class Daemon:
                 self._consumer = None
                 self.liveness.waiting(False)
                 await self._close(consumer, producer)
+
+    async def _explain(self, settings: Settings) -> tuple[str, bool]:
+        """explain_kafka_failure, given up as soon as we are told to stop."""
+        probe = asyncio.create_task(explain_kafka_failure(settings, timeout_seconds=5.0))
+        stopping = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({probe, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not probe.done():
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+            return "stopping", False
+        return probe.result()
 
     def _wire(
         self,
@@ -314,14 +340,61 @@ class Daemon:
         return answer
 
 
+def _no_bootstrap(err: KafkaError) -> bool:
+    return isinstance(err, KafkaConnectionError) and "Unable to bootstrap" in str(err)
+
+
 async def _bounded(awaitable: Awaitable[None], seconds: float) -> None:
     await asyncio.wait_for(awaitable, seconds)
 
 
-def _secrets(settings: Settings) -> list[str]:
-    found = []
-    for name in ("s3_secret_key", "s3_access_key", "kafka_sasl_password"):
-        value = getattr(settings, name, None)
-        if value is not None:
-            found.append(value.get_secret_value())
-    return found
+async def explain_kafka_failure(
+    settings: Settings, timeout_seconds: float = 10.0
+) -> tuple[str, bool]:
+    """Why the first bootstrap broker cannot be used, in one line naming the setting to check
+    (aiokafka only says "Unable to bootstrap" when SASL or TLS is what failed), and whether
+    the broker refused us (credentials, certificates: retrying will not help) rather than
+    being unreachable."""
+    host, _, port = settings.kafka_bootstrap.split(",")[0].strip().rpartition(":")
+    security = settings.kafka_security_kwargs()
+    try:
+        conn = await create_conn(
+            host.strip("[]") or "localhost",
+            int(port) if port.isdigit() else 9092,
+            request_timeout_ms=int(timeout_seconds * 1000),
+            **security,
+        )
+    except (SaslAuthenticationFailed, AuthenticationFailedError) as err:
+        return (
+            f"SASL {settings.kafka_sasl_mechanism} authentication failed for user "
+            f"{settings.kafka_sasl_username!r}: {_broker_text(err)} (check "
+            "AKISNAP_KAFKA_SASL_USERNAME and AKISNAP_KAFKA_SASL_PASSWORD)",
+            True,
+        )
+    except UnsupportedSaslMechanismError as err:
+        return f"{err} (check AKISNAP_KAFKA_SASL_MECHANISM)", True
+    except ssl.SSLCertVerificationError as err:
+        return (
+            f"TLS: the broker's certificate is not trusted: {err.verify_message} (check "
+            "AKISNAP_KAFKA_SSL_CAFILE)",
+            True,
+        )
+    except (ssl.SSLError, KafkaConnectionError) as err:
+        hint = (
+            " (does the listener want a client certificate? AKISNAP_KAFKA_SSL_CERTFILE and "
+            "AKISNAP_KAFKA_SSL_KEYFILE; or is it not a TLS listener?)"
+            if settings.kafka_security_protocol in ("SSL", "SASL_SSL")
+            else " (is it a TLS or SASL listener? AKISNAP_KAFKA_SECURITY_PROTOCOL)"
+        )
+        return f"the broker closed the connection during set-up: {err}{hint}", True
+    except (OSError, TimeoutError) as err:
+        return f"cannot reach {settings.kafka_bootstrap}: {type(err).__name__}: {err}", False
+    except KafkaError as err:
+        return f"{type(err).__name__}: {err}", False
+    conn.close()
+    return "the first bootstrap broker accepts the connection now", False
+
+
+def _broker_text(err: KafkaError) -> str:
+    text = str(err)
+    return text.split(": ", 1)[1] if text.startswith("[Error") and ": " in text else text

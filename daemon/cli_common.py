@@ -31,7 +31,11 @@ def load_settings(args: argparse.Namespace) -> Settings:
         settings = Settings.load(getattr(args, "config", None), **overrides)
     except SettingsError as exc:
         raise StoreConfigError(f"invalid settings: {exc}") from None
-    configure_logging("console", "warning" if not getattr(args, "verbose", False) else "info")
+    configure_logging(
+        "console",
+        "info" if getattr(args, "verbose", False) else "warning",
+        secrets=settings.secret_values(),
+    )
     return settings
 
 

@@ -10,11 +10,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from daemon.app import Daemon
+from daemon.app import Daemon, explain_kafka_failure
 from daemon.cli_common import add_common_options, emit, fail, load_settings
-from daemon.dead_letter import H_CLASS, H_MESSAGE, H_STAGE
+from daemon.dead_letter import H_CLASS, H_MESSAGE, H_STAGE, safe_message
 from daemon.demo import random_documents, run_demo
 from daemon.events import build_request
 from daemon.logging import configure_logging
@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"akisnap: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, secrets=settings.secret_values())
     try:
         return asyncio.run(Daemon(settings).run(handle_signals=True))
     except OSError as err:  # the metrics port is taken, the store directory is unwritable
@@ -161,7 +161,12 @@ def _request(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_publish_and_wait(args, settings, request_id, key, value))
     except KafkaError as err:
-        return fail(f"Kafka at {settings.kafka_bootstrap}: {type(err).__name__}: {err}")
+        reason = f"{type(err).__name__}: {err}"
+        if isinstance(err, KafkaConnectionError):
+            reason, _ = asyncio.run(explain_kafka_failure(settings))
+        return fail(
+            f"Kafka at {settings.kafka_bootstrap}: {safe_message(reason, settings.secret_values())}"
+        )
 
 
 async def _publish_and_wait(

@@ -33,7 +33,9 @@ Headers = list[tuple[str, bytes]]
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s:@]+:[^/\s@]*@")
 _SIGNED_QUERY = re.compile(r"(?i)(X-Amz-(?:Signature|Credential|Security-Token)=)[^&\s\"']+")
 _NAMED_SECRET = re.compile(
-    r"(?i)\b(secret[_-]?(?:access[_-]?)?key|secret|password|passwd|token|access[_-]?key(?:[_-]?id)?"
+    # not after a letter, digit or "/": AWS_SECRET_ACCESS_KEY=x is one, /etc/passwd: is not
+    r"(?i)(?<![/A-Za-z0-9])(secret[_-]?(?:access[_-]?)?key|secret|password|passwd|token"
+    r"|access[_-]?key(?:[_-]?id)?"
     r"|sasl[_-]?plain[_-]?password|authorization)(\"?'?\s*[:=]\s*\"?'?)[^\s\"',;&]+"
 )
 _AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
@@ -128,6 +130,25 @@ def build_dead_letter(
     if count is not None:
         headers.append((H_REPLAY_COUNT, count))
     return DeadLetter(key=record.key, value=record.value, headers=headers)
+
+
+def without_value(letter: DeadLetter, size: int) -> DeadLetter:
+    """The dead letter of a value too large to publish again: no value, and a message that
+    says where the original still is (its topic, partition and offset headers)."""
+    headers = [
+        (name, raw) if name != H_MESSAGE else (name, _dropped_note(raw, size))
+        for name, raw in letter.headers
+    ]
+    return DeadLetter(key=letter.key, value=None, headers=headers)
+
+
+def _dropped_note(raw: bytes, size: int) -> bytes:
+    note = (
+        f" [value of {size} bytes too large to republish: left out; the original is at "
+        "akisnap.original.topic/partition/offset]"
+    )
+    text = raw.decode("utf-8", "replace")
+    return (text[: MAX_MESSAGE_CHARS - len(note)] + note).encode()
 
 
 def headers_dict(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:

@@ -45,6 +45,10 @@ JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 MAX_REQUEST_ID_CHARS = 200
 MAX_PEEK_CHARS = 200
+# Bigger messages are not parsed to peek at their ids (a log nicety must not cost memory).
+MAX_PEEK_PARSE_BYTES = 1024 * 1024
+# A JSON \\u escape of a UTF-16 surrogate: fine in a pair, not Unicode text when alone.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _INLINE_TAG = "source=documents"
 _URI_TAG = "source=uri"
 
@@ -192,10 +196,11 @@ def peek_ids(value: bytes | None) -> dict[str, str]:
         if not value:
             return found
         body: Any = None
-        try:
-            body = json.loads(value)
-        except (ValueError, RecursionError):
-            body = None
+        if len(value) <= MAX_PEEK_PARSE_BYTES:
+            try:
+                body = json.loads(value)
+            except (ValueError, RecursionError):
+                body = None
         for name in ("request_id", "collection_id"):
             candidate: object = body.get(name) if isinstance(body, dict) else None
             if candidate is None and not isinstance(body, dict):
@@ -218,13 +223,26 @@ def _decode(value: bytes | None, *, max_bytes: int) -> Any:
     except UnicodeDecodeError as exc:
         raise DecodeError(f"message is not UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(text)
+        body = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DecodeError(
             f"message is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
     except (ValueError, RecursionError) as exc:  # int too long, nesting too deep
         raise DecodeError(f"message is not usable JSON: {type(exc).__name__}") from None
+    if _SURROGATE_ESCAPE.search(text):
+        _check_unicode(body)
+    return body
+
+
+def _check_unicode(body: Any) -> None:
+    """Refuse lone surrogates (``"\\ud800"``): valid JSON, but no UTF-8 writer takes them."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DecodeError(
+            "message holds a lone UTF-16 surrogate escape (\\uD800-\\uDFFF): not Unicode text"
+        ) from None
 
 
 def describe_validation_error(exc: ValidationError, *, limit: int = 3) -> str:

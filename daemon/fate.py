@@ -29,11 +29,18 @@ from typing import Protocol
 
 from structlog.contextvars import bound_contextvars
 
-from daemon.dead_letter import Failure, SourceRecord, build_dead_letter, describe, safe_message
+from daemon.dead_letter import (
+    Failure,
+    SourceRecord,
+    build_dead_letter,
+    describe,
+    safe_message,
+    without_value,
+)
 from daemon.events import parse_request, peek_ids
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
-from daemon.results import Publisher
+from daemon.results import Publisher, TooLargeError
 from daemon.retry import Backoff, sleep_unless
 from handlers.create import CreateOutcome, StageTimer
 from handlers.errors import AkisnapError, PermanentError
@@ -236,7 +243,19 @@ class Fate:
         self, record: SourceRecord, failure: Failure, stop: asyncio.Event, started: float
     ) -> Settled:
         letter = build_dead_letter(record, failure, secrets=self._secrets)
-        await self._until_sent(lambda: self._publisher.dead_letter(letter), "dead letter", stop)
+        try:
+            await self._until_sent(
+                lambda: self._publisher.dead_letter(letter), "dead letter", stop, TooLargeError
+            )
+        except TooLargeError as err:
+            # A message that fitted the request topic compressed may not fit the producer's
+            # limits: publish the letter without the value rather than block the partition.
+            size = len(record.value or b"")
+            log.warning(
+                "dead_letter.value_left_out", source=describe(record), bytes=size, error=str(err)
+            )
+            letter = without_value(letter, size)
+            await self._until_sent(lambda: self._publisher.dead_letter(letter), "dead letter", stop)
         seconds = time.perf_counter() - started
         self._metrics.dead_lettered(failure.stage)
         self._metrics.request_finished(Verdict.DEAD_LETTERED.value, seconds)
@@ -252,9 +271,14 @@ class Fate:
         return Settled(Verdict.DEAD_LETTERED, seconds, stage=failure.stage)
 
     async def _until_sent(
-        self, send: Callable[[], Awaitable[None]], what: str, stop: asyncio.Event
+        self,
+        send: Callable[[], Awaitable[None]],
+        what: str,
+        stop: asyncio.Event,
+        final: type[Exception] | None = None,
     ) -> None:
-        """Publish, retrying with backoff until acknowledged; AbandonedError if told to stop."""
+        """Publish, retrying with backoff until acknowledged; AbandonedError if told to stop.
+        An error of type ``final`` is raised at once (retrying cannot help)."""
         attempt = 0
         while True:
             attempt += 1
@@ -264,6 +288,8 @@ class Fate:
             except asyncio.CancelledError:
                 raise
             except Exception as err:
+                if final is not None and isinstance(err, final):
+                    raise
                 delay = self._backoff.delay(min(attempt, PUBLISH_BACKOFF_STEPS))
                 log.warning(
                     "publish.retry",

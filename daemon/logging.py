@@ -3,14 +3,20 @@
 Context bound with ``structlog.contextvars.bind_contextvars(request_id=…, collection_id=…,
 snapshot_id=…)`` lands on every line of that task, including lines of the libraries that log
 through the standard library (aiokafka, botocore), which are rendered the same way. Values of
-keys that look secret are replaced by ``***`` before rendering.
+keys that look secret are replaced by ``***`` before rendering, and every rendered line is
+scrubbed of the secret *values* themselves (S3 keys, SASL password: given to
+:func:`configure_logging` or found in the ``AKISNAP_*`` environment), as they are and as JSON or
+``repr`` would escape them: a library that logs a request at debug level (aiokafka logs the SASL
+PLAIN handshake bytes) cannot leak one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 import structlog
@@ -22,6 +28,10 @@ LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # Chatty at DEBUG; kept at INFO or above whatever the level.
 QUIET_LIBRARIES = ("botocore", "aiobotocore", "urllib3", "asyncio")
+# Secret settings scrubbed from every line even when configure_logging is not told them.
+SECRET_ENV_VARS = ("AKISNAP_S3_ACCESS_KEY", "AKISNAP_S3_SECRET_KEY", "AKISNAP_KAFKA_SASL_PASSWORD")
+# Shorter values are not scrubbed (they would mask ordinary words).
+MIN_SECRET_CHARS = 4
 
 
 def is_secret_key(key: object) -> bool:
@@ -50,6 +60,37 @@ def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) 
     return event_dict
 
 
+def secret_forms(secrets: Iterable[str]) -> list[str]:
+    """Each secret as it may appear in a rendered line: raw, JSON-escaped, ``repr``-escaped
+    (as text and as UTF-8 bytes), and those escaped once more by JSON; longest first."""
+    forms: set[str] = set()
+    for secret in secrets:
+        if not secret or len(secret) < MIN_SECRET_CHARS:
+            continue
+        reprs = {secret, repr(secret)[1:-1], repr(secret.encode())[2:-1]}
+        for text in reprs:
+            forms.update({text, json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]})
+    return sorted(forms, key=len, reverse=True)
+
+
+def scrub(text: str, forms: Iterable[str]) -> str:
+    for form in forms:
+        if form in text:
+            text = text.replace(form, REDACTED)
+    return text
+
+
+class _ScrubbingFormatter(structlog.stdlib.ProcessorFormatter):
+    """Renders like ProcessorFormatter, then masks every secret value left in the line."""
+
+    def __init__(self, *args: Any, secret_forms: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._forms = secret_forms
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record), self._forms)
+
+
 class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is now (pytest and the CLI may swap it)."""
 
@@ -59,10 +100,15 @@ class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def configure_logging(
-    format: str = "json", level: str = "info", *, stream: TextIO | None = None
+    format: str = "json",
+    level: str = "info",
+    *,
+    stream: TextIO | None = None,
+    secrets: Iterable[str] = (),
 ) -> None:
     """Route structlog and the standard library through one renderer on stderr (or
-    ``stream``). Safe to call again: the previous configuration is replaced."""
+    ``stream``), masking ``secrets`` and the secret ``AKISNAP_*`` variables' values. Safe to
+    call again: the previous configuration is replaced."""
     if format not in LOG_FORMATS:
         raise ValueError(f"log format {format!r} is not one of {LOG_FORMATS}")
     if level.lower() not in LOG_LEVELS:
@@ -103,10 +149,12 @@ def configure_logging(
     handler: logging.Handler = (
         logging.StreamHandler(stream) if stream is not None else _CurrentStderrHandler()
     )
+    from_env = [os.environ.get(name, "") for name in SECRET_ENV_VARS]
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
+        _ScrubbingFormatter(
             foreign_pre_chain=shared,
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
+            secret_forms=secret_forms([*secrets, *from_env]),
         )
     )
     handler.set_name("akisnap")

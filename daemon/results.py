@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, RecordTooLargeError
 
 from daemon.dead_letter import DeadLetter
 from daemon.events import SnapshotResultV1, build_result, parse_result, peek_ids
@@ -34,8 +34,13 @@ class Producer(Protocol):
     ) -> Any: ...
 
 
+class TooLargeError(Exception):
+    """The producer or the broker refuses a record as too large: sending it again cannot help."""
+
+
 class Publisher:
-    """Sends result events and dead letters; raises whatever the producer raises."""
+    """Sends result events and dead letters; raises whatever the producer raises (a record
+    refused for its size as :class:`TooLargeError`)."""
 
     def __init__(
         self, producer: Producer, *, result_topic: str, dlq_topic: str, store_root: str
@@ -58,9 +63,12 @@ class Publisher:
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         """Publish a dead letter: the original key and value untouched, plus its headers."""
-        await self._producer.send_and_wait(
-            self._dlq_topic, value=letter.value, key=letter.key, headers=letter.headers
-        )
+        try:
+            await self._producer.send_and_wait(
+                self._dlq_topic, value=letter.value, key=letter.key, headers=letter.headers
+            )
+        except (MessageSizeTooLargeError, RecordTooLargeError) as err:
+            raise TooLargeError(str(err)) from err
 
 
 # -- reading outcomes back (akisnap request --wait, the demo, the tests) -----------------------

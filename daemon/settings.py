@@ -214,6 +214,11 @@ class Settings(BaseSettings):
             )
         return kwargs
 
+    def secret_values(self) -> list[str]:
+        """The values that must never be shown: S3 keys and the SASL password."""
+        secrets = (self.s3_access_key, self.s3_secret_key, self.kafka_sasl_password)
+        return [value for secret in secrets if (value := _reveal(secret))]
+
     def redacted(self) -> dict[str, Any]:
         """All settings as JSON-able values, secrets as ``***`` (to log at start)."""
         out: dict[str, Any] = {}

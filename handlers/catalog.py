@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from handlers.errors import ObjectMissingError, SnapshotNotFoundError
+from handlers.job import check_collection_id
 from handlers.layout import (
     collection_prefix,
     is_metadata_key,
@@ -57,6 +58,8 @@ class Catalog:
 
     async def list(self, collection_id: str | None = None) -> list[SnapshotMetadata]:
         """Committed snapshots, oldest first; unreadable metadata files are reported."""
+        if collection_id is not None:
+            check_collection_id(collection_id)
         keys = [
             info.key
             async for info in self._store.list(collection_prefix(collection_id))

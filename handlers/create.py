@@ -8,11 +8,14 @@ redo overwrites under the same keys).
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from handlers.catalog import Catalog
 from handlers.encode import EncodedSnapshot, Encoder
@@ -53,7 +56,7 @@ class SnapshotCreator:
         s3: S3Options | None = None,
         part_size_bytes: int = DEFAULT_PART_SIZE_BYTES,
     ) -> None:
-        spool = store.spool_dir()
+        spool = process_spool(store.spool_dir())
         self._catalog = Catalog(store)
         self._read_source = SourceReader(source_roots, s3=s3, spool_dir=spool)
         self._encode = Encoder(spool, part_size_bytes)
@@ -87,6 +90,28 @@ class SnapshotCreator:
             metadata = _metadata(job, encoded, parts)
             await self._catalog.commit(metadata)
         return CreateOutcome(metadata, duplicate=False, stage_seconds=seconds)
+
+
+def process_spool(base: Path) -> Path:
+    """This process's own spool folder; folders of processes that died (SIGKILL leaves
+    half-written parts behind) are removed on the way."""
+    for folder in base.glob("pid-*"):
+        pid = folder.name.removeprefix("pid-")
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+    own = base / f"pid-{os.getpid()}"
+    own.mkdir(parents=True, exist_ok=True)
+    return own
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.asynccontextmanager

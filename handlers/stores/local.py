@@ -84,7 +84,7 @@ class LocalStore:
     def _install(self, source: Path, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            if source.parent.resolve() == (self._root / SPOOL_DIR_NAME):
+            if source.resolve().is_relative_to(self._root / SPOOL_DIR_NAME):
                 _fsync_file(source)
                 os.replace(source, target)
             else:

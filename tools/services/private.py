@@ -12,6 +12,8 @@ secret hygiene) start their own from the same cached jars (``make services`` fet
 - :class:`S3Proxy`: s3proxy with its filesystem backend and the given credentials.
 - :func:`make_tls`: a throwaway CA (``openssl``), a server certificate for 127.0.0.1 and
   localhost, a client certificate, and the broker's PKCS#12 keystore.
+- :class:`AkisnapRun`: ``akisnap run`` as a subprocess with a given environment, its log in a
+  file, readiness from ``/readyz``; killed or stopped on demand.
 
 Also a small CLI for people::
 
@@ -30,6 +32,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -40,9 +44,8 @@ S3PROXY_VERSION = "4.1.0"
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("AKISNAP_CACHE") or Path.home() / ".cache" / "akisnap")
 KAFKA_LIBS = CACHE / f"kafka-{KAFKA_VERSION}" / "libs"
-S3PROXY_JAR = (
-    CACHE / f"s3proxy-{S3PROXY_VERSION}" / "libs" / f"s3proxy-{S3PROXY_VERSION}-jar-with-dependencies.jar"
-)
+S3PROXY_HOME = CACHE / f"s3proxy-{S3PROXY_VERSION}"
+S3PROXY_JAR = S3PROXY_HOME / "libs" / f"s3proxy-{S3PROXY_VERSION}-jar-with-dependencies.jar"
 KEYSTORE_PASSWORD = "akisnap-test-keystore"
 STARTED_LINE = "Kafka Server started"
 
@@ -112,8 +115,9 @@ def make_tls(directory: Path) -> Tls:
     directory.mkdir(parents=True, exist_ok=True)
     for ca in ("ca", "other-ca"):
         _openssl(
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-subj", f"/CN=akisnap test {ca}",
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "2", "-keyout", f"{ca}.key", "-out", f"{ca}.pem",
+            "-subj", f"/CN=akisnap test {ca}",
             "-addext", "basicConstraints=critical,CA:TRUE",
             "-addext", "keyUsage=critical,keyCertSign,cRLSign",
             cwd=directory,
@@ -125,7 +129,8 @@ def make_tls(directory: Path) -> Tls:
     for name, ext in extensions.items():
         (directory / f"{name}.ext").write_text(ext)
         _openssl(
-            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", f"{name}.key",
             "-out", f"{name}.csr", "-subj", f"/CN=akisnap-test-{name}", cwd=directory,
         )  # fmt: skip
         _openssl(
@@ -168,6 +173,7 @@ class KafkaBroker:
         self.port, self.controller_port, self.sasl_ssl_port, self.ssl_port = ports
         self._process: subprocess.Popen[bytes] | None = None
         self._formatted = False
+        self._started = False
         self.log = self.workdir / "kafka.log"
 
     @property
@@ -273,7 +279,23 @@ class KafkaBroker:
         self._formatted = True
 
     def start(self, timeout: float = 90.0) -> None:
-        """Start (formatting the storage the first time) and wait until it serves."""
+        """Start (formatting the storage the first time) and wait until it serves. A first
+        start that loses one of its ports to another process tries again on new ones."""
+        for attempt in range(3):
+            try:
+                self._start_once(timeout)
+                return
+            except ServiceError:
+                if self._started or attempt == 2 or not self._lost_a_port():
+                    raise
+            self.port, self.controller_port, self.sasl_ssl_port, self.ssl_port = free_ports(4)
+            shutil.rmtree(self.workdir / "data", ignore_errors=True)
+            self._formatted = False
+
+    def _lost_a_port(self) -> bool:
+        return "Address already in use" in _tail(self.log, 400)
+
+    def _start_once(self, timeout: float) -> None:
         if not self._formatted:
             self._format()
         offset = self.log.stat().st_size if self.log.exists() else 0
@@ -284,6 +306,7 @@ class KafkaBroker:
                 start_new_session=True,
             )  # fmt: skip
         self._wait_started(offset, timeout)
+        self._started = True
 
     def _wait_started(self, offset: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -383,6 +406,80 @@ class S3Proxy:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(10)
+
+
+# -- the daemon -------------------------------------------------------------------------------
+
+
+@dataclass
+class AkisnapRun:
+    """``akisnap run`` (``python -m daemon.cli run`` in ``repo``) with ``env``; each start
+    appends to ``log``. The metrics port is chosen here unless ``env`` sets one."""
+
+    repo: Path
+    env: Mapping[str, str]
+    log: Path
+
+    def __post_init__(self) -> None:
+        self.env = dict(self.env)
+        self.port = int(self.env.get("AKISNAP_METRICS_PORT") or free_ports(1)[0])
+        self.env["AKISNAP_METRICS_PORT"] = str(self.port)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError("akisnap run is not started")
+        return self.process.pid
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "daemon.cli", "run"],
+                cwd=self.repo, env=dict(self.env), stdin=subprocess.DEVNULL,
+                stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        self.starts += 1
+
+    def ready(self) -> bool:
+        """True once /readyz answers 200; raises if the process has exited."""
+        if self.process is None or self.process.poll() is not None:
+            raise ServiceError(f"akisnap run exited:\n{_tail(self.log, 60)}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
+                return int(r.status) == 200
+        except (OSError, urllib.error.HTTPError):
+            return False
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if time.monotonic() > deadline:
+                raise ServiceError(f"akisnap run not ready in {timeout:.0f}s:\n{_tail(self.log)}")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL, and reap it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM; the exit code (SIGKILL after ``timeout``: then -9)."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return int(self.process.returncode)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
 @contextlib.contextmanager

@@ -1,0 +1,348 @@
+"""Secret hygiene: no S3 key or SASL password reaches logs, results, dead letters or `--json`.
+
+Recognisable secrets are set for real: a private s3proxy accepts only the recognisable S3 keys,
+and a private broker's SASL_SSL listener only the recognisable PLAIN password (PLAIN sends it
+as it is, and aiokafka logs the handshake at debug level). ``akisnap run`` works with them at
+debug level — snapshots from inline documents and from an S3 export, a duplicate, dead
+letters, retries while S3 is unreachable — then every CLI verb runs with ``--json``, some
+meant to fail (wrong S3 secret, wrong SASL password, unknown snapshot). Everything they wrote
+is scanned for every 10-character piece of each secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from daemon.events import build_request
+from daemon.results import OutcomeWatcher, publish
+from daemon.settings import Settings, SettingsError
+from handlers.job import InlineSource, UriSource
+from handlers.stores import open_store
+from tests.conftest import REPO
+from tests.support import documents_table, write_export
+from tests.test_daemon_kafka import TcpProxy
+from tools.services.private import AkisnapRun, KafkaBroker, S3Proxy, Tls, make_tls
+
+S3_ACCESS_KEY = "hyg1AccessKeyQ4T8V2"
+S3_SECRET_KEY = "hyg1SecretKey7Hk2Lm9PwX"
+SASL_USER = "akisnap-hygiene"
+SASL_PASSWORD = "hyg1SaslPw-Z3x8R6nB"
+SECRETS = (S3_ACCESS_KEY, S3_SECRET_KEY, SASL_PASSWORD)
+WRONG_S3_SECRET = "hyg1WrongS3Secret-Jq5V"
+WRONG_SASL_PASSWORD = "hyg1WrongSaslPw-Tn4D"
+BUCKET = "hygiene"
+WINDOW = 10
+
+
+def pieces(secret: str) -> set[str]:
+    """Every WINDOW-character piece of a secret: a truncated leak is still a leak."""
+    return {secret[i : i + WINDOW] for i in range(len(secret) - WINDOW + 1)}
+
+
+def leaks(text: str, secrets: tuple[str, ...] = SECRETS) -> list[str]:
+    return sorted({piece for secret in secrets for piece in pieces(secret) if piece in text})
+
+
+@dataclass(frozen=True)
+class Services:
+    broker: KafkaBroker
+    tls: Tls
+    s3: S3Proxy
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """A SASL_SSL broker and an s3proxy, both accepting only the recognisable secrets."""
+    root = tmp_path_factory.mktemp("hygiene")
+    tls = make_tls(root / "tls")
+    broker = KafkaBroker(root / "kafka", tls=tls, plain_users={SASL_USER: SASL_PASSWORD})
+    s3 = S3Proxy(root / "s3", access_key=S3_ACCESS_KEY, secret_key=S3_SECRET_KEY)
+    s3.make_bucket(BUCKET)
+    with ThreadPoolExecutor(2) as pool:
+        started = [pool.submit(broker.start), pool.submit(s3.start)]
+    try:
+        for future in started:
+            future.result()
+        yield Services(broker, tls, s3)
+    finally:
+        broker.close()
+        s3.close()
+
+
+def base_env(services: Services, s3_endpoint: str, tag: str, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AKISNAP_")}
+    env.update(
+        AKISNAP_KAFKA_BOOTSTRAP=services.broker.sasl_ssl_bootstrap,
+        AKISNAP_KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+        AKISNAP_KAFKA_SASL_MECHANISM="PLAIN",
+        AKISNAP_KAFKA_SASL_USERNAME=SASL_USER,
+        AKISNAP_KAFKA_SASL_PASSWORD=SASL_PASSWORD,
+        AKISNAP_KAFKA_SSL_CAFILE=str(services.tls.ca_cert),
+        AKISNAP_GROUP_ID=f"hygiene-{tag}",
+        AKISNAP_REQUEST_TOPIC=f"hyg.{tag}.requests",
+        AKISNAP_RESULT_TOPIC=f"hyg.{tag}.results",
+        AKISNAP_DLQ_TOPIC=f"hyg.{tag}.dlq",
+        AKISNAP_STORE=f"s3://{BUCKET}/store-{tag}",
+        AKISNAP_EXPORTS_ROOT=(tmp_path / "exports").as_uri(),
+        AKISNAP_SOURCE_ALLOW=f"s3://{BUCKET}/exports",
+        AKISNAP_S3_ENDPOINT=s3_endpoint,
+        AKISNAP_S3_ACCESS_KEY=S3_ACCESS_KEY,
+        AKISNAP_S3_SECRET_KEY=S3_SECRET_KEY,
+        AKISNAP_S3_REGION="us-east-1",
+        AKISNAP_RETRY_ATTEMPTS="40",
+        AKISNAP_RETRY_BASE_SECONDS="0.1",
+        AKISNAP_RETRY_CAP_SECONDS="0.5",
+        AKISNAP_SHUTDOWN_GRACE_SECONDS="6",
+        AKISNAP_LOG_FORMAT="json",
+        AKISNAP_LOG_LEVEL="debug",
+    )
+    return env
+
+
+def settings_of(env: dict[str, str]) -> Settings:
+    """The Settings the same environment gives (what the CLI would load)."""
+    prefix = "AKISNAP_"
+    values = {k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix)}
+    values.pop("metrics_port", None)
+    return Settings.load(None, **values)
+
+
+async def read_all(settings: Settings, topic: str) -> list[Any]:
+    """Every record of a topic, over the secured listener."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+        **settings.kafka_security_kwargs(),
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(4)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        records: list[Any] = []
+        deadline = time.monotonic() + 30
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            assert time.monotonic() < deadline, f"could not read {topic} to its end"
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
+
+
+@contextlib.asynccontextmanager
+async def switched_proxy(target: str) -> AsyncIterator[TcpProxy]:
+    """A TCP proxy in front of ``target`` that the test can switch off and on."""
+    proxy = TcpProxy(target)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()
+
+
+def wait_for_line(daemon: AkisnapRun, fragment: str, within: float) -> None:
+    deadline = time.monotonic() + within
+    while fragment not in daemon.log_text():
+        assert time.monotonic() < deadline, f"no {fragment} in the log within {within:.0f}s"
+        time.sleep(0.2)
+
+
+def http_pages(port: int) -> str:
+    pages = ""
+    for path in ("/metrics", "/readyz", "/healthz"):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as page:
+            pages += page.read().decode()
+    return pages
+
+
+def record_text(record: Any) -> str:
+    headers = " ".join(f"{k}={v.decode('utf-8', 'replace')}" for k, v in record.headers or ())
+    value = (record.value or b"").decode("utf-8", "replace")
+    return f"{record.key!r} {headers} {value}"
+
+
+def cli(env: dict[str, str], *args: str) -> tuple[list[str], int, str]:
+    """(argv, exit code, stdout + stderr) of one `akisnap` verb."""
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", *args], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    return list(args), done.returncode, done.stdout + done.stderr
+
+
+async def exercise_daemon(
+    services: Services, env: dict[str, str], proxy: TcpProxy, tmp_path: Path
+) -> tuple[AkisnapRun, dict[str, Any], str]:
+    """Run the daemon through successes, a duplicate, dead letters and S3 retries; (the
+    daemon, outcomes by request id, /metrics and /readyz text)."""
+    settings = settings_of(env)
+    export = write_export(documents_table(300, 16), tmp_path / "staging", "real.parquet")
+    store = open_store(f"s3://{BUCKET}", settings.s3_options())
+    try:
+        await store.put_bytes(
+            "exports/real.parquet", Path(export.removeprefix("file://")).read_bytes()
+        )
+    finally:
+        await store.close()
+    inline_id, missing_id, from_s3_id, retried_id = (str(uuid.uuid4()) for _ in range(4))
+    inline = build_request("hyg", InlineSource([{"id": str(uuid.uuid4()), "vector": [1.0, 2.0]}]),
+                           request_id=inline_id)  # fmt: skip
+    requests = [
+        inline,
+        inline,  # a duplicate
+        build_request(
+            "hyg",
+            UriSource(f"s3://{BUCKET}/exports/real.parquet", "parquet"),
+            request_id=from_s3_id,
+        ),
+        build_request(
+            "hyg",
+            UriSource(f"s3://{BUCKET}/exports/missing.parquet", "parquet"),
+            request_id=missing_id,
+        ),
+        (b"hyg", b'{"schema": "akisnap.snapshot-request/v1", "request_id": "poison"'),
+    ]
+    daemon = AkisnapRun(REPO, env, tmp_path / "run.log")
+    daemon.start()
+    watching = OutcomeWatcher(
+        settings.kafka_bootstrap, result_topic=settings.result_topic,
+        dlq_topic=settings.dlq_topic, security=settings.kafka_security_kwargs(),
+    )  # fmt: skip
+    try:
+        await asyncio.to_thread(daemon.wait_ready, 60)
+        async with watching as outcomes:
+            await publish(settings, requests)
+            found = await outcomes.wait_for([inline_id, from_s3_id, missing_id], 60)
+            await proxy.stop()  # S3 unreachable: the next request is retried, then succeeds
+            again = InlineSource([{"id": str(uuid.uuid4()), "vector": [3.0, 4.0]}])
+            await publish(settings, [build_request("hyg", again, request_id=retried_id)])
+            await asyncio.to_thread(wait_for_line, daemon, '"request.retry"', 60)
+            await proxy.start()
+            found.update(await outcomes.wait_for([retried_id], 60))
+        pages = await asyncio.to_thread(http_pages, daemon.port)
+    finally:
+        code = await asyncio.to_thread(daemon.terminate, 20)
+    assert code == 0, daemon.log_text()[-3000:]
+    assert [found[i].status for i in (inline_id, from_s3_id, missing_id, retried_id)] == [
+        "created", "created", "dead_lettered", "created",
+    ], found  # fmt: skip
+    return daemon, found, pages
+
+
+@pytest.mark.timeout(240)
+async def test_no_secret_reaches_logs_events_dead_letters_or_json_output(
+    services: Services, tmp_path: Path
+) -> None:
+    """Debug logs of a busy daemon, every result and dead letter, /metrics and every CLI
+    verb's --json output (failures too) hold no piece of an S3 key or the SASL password."""
+    tag = uuid.uuid4().hex[:8]
+    async with switched_proxy(services.s3.endpoint) as proxy:
+        env = base_env(services, f"http://127.0.0.1:{proxy.port}", tag, tmp_path)
+        admin = AIOKafkaAdminClient(bootstrap_servers=services.broker.bootstrap)
+        await admin.start()
+        try:
+            names = ("requests", "results", "dlq")
+            await admin.create_topics([NewTopic(f"hyg.{tag}.{n}", 4, 1) for n in names])
+        finally:
+            await admin.close()
+        daemon, found, pages = await exercise_daemon(services, env, proxy, tmp_path)
+    settings = settings_of(env)
+    env["AKISNAP_S3_ENDPOINT"] = services.s3.endpoint
+    records = [*await read_all(settings, settings.result_topic),
+               *await read_all(settings, settings.dlq_topic)]  # fmt: skip
+    snapshot_id = next(o.result.snapshot_id for o in found.values() if o.result is not None)
+    outputs = await cli_outputs(env, snapshot_id, tmp_path)
+
+    log = daemon.log_text()
+    assert "Request to" in log and '"level": "debug"' in log, "the log is not at debug level"
+    assert '"request.retry"' in log and '"request.dead_lettered"' in log
+    assert len(records) >= 5
+    found_leaks = {
+        "daemon log": leaks(log),
+        "result and dead-letter records": leaks("\n".join(record_text(r) for r in records)),
+        "/metrics, /readyz, /healthz": leaks(pages),
+    }
+    for args, code, text in outputs:
+        wrong = (WRONG_S3_SECRET, WRONG_SASL_PASSWORD)
+        found_leaks[f"akisnap {' '.join(args)} (exit {code})"] = leaks(text, SECRETS + wrong)
+    assert not {where: got for where, got in found_leaks.items() if got}, found_leaks
+
+
+async def cli_outputs(
+    env: dict[str, str], snapshot_id: str, tmp_path: Path
+) -> list[tuple[list[str], int, str]]:
+    """Every verb with --json (three meant to fail), four at a time."""
+    wrong_s3 = {**env, "AKISNAP_S3_SECRET_KEY": WRONG_S3_SECRET}
+    wrong_sasl = {**env, "AKISNAP_KAFKA_SASL_PASSWORD": WRONG_SASL_PASSWORD}
+    export = f"s3://{BUCKET}/exports/real.parquet"
+    created = await asyncio.to_thread(
+        cli, env, "snapshots", "create", "--collection", "hyg-cli", "--from", export, "--json"
+    )
+    assert created[1] == 0, created
+    calls: list[tuple[dict[str, str], tuple[str, ...], bool]] = [
+        (env, ("snapshots", "list", "--json"), True),
+        (env, ("snapshots", "show", snapshot_id, "--json"), True),
+        (env, ("snapshots", "verify", snapshot_id, "--full", "--json"), True),
+        (
+            env,
+            ("snapshots", "restore", snapshot_id, "--out", str(tmp_path / "r.jsonl"), "--json"),
+            True,
+        ),
+        (env, ("snapshots", "prune", "--orphans", "--grace-hours", "0", "--json"), True),
+        (env, ("snapshots", "prune", "hyg-cli", "--keep-last", "0", "--json"), True),
+        (env, ("dlq", "list", "--json"), True),
+        (env, ("dlq", "replay", "--dry-run", "--json"), True),
+        (env, ("request", "--collection", "hyg-cli", "--random", "3,4", "--json"), True),
+        (env, ("snapshots", "show", str(uuid.UUID(int=0)), "--json"), False),
+        (wrong_s3, ("snapshots", "list", "--json"), False),
+        (wrong_sasl, ("request", "--collection", "hyg-cli", "--random", "3,4", "--json"), False),
+    ]
+    slots = asyncio.Semaphore(4)
+
+    async def one(
+        call_env: dict[str, str], args: tuple[str, ...], ok: bool
+    ) -> tuple[list[str], int, str]:
+        async with slots:
+            argv, code, text = await asyncio.to_thread(cli, call_env, *args)
+        assert (code == 0) == ok, f"akisnap {' '.join(argv)} exited {code}: {text[-2000:]}"
+        if ok:
+            json.loads(text)  # --json: the whole output is one JSON document
+        return argv, code, text
+
+    return [created, *await asyncio.gather(*(one(e, a, ok) for e, a, ok in calls))]
+
+
+def test_settings_never_show_secret_values() -> None:
+    """repr, str, the redacted view and validation errors of Settings hold no secret."""
+    settings = Settings.load(
+        None, s3_access_key=S3_ACCESS_KEY, s3_secret_key=S3_SECRET_KEY,
+        kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="PLAIN",
+        kafka_sasl_username=SASL_USER, kafka_sasl_password=SASL_PASSWORD,
+    )  # fmt: skip
+    shown = repr(settings) + str(settings) + json.dumps(settings.redacted(), default=str)
+    assert not leaks(shown)
+    with pytest.raises(SettingsError) as failed:  # secrets of the wrong type, among errors
+        Settings.load(
+            None, s3_access_key=S3_ACCESS_KEY, s3_secret_key=[S3_SECRET_KEY],
+            kafka_sasl_password={"pw": SASL_PASSWORD}, retry_attempts=0,
+        )  # fmt: skip
+    assert "AKISNAP_S3_SECRET_KEY" in str(failed.value)
+    assert not leaks(str(failed.value))
