@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from daemon.logging import configure_logging
 from daemon.settings import Settings, SettingsError
-from handlers.errors import StoreConfigError
+from handlers.errors import InvalidRequestError, StoreConfigError
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +46,17 @@ def emit(args: argparse.Namespace, payload: Any, human: str) -> None:
         print(json.dumps(payload, indent=2, sort_keys=True))
     elif human:
         print(human)
+
+
+def labels_from(pairs: Sequence[str]) -> dict[str, str]:
+    """``--label K=V`` options as a dict."""
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidRequestError(f"--label wants K=V, not {pair!r}")
+        labels[key] = value
+    return labels
 
 
 def fail(reason: str, code: int = 1) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from daemon.app import Daemon, explain_kafka_failure
-from daemon.cli_common import add_common_options, emit, fail, load_settings
+from daemon.cli_common import add_common_options, emit, fail, labels_from, load_settings
 from daemon.dead_letter import H_CLASS, H_MESSAGE, H_STAGE, safe_message
 from daemon.demo import random_documents, run_demo
 from daemon.events import build_request
@@ -129,16 +129,6 @@ def source_from_uri(uri: str) -> UriSource:
     if "://" not in uri:
         uri = Path(uri).resolve().as_uri()
     return UriSource(uri=uri, format=source_format_from_uri(uri))
-
-
-def labels_from(pairs: Sequence[str]) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidRequestError(f"--label wants K=V, not {pair!r}")
-        labels[key] = value
-    return labels
 
 
 def _request(args: argparse.Namespace) -> int:

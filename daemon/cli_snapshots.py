@@ -9,11 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from daemon import cli_operator
-from daemon.cli_common import add_common_options, emit, fail, human_bytes, load_settings
+from daemon.cli_common import (
+    add_common_options,
+    emit,
+    fail,
+    human_bytes,
+    labels_from,
+    load_settings,
+)
 from daemon.settings import Settings
 from handlers.catalog import Catalog
 from handlers.create import SnapshotCreator
-from handlers.errors import InvalidRequestError
 from handlers.job import (
     COMPRESSIONS,
     SnapshotJob,
@@ -89,7 +95,7 @@ async def _create(args: argparse.Namespace, settings: Settings, store: ObjectSto
         source=source,
         format=args.format,
         compression=args.compression,
-        labels=_labels(args.label),
+        labels=labels_from(args.label),
     )
     # The operator named this file on the command line: allow it, unlike requests from Kafka.
     roots = [*settings.source_roots(), parse_location(args.source).display]
@@ -161,16 +167,6 @@ async def _restore(args: argparse.Namespace, settings: Settings, store: ObjectSt
     }
     emit(args, payload, f"restored {result.rows} vectors to {result.path}")
     return 0
-
-
-def _labels(pairs: list[str]) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidRequestError(f"--label wants K=V, got {pair!r}")
-        labels[key] = value
-    return labels
 
 
 def _describe(metadata: SnapshotMetadata, outcome: str) -> str:

@@ -85,14 +85,14 @@ class LocalStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             if source.resolve().is_relative_to(self._root / SPOOL_DIR_NAME):
-                _fsync_file(source)
+                _fsync(source)
                 os.replace(source, target)
             else:
                 with source.open("rb") as handle:
                     self._write_stream_atomically(
                         target, iter(lambda: handle.read(CHUNK_BYTES), b"")
                     )
-            _fsync_dir(target.parent)
+            _fsync(target.parent)
         except OSError as exc:
             raise _store_error(exc, target) from exc
 
@@ -115,7 +115,7 @@ class LocalStore:
         except BaseException:
             _unlink_quietly(Path(temp_name))
             raise
-        _fsync_dir(target.parent)
+        _fsync(target.parent)
 
     def _read(self, path: Path) -> bytes:
         try:
@@ -176,15 +176,8 @@ def _store_error(exc: OSError, path: Path) -> Exception:
     return StoreUnavailableError(f"local store I/O error on {path.name}: {exc.strerror or exc}")
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush a file or a directory entry to disk (a rename is durable once its dir is)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
