@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import murmur2
 
 from daemon.app import Daemon
 from daemon.consumer import ConsumerOptions, RequestConsumer
@@ -657,15 +658,31 @@ async def _until_ready(process: subprocess.Popen[bytes], port: int, log: Path) -
     raise AssertionError(f"akisnap run not ready in 40 s:\n{log.read_text()[-3000:]}")
 
 
-def _export_requests(tmp_path: Path, count: int, rows: int) -> list[tuple[str, bytes, bytes]]:
-    """`count` requests by URI of one real-embedding export of `rows` rows, over 6 collections."""
+def _export_requests(
+    tmp_path: Path, count: int, rows: int, collections: Sequence[str] = ()
+) -> list[tuple[str, bytes, bytes]]:
+    """`count` requests by URI of one real-embedding export of `rows` rows, over the given
+    collections (default: 6)."""
     uri = write_export(real_embeddings(rows), tmp_path / "exports", "real.parquet")
+    names = list(collections) or [f"wave-{i}" for i in range(6)]
     out = []
     for i in range(count):
         rid = str(uuid.uuid4())
-        key, value = build_request(f"wave-{i % 6}", UriSource(uri, "parquet"), request_id=rid)
+        key, value = build_request(names[i % len(names)], UriSource(uri, "parquet"), request_id=rid)
         out.append((rid, key, value))
     return out
+
+
+def one_collection_per_partition(partitions: int) -> list[str]:
+    """Collection ids whose keys land on partitions 0..n-1 under Kafka's default partitioner,
+    so a wave spreads evenly."""
+    chosen: dict[int, str] = {}
+    for i in range(1000):
+        name = f"wave-{i}"
+        chosen.setdefault((murmur2(name.encode()) & 0x7FFFFFFF) % partitions, name)
+        if len(chosen) == partitions:
+            break
+    return [chosen[p] for p in range(partitions)]
 
 
 @pytest.mark.timeout(300)
@@ -757,7 +774,8 @@ async def test_rebalance_hands_partitions_over_without_redoing_work(
     what it finished, and every request gets exactly one result."""
     topics = await make_topics()
     settings = settings_for(kafka_bootstrap, topics, tmp_path)
-    requests = _export_requests(tmp_path, 24, 10_000)
+    # Evenly spread, so whichever partitions the newcomer gets still hold work.
+    requests = _export_requests(tmp_path, 40, 10_000, one_collection_per_partition(4))
     ids = [rid for rid, _, _ in requests]
     async with watcher(kafka_bootstrap, topics) as outcomes, running(settings) as first:
         await send(kafka_bootstrap, topics.requests, [(k, v, []) for _, k, v in requests])
