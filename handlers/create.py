@@ -19,6 +19,7 @@ from pathlib import Path
 
 from handlers.catalog import Catalog
 from handlers.encode import EncodedSnapshot, Encoder
+from handlers.errors import CorruptSnapshotError, WriteNotVerifiedError
 from handlers.job import SnapshotJob
 from handlers.metadata import PartInfo, SnapshotMetadata
 from handlers.sources import SourceReader
@@ -86,7 +87,11 @@ class SnapshotCreator:
         finally:
             encoded.discard()
         async with _timed(timer, "verify", seconds):
-            await self._verify(parts)
+            try:
+                await self._verify(parts)
+            except CorruptSnapshotError as exc:
+                # Nothing is committed yet: a redo writes the same keys again.
+                raise WriteNotVerifiedError(exc.message) from None
             metadata = _metadata(job, encoded, parts)
             await self._catalog.commit(metadata)
         return CreateOutcome(metadata, duplicate=False, stage_seconds=seconds)

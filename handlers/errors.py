@@ -112,6 +112,12 @@ class StoreUnavailableError(TransientError):
     stage = "upload"
 
 
+class WriteNotVerifiedError(TransientError):
+    """Parts just written do not read back as encoded: redo the upload (same keys)."""
+
+    stage = "verify"
+
+
 class SourceUnavailableError(TransientError):
     """The export's store is unreachable for now."""
 

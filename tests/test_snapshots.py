@@ -19,6 +19,7 @@ from handlers.errors import (
     SnapshotNotFoundError,
     SourceError,
     SourceNotAllowedError,
+    WriteNotVerifiedError,
 )
 from handlers.job import InlineSource, SnapshotJob, UriSource
 from handlers.layout import metadata_key
@@ -26,6 +27,7 @@ from handlers.metadata import SnapshotMetadata
 from handlers.model import DocumentBatch, vectors_bit_equal
 from handlers.restore import restore_snapshot
 from handlers.stores import ObjectStore
+from handlers.stores.local import LocalStore
 from handlers.verify import verify_snapshot
 from tests.support import (
     documents_table,
@@ -279,3 +281,27 @@ async def test_real_embeddings_restore_to_every_format(
     with jsonl.open() as lines:
         assert sum(1 for _ in lines) == 3000
     assert meta.json_equivalent_bytes > 2 * meta.total_bytes
+
+
+class _CorruptingStore(LocalStore):
+    """A local store whose disk flips a bit in every part it is given."""
+
+    async def put_file(self, key: str, path: Path, *, sha256_hex: str) -> None:
+        await super().put_file(key, path, sha256_hex=sha256_hex)
+        target = self.path_of(key)
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0x04
+        target.write_bytes(bytes(data))
+
+
+async def test_parts_that_do_not_read_back_are_retryable_and_not_committed(
+    tmp_path: Path,
+) -> None:
+    """A part that reads back wrong right after upload is a transient error; nothing commits."""
+    store = _CorruptingStore(tmp_path / "store")
+    exports = tmp_path / "exports"
+    creator = SnapshotCreator(store, source_roots=[exports.as_uri()])
+    with pytest.raises(WriteNotVerifiedError) as caught:
+        await creator(export_job(exports, documents_table(50, 8)))
+    assert caught.value.retryable
+    assert await creator.catalog.list() == []
