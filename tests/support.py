@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import uuid
 from pathlib import Path
@@ -11,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from daemon import cli
 from handlers.model import DocumentBatch
 from handlers.stores import ObjectStore, S3Options, open_store
 
@@ -76,3 +79,11 @@ def open_test_store(kind: str, tmp_path: Path) -> ObjectStore:
     if kind == "local":
         return open_store((tmp_path / "store").as_uri())
     return open_store(s3_root(f"tests/{uuid.uuid4().hex}"), s3_options())
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """`akisnap ARGV` in-process through the real entry point: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    return code, out.getvalue(), err.getvalue()

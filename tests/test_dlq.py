@@ -7,15 +7,11 @@ the replay published.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
-import io
 import json
-import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,8 +20,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from daemon.app import Daemon
-from daemon.cli_operator import register
 from daemon.dlq import (
     DlqFilter,
     PartitionProgress,
@@ -41,10 +35,11 @@ from daemon.dlq import (
 from daemon.events import build_request
 from daemon.settings import Settings
 from handlers.catalog import Catalog
-from handlers.errors import AkisnapError
 from handlers.job import InlineSource, snapshot_id_for
 from handlers.stores import open_store
 from tests.conftest import S3Service, TopicFactory, Topics
+from tests.support import run_cli
+from tests.test_daemon_kafka import free_port, running
 
 Header = tuple[str, bytes]
 
@@ -299,19 +294,6 @@ def test_progress_record_round_trip() -> None:
     assert datetime.now(UTC) - parse_when("90m") > timedelta(minutes=89)
 
 
-def run_dlq(argv: list[str]) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="akisnap")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["dlq", *argv])
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = int(args.func(args))
-        except AkisnapError as exc:
-            code, _ = 1, err.write(exc.message)
-    return code, out.getvalue(), err.getvalue()
-
-
 def test_dlq_cli(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """`dlq list` prints a table (or JSON); `dlq replay` prints one line per message."""
     topics = asyncio.run(_seed_for_cli(kafka_bootstrap))
@@ -325,22 +307,22 @@ def _cli_checks(kafka_bootstrap: str, topics: Topics, monkeypatch: pytest.Monkey
     monkeypatch.setenv("AKISNAP_KAFKA_BOOTSTRAP", kafka_bootstrap)
     monkeypatch.setenv("AKISNAP_DLQ_TOPIC", topics.dlq)
     monkeypatch.setenv("AKISNAP_REQUEST_TOPIC", topics.requests)
-    code, out, err = run_dlq(["list"])
+    code, out, err = run_cli(["dlq", "list"])
     assert code == 0, err
     header, *rows = out.splitlines()
     assert header.split() == [
         "TIME", "DLQ", "ORIGINAL", "STAGE", "ERROR", "COLLECTION", "REPLAYS", "MESSAGE",
     ]  # fmt: skip
     assert len(rows) == 2 and "akidb.snapshot.requests[1]@7" in rows[0]
-    code, out, _ = run_dlq(["list", "--stage", "upload", "--json"])
+    code, out, _ = run_cli(["dlq", "list", "--stage", "upload", "--json"])
     assert code == 0 and [d["collection_id"] for d in json.loads(out)] == ["cli"]
     group = ["--group", f"cli-{uuid.uuid4().hex[:8]}", "--rate", "0"]
-    code, out, _ = run_dlq(["replay", "--stage", "upload", *group])
+    code, out, _ = run_cli(["dlq", "replay", "--stage", "upload", *group])
     assert code == 0 and out.startswith("replayed (replay 1)") and "replayed 1, refused 0" in out
-    code, out, _ = run_dlq(["replay", *group, "--max-replays", "1", "--json"])
+    code, out, _ = run_cli(["dlq", "replay", *group, "--max-replays", "1", "--json"])
     body = json.loads(out)
     assert (body["replayed"], body["refused"], body["already_replayed"]) == (0, 1, 1)
-    code, _, err = run_dlq(["list", "--since", "yesterday-ish"])
+    code, _, err = run_cli(["dlq", "list", "--since", "yesterday-ish"])
     assert code == 1 and "cannot read the time" in err
 
 
@@ -377,25 +359,6 @@ async def _delete_topics(bootstrap: str, names: list[str]) -> None:
 
 
 # -- end to end: the store was down, dead letters, store back, replay → snapshots ------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Daemon]:
-    daemon = Daemon(settings, metrics_port=0, health_host="127.0.0.1")
-    task = asyncio.create_task(daemon.run(handle_signals=False))
-    try:
-        await daemon.wait_joined(30.0)
-        yield daemon
-    finally:
-        daemon.stop()
-        assert await asyncio.wait_for(task, 30) == 0
 
 
 async def snapshot_ids(settings: Settings) -> list[str]:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -14,15 +11,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from daemon.cli_operator import register
 from handlers.catalog import Catalog
 from handlers.codecs.json_legacy import JsonPartWriter
-from handlers.errors import AkisnapError, SourceError
+from handlers.errors import SourceError
 from handlers.migrate import Migrator, migration_request_id
 from handlers.model import DocumentBatch, vectors_bit_equal
 from handlers.restore import restore_snapshot
 from handlers.stores import ObjectStore
-from tests.support import open_test_store, s3_options, s3_root, unit_vectors
+from tests.support import open_test_store, run_cli, s3_options, s3_root, unit_vectors
 
 
 def tricky_batch(rows: int, dim: int, seed: int) -> DocumentBatch:
@@ -149,29 +145,16 @@ async def test_from_s3_prefix_to_s3_store(tmp_path: Path) -> None:
     assert s3_root("x").startswith("s3://")
 
 
-def run_migrate(argv: list[str]) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="akisnap")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["migrate", *argv])
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = int(args.func(args))
-        except AkisnapError as exc:
-            code, _ = 1, err.write(exc.message)
-    return code, out.getvalue(), err.getvalue()
-
-
 def test_migrate_cli(tmp_path: Path) -> None:
     """One line per file with sizes before/after; --json lists outcomes; refusals exit 1."""
     folder = tmp_path / "legacy"
     write_legacy(folder / "p.json", tricky_batch(20, 8, seed=3))
     root = (tmp_path / "store").as_uri()
-    code, out, err = run_migrate(["--from", str(folder), "--store", root])
+    code, out, err = run_cli(["migrate", "--from", str(folder), "--store", root])
     assert code == 0, err
     assert out.startswith("migrated ") and "p.json -> p/" in out and "1 migrated" in out
-    code, out, _ = run_migrate(["--from", folder.as_uri(), "--store", root, "--json"])
+    code, out, _ = run_cli(["migrate", "--from", folder.as_uri(), "--store", root, "--json"])
     assert code == 0 and [o["status"] for o in json.loads(out)] == ["already_migrated"]
     (folder / "q.json").write_text("[]")
-    code, out, err = run_migrate(["--from", str(folder), "--store", root])
+    code, out, err = run_cli(["migrate", "--from", str(folder), "--store", root])
     assert code == 1 and "refused" in out and "1 of 2 legacy file(s) refused" in err

@@ -5,10 +5,7 @@ On both stores: a local directory and the real S3 server of `make services`.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
-import io
 import json
 import os
 import uuid
@@ -19,16 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cli_operator import register_prune
 from handlers.catalog import Catalog
 from handlers.create import SnapshotCreator
-from handlers.errors import AkisnapError, InvalidRequestError
+from handlers.errors import InvalidRequestError
 from handlers.job import InlineSource, SnapshotJob
 from handlers.layout import metadata_key, snapshot_prefix
 from handlers.metadata import SnapshotMetadata
 from handlers.retention import apply_retention, find_orphans, plan_prune, prune, remove_orphans
 from handlers.stores import ObjectStore
-from tests.support import open_test_store, unit_vectors
+from tests.support import open_test_store, run_cli, unit_vectors
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -157,20 +153,6 @@ async def test_orphan_grace_uses_object_age(tmp_path: Path) -> None:
     assert len((await remove_orphans(store)).removed) == 1
 
 
-def run_prune(argv: list[str]) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="akisnap")
-    commands = parser.add_subparsers(dest="command", required=True)
-    register_prune(commands.add_parser("snapshots").add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(["snapshots", "prune", *argv])
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = int(args.func(args))
-        except AkisnapError as exc:
-            code, _ = 1, err.write(exc.message)
-    return code, out.getvalue(), err.getvalue()
-
-
 def test_prune_cli(tmp_path: Path) -> None:
     """`snapshots prune C --keep-last 2` says what it did; --json is one object; bad flags fail."""
 
@@ -180,13 +162,19 @@ def test_prune_cli(tmp_path: Path) -> None:
 
     made = asyncio.run(setup())
     root = (tmp_path / "store").as_uri()
-    code, out, _ = run_prune(["c", "--keep-last", "2", "--dry-run", "--store", root])
+    code, out, _ = run_cli(
+        ["snapshots", "prune", "c", "--keep-last", "2", "--dry-run", "--store", root]
+    )
     assert code == 0 and sum(line.startswith("would delete ") for line in out.splitlines()) == 2
-    code, out, _ = run_prune(["c", "--keep-last", "2", "--store", root, "--json"])
+    code, out, _ = run_cli(
+        ["snapshots", "prune", "c", "--keep-last", "2", "--store", root, "--json"]
+    )
     body = json.loads(out)
     assert code == 0 and body["kept"] == [made[3].snapshot_id, made[2].snapshot_id]
     assert {m["snapshot_id"] for m in body["deleted"]} == {m.snapshot_id for m in made[:2]}
-    code, out, _ = run_prune(["--orphans", "--grace-hours", "0", "--store", root])
+    code, out, _ = run_cli(
+        ["snapshots", "prune", "--orphans", "--grace-hours", "0", "--store", root]
+    )
     assert code == 0 and "orphans: removed 0" in out
-    code, _, err = run_prune(["--keep-last", "2", "--store", root])
+    code, _, err = run_cli(["snapshots", "prune", "--keep-last", "2", "--store", root])
     assert code == 1 and "name the collection" in err
