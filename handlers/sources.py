@@ -29,6 +29,8 @@ import pyarrow.parquet as pq
 
 from handlers.codecs.json_legacy import parse_legacy
 from handlers.errors import (
+    BucketMissingError,
+    EnvironmentFaultError,
     InvalidDocumentsError,
     ObjectMissingError,
     SourceError,
@@ -110,7 +112,12 @@ class SourceReader:
         except ObjectMissingError:
             target.unlink(missing_ok=True)
             raise SourceError(f"source {location.display} does not exist") from None
-        except StoreUnavailableError as exc:
+        except BucketMissingError:
+            target.unlink(missing_ok=True)
+            raise SourceError(f"source {location.display}: no such bucket") from None
+        except (StoreUnavailableError, EnvironmentFaultError) as exc:
+            # The request chose this export: its store failing is retried for this request
+            # (then dead-lettered as retryable), it does not pause the whole daemon.
             target.unlink(missing_ok=True)
             raise SourceUnavailableError(f"source store unreachable: {exc.message}") from None
         except BaseException:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from handlers.codecs import part_extension
 from handlers.encode import EncodedSnapshot
+from handlers.errors import first_cause
 from handlers.job import SnapshotJob
 from handlers.layout import part_key
 from handlers.metadata import PartInfo
@@ -31,9 +32,12 @@ class Uploader:
             )
             for part in encoded.parts
         )
-        async with asyncio.TaskGroup() as group:
-            for info, part in zip(infos, encoded.parts, strict=True):
-                group.create_task(self._put(info, part.path))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for info, part in zip(infos, encoded.parts, strict=True):
+                    group.create_task(self._put(info, part.path))
+        except BaseExceptionGroup as errors:
+            raise first_cause(errors) from None
         return infos
 
     async def _put(self, info: PartInfo, path: Path) -> None:

@@ -15,10 +15,13 @@ import pytest
 from botocore.exceptions import ClientError
 
 from handlers.errors import (
+    BucketMissingError,
+    EnvironmentFaultError,
     ObjectMissingError,
-    StoreAccessDeniedError,
     StoreConfigError,
+    StoreCredentialsError,
     StoreUnavailableError,
+    StoreUnreachableError,
 )
 from handlers.stores import ObjectStore, S3Options, open_store
 from handlers.stores.s3 import S3Store, part_size
@@ -83,7 +86,7 @@ async def make_store(
         try:
             async for info in store.list(""):
                 await store.delete(info.key)
-        except (StoreAccessDeniedError, StoreConfigError, StoreUnavailableError):
+        except (EnvironmentFaultError, StoreConfigError, StoreUnavailableError):
             pass
         await store.close()
 
@@ -285,22 +288,22 @@ async def test_missing_objects(make_store: MakeStore) -> None:
 
 
 async def test_wrong_secret_key_is_access_denied(make_store: MakeStore) -> None:
-    """A bad secret is permanent (access denied) and never appears in the message."""
+    """A bad secret is refused credentials (an environment fault), never in the message."""
     secret = "not-the-secret-" + uuid.uuid4().hex
     store = await make_store(secret_key=secret)
-    with pytest.raises(StoreAccessDeniedError) as caught:
+    with pytest.raises(StoreCredentialsError) as caught:
         await store.put_bytes("denied.txt", b"x")
     assert secret not in str(caught.value)
-    with pytest.raises(StoreAccessDeniedError):
+    with pytest.raises(StoreCredentialsError):
         await store.get_bytes("denied.txt")
 
 
-async def test_missing_bucket_is_a_config_error(make_store: MakeStore) -> None:
-    """A bucket that does not exist is a permanent configuration error, for ping and put."""
+async def test_missing_bucket_is_an_environment_fault(make_store: MakeStore) -> None:
+    """A bucket that does not exist is the environment's fault (wait for it), for ping and put."""
     store = await make_store(uri=f"s3://akisnap-missing-{uuid.uuid4().hex[:12]}/x")
-    with pytest.raises(StoreConfigError):
+    with pytest.raises(BucketMissingError):
         await store.ping()
-    with pytest.raises(StoreConfigError):
+    with pytest.raises(BucketMissingError):
         await store.put_bytes("a.txt", b"x")
 
 
@@ -321,14 +324,16 @@ async def offline_store(tmp_path: Path) -> AsyncIterator[S3Store]:
     await store.close()
 
 
-async def test_unreachable_endpoint_is_transient_and_quick(offline_store: S3Store) -> None:
-    """Nothing listening: ping, put and get raise StoreUnavailableError within seconds."""
+async def test_unreachable_endpoint_is_an_environment_fault_and_quick(
+    offline_store: S3Store,
+) -> None:
+    """Nothing listening: ping, put and get raise StoreUnreachableError within seconds."""
     started = time.monotonic()
-    with pytest.raises(StoreUnavailableError):
+    with pytest.raises(StoreUnreachableError):
         await offline_store.ping()
-    with pytest.raises(StoreUnavailableError):
+    with pytest.raises(StoreUnreachableError):
         await offline_store.put_bytes("a.txt", b"x")
-    with pytest.raises(StoreUnavailableError):
+    with pytest.raises(StoreUnreachableError):
         await offline_store.get_bytes("a.txt")
     assert time.monotonic() - started < 10
 
