@@ -34,6 +34,7 @@ from aiokafka.errors import (
 
 from daemon.consumer import ConsumerOptions, RequestConsumer
 from daemon.dead_letter import safe_message
+from daemon.environment import EnvironmentGate
 from daemon.fate import Fate
 from daemon.health import HealthServer, Liveness
 from daemon.logging import get_logger
@@ -42,6 +43,7 @@ from daemon.results import Publisher
 from daemon.retry import Backoff, sleep_unless
 from daemon.settings import Settings
 from handlers.create import SnapshotCreator
+from handlers.errors import BrokerUnavailableError
 from handlers.stores import ObjectStore, open_store
 
 log = get_logger("akisnap.daemon")
@@ -53,6 +55,11 @@ STALL_SECONDS = 120.0
 PING_CACHE_SECONDS = 5.0
 # Longest wait between two attempts to reach the broker.
 CONNECT_BACKOFF_CAP_SECONDS = 30.0
+# /healthz fails when a request in hand has worked this much longer than its deadline: the
+# deadline should have dead-lettered it, so its worker is wedged.
+STUCK_MARGIN_SECONDS = 60.0
+# How long one probe of the store or the broker may take.
+PROBE_TIMEOUT_SECONDS = 5.0
 
 
 def settle_seconds(grace: float) -> float:
@@ -85,6 +92,11 @@ class Daemon:
         self._consumer: RequestConsumer | None = None
         self._ping_cache: tuple[float, bool, str] | None = None
         self._secrets = settings.secret_values()
+        self.gate = EnvironmentGate(
+            self.metrics,
+            {"store": self._probe_store, "broker": self._probe_broker},
+            secrets=self._secrets,
+        )
 
     # -- control ----------------------------------------------------------------------------
 
@@ -130,6 +142,7 @@ class Daemon:
             )
             await self._serve(creator, self._store)
         finally:
+            await self.gate.close()
             for sig in signals:
                 loop.remove_signal_handler(sig)
             if self._store is not None:
@@ -237,15 +250,19 @@ class Daemon:
             metrics=self.metrics,
             max_message_bytes=s.max_message_bytes,
             secrets=self._secrets,
+            gate=self.gate,
+            deadline_seconds=s.request_deadline_seconds,
+            publish_attempts=s.publish_attempts,
         )  # fmt: skip
         options = ConsumerOptions(
             max_in_flight_requests=s.max_in_flight_requests,
             max_in_flight_bytes=s.max_in_flight_bytes,
             settle_seconds=settle_seconds(s.shutdown_grace_seconds),
+            fetch_error_unhealthy_seconds=s.fetch_error_unhealthy_seconds,
         )
         return RequestConsumer(
             consumer, fate, self.metrics, options, liveness=self.liveness,
-            on_joined=self._joined.set,
+            on_joined=self._joined.set, gate=self.gate,
         )  # fmt: skip
 
     async def _start(self, producer: Any, consumer: Any) -> bool:
@@ -313,9 +330,25 @@ class Daemon:
     # -- health -----------------------------------------------------------------------------
 
     def _alive(self) -> tuple[bool, str]:
-        return self.liveness.check(STALL_SECONDS)
+        ok, reason = self.liveness.check(STALL_SECONDS)
+        requests = self._consumer
+        if not ok or requests is None:
+            return ok, reason
+        limit = self.settings.request_deadline_seconds + STUCK_MARGIN_SECONDS
+        oldest = requests.oldest_busy_seconds()
+        if oldest > limit:
+            return False, (
+                f"wedged: a request has been in hand for {oldest:.0f}s of working time "
+                f"(deadline {self.settings.request_deadline_seconds:g}s + margin)"
+            )
+        trouble = requests.fetch_trouble()
+        if trouble is not None:
+            return False, trouble
+        return ok, reason
 
     async def _ready(self) -> tuple[bool, str]:
+        if not self.gate.is_open:
+            return False, self.gate.reason
         requests = self._consumer
         if requests is None:
             return False, "not connected to Kafka yet"
@@ -338,6 +371,32 @@ class Daemon:
             answer = (False, reason)
         self._ping_cache = (now, *answer)
         return answer
+
+    # -- environment probes -------------------------------------------------------------------
+
+    async def _probe_store(self) -> None:
+        """HeadBucket: the endpoint answers, the credentials work, the bucket is there."""
+        if self._store is None:
+            return
+        self._ping_cache = None
+        await asyncio.wait_for(self._store.ping(), PROBE_TIMEOUT_SECONDS)
+
+    async def _probe_broker(self) -> None:
+        """A broker of the bootstrap list takes a TCP connection again."""
+        last: Exception | None = None
+        for address in self.settings.kafka_bootstrap.split(","):
+            host, _, port = address.strip().rpartition(":")
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host.strip("[]") or "localhost", int(port or 9092)),
+                    PROBE_TIMEOUT_SECONDS,
+                )
+            except (OSError, TimeoutError, ValueError) as err:
+                last = err
+                continue
+            writer.close()
+            return
+        raise BrokerUnavailableError(f"no bootstrap broker accepts a connection: {last}")
 
 
 def _no_bootstrap(err: KafkaError) -> bool:
