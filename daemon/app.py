@@ -44,6 +44,7 @@ from daemon.retry import Backoff, sleep_unless
 from daemon.settings import Settings
 from handlers.create import SnapshotCreator
 from handlers.errors import BrokerUnavailableError
+from handlers.executor import start_process_worker
 from handlers.stores import ObjectStore, open_store
 
 log = get_logger("akisnap.daemon")
@@ -133,6 +134,7 @@ class Daemon:
         try:
             await self._health.start()
             log.info("daemon.health_serving", port=self._health.bound_port)
+            await start_process_worker()
             self._store = open_store(self.settings.store, self.settings.s3_options())
             creator = SnapshotCreator(
                 self._store,

@@ -53,13 +53,14 @@ from daemon.dead_letter import (
     without_value,
 )
 from daemon.environment import EnvironmentGate
-from daemon.events import parse_request, peek_ids
+from daemon.events import parse_request, peek_ids, prepare_request
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.results import Publisher, TooLargeError, broker_fault
 from daemon.retry import Backoff, sleep_unless
 from handlers.create import CreateOutcome, StageTimer
 from handlers.errors import AkisnapError, EnvironmentFaultError, PermanentError
+from handlers.executor import run_in_process
 from handlers.job import SnapshotJob
 from handlers.metadata import SnapshotMetadata
 
@@ -69,8 +70,8 @@ log = get_logger("akisnap.fate")
 LOOKUP_STAGE = "upload"
 # Delays between attempts to publish stop growing after this many attempts.
 PUBLISH_BACKOFF_STEPS = 8
-# Requests bigger than this are parsed in a thread (JSON parsing holds the loop otherwise).
-PARSE_IN_THREAD_BYTES = 256 * 1024
+# Requests bigger than this are parsed off the loop (JSON parsing holds the loop otherwise).
+PARSE_OFF_LOOP_BYTES = 256 * 1024
 # The dead-letter stage of an unexpected error while deciding a request's outcome.
 INTERNAL_STAGE = "internal"
 DEFAULT_DEADLINE_SECONDS = 900.0
@@ -200,9 +201,10 @@ class Fate:
             return await self._create(record, job, stop, started, decode_seconds)
 
     async def _parse(self, value: bytes | None) -> SnapshotJob:
-        """Small messages on the loop; big ones in a thread, not to stall the loop."""
-        if value is not None and len(value) > PARSE_IN_THREAD_BYTES:
-            return await asyncio.to_thread(parse_request, value, max_bytes=self._max_message_bytes)
+        """Small messages on the loop; big ones (parsed and their inline documents built into
+        a batch) in the worker process: a thread would hold the GIL, and so the loop."""
+        if value is not None and len(value) > PARSE_OFF_LOOP_BYTES:
+            return await run_in_process(prepare_request, value, max_bytes=self._max_message_bytes)
         return parse_request(value, max_bytes=self._max_message_bytes)
 
     async def _create(

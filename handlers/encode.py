@@ -61,6 +61,11 @@ class EncodedSnapshot:
                 part.path.unlink()
 
 
+class EncodeCancelledError(Exception):
+    """Raised in the encoding thread when its request was cancelled (never reaches a caller:
+    the awaiting task is being cancelled already)."""
+
+
 class Encoder:
     """Encodes a job's source into parts of about ``part_size_bytes`` (uncompressed) each."""
 
@@ -69,21 +74,37 @@ class Encoder:
         self._part_size = part_size_bytes
 
     async def __call__(self, job: SnapshotJob, source: OpenedSource) -> EncodedSnapshot:
-        return await asyncio.to_thread(
-            self.encode_blocking, job, source.batches, source.expected_rows
+        """Encode in a thread. Cancelling this (a deadline, a revoke, shutdown) really stops
+        the encoding: the thread sees the flag before the next batch, deletes its spool
+        parts, and only then does the cancellation go on."""
+        cancel = threading.Event()
+        work = asyncio.ensure_future(
+            asyncio.to_thread(
+                self.encode_blocking, job, source.batches, source.expected_rows, cancel
+            )
         )
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            cancel.set()
+            with contextlib.suppress(BaseException):  # its spool parts are gone after this
+                await work
+            raise
 
     def encode_blocking(
         self,
         job: SnapshotJob,
         batches: Iterator[DocumentBatch],
         expected_rows: int | None = None,
+        cancel: threading.Event | None = None,
     ) -> EncodedSnapshot:
         # Threads cost more than they save on a small job: encode it right here.
         small = expected_rows is not None and expected_rows <= SMALL_JOB_ROWS
         run = _EncodeRun(job, self._spool, self._part_size, expected_rows, threaded=not small)
         try:
             for batch in batches if small else prefetched(batches, PREFETCH_DEPTH):
+                if cancel is not None and cancel.is_set():
+                    raise EncodeCancelledError("the encoding was cancelled")
                 run.add(batch)
             return run.finish()
         except BaseException:

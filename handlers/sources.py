@@ -38,6 +38,7 @@ from handlers.errors import (
     SourceUnavailableError,
     StoreUnavailableError,
 )
+from handlers.executor import run_blocking
 from handlers.job import InlineSource, SnapshotJob, UriSource
 from handlers.model import MAX_DIMENSION, DocumentBatch, bytes_per_row_estimate
 from handlers.stores import S3Options, open_store
@@ -82,7 +83,9 @@ class SourceReader:
     async def __call__(self, job: SnapshotJob) -> OpenedSource:
         started = datetime.now(UTC)
         if isinstance(job.source, InlineSource):
-            batch = DocumentBatch.from_documents(job.source.documents)
+            batch = job.source.batch
+            if batch is None:
+                batch = await run_blocking(DocumentBatch.from_documents, job.source.documents)
             return OpenedSource(iter([batch]), "inline documents", expected_rows=batch.num_rows)
         source: UriSource = job.source
         location = self.check_allowed(source.uri)
@@ -106,9 +109,12 @@ class SourceReader:
         store = open_store(f"s3://{location.bucket}", self._s3)
         target = self._spool / f"export-{os.getpid()}-{id(location)}.tmp"
         try:
-            with target.open("wb") as handle:
+            handle = await run_blocking(target.open, "wb")
+            try:
                 async for chunk in store.iter_chunks(location.key):
-                    handle.write(chunk)
+                    await run_blocking(handle.write, chunk)
+            finally:
+                await run_blocking(handle.close)
         except ObjectMissingError:
             target.unlink(missing_ok=True)
             raise SourceError(f"source {location.display} does not exist") from None

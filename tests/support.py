@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,19 @@ from handlers.stores import ObjectStore, S3Options, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "pypi-summaries-minilm-20k.parquet"
+
+
+@dataclass
+class FakeRecord:
+    """A consumed request record (what aiokafka's ConsumerRecord gives Fate)."""
+
+    value: bytes
+    key: bytes = b"c"
+    topic: str = "requests"
+    partition: int = 0
+    offset: int = 7
+    timestamp: int = 1
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def unit_vectors(rows: int, dim: int, seed: int = 0) -> np.ndarray[Any, np.dtype[np.float32]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pytest
@@ -27,25 +26,15 @@ from handlers.create import CreateOutcome, StageTimer
 from handlers.errors import InvalidDocumentsError, StoreCredentialsError
 from handlers.job import InlineSource, SnapshotJob
 from handlers.metadata import PartInfo, SnapshotMetadata
+from tests.support import FakeRecord
 
 FAST = Backoff(attempts=3, base_seconds=0.001, cap_seconds=0.01)
 DOC = {"id": str(uuid.UUID(int=1)), "vector": [0.5, 0.5]}
 
 
-@dataclass
-class Record:
-    value: bytes
-    key: bytes = b"c"
-    topic: str = "requests"
-    partition: int = 0
-    offset: int = 7
-    timestamp: int = 1
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-
-
-def request(headers: list[tuple[str, bytes]] | None = None) -> Record:
+def request(headers: list[tuple[str, bytes]] | None = None) -> FakeRecord:
     key, value = build_request("c", InlineSource([DOC]))
-    return Record(value=value, key=key, headers=list(headers or ()))
+    return FakeRecord(value=value, key=key, headers=list(headers or ()))
 
 
 def metadata(job: SnapshotJob) -> SnapshotMetadata:
