@@ -7,8 +7,9 @@ consumer joined its group and the store answers. If Kafka cannot be reached, the
 off and tries again until it is told to stop.
 
 SIGTERM / SIGINT set the stop event: stop fetching, let each partition finish the request in
-hand within ``shutdown_grace_seconds`` (minus a reserve for committing and closing), commit,
-close producer and consumer, return 0.
+hand within ``shutdown_grace_seconds`` minus a reserve (then cancel it: an encoding stops at its
+next batch and deletes its spool parts), commit within half the reserve, close producer and
+consumer side by side within the other half, return 0: all within the grace period.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 
-from daemon.consumer import ConsumerOptions, RequestConsumer
+from daemon.consumer import CANCEL_WAIT_SECONDS, ConsumerOptions, RequestConsumer
 from daemon.dead_letter import safe_message
 from daemon.environment import EnvironmentGate
 from daemon.fate import Fate
@@ -63,9 +64,21 @@ STUCK_MARGIN_SECONDS = 60.0
 PROBE_TIMEOUT_SECONDS = 5.0
 
 
+def shutdown_reserve(grace: float) -> float:
+    """The end of the grace period kept for unwinding cancelled work (at most
+    CANCEL_WAIT_SECONDS), the final commit and closing the clients (half of the rest each,
+    all bounded), so that all of the shutdown fits in the grace period."""
+    return min(5.0 + CANCEL_WAIT_SECONDS, grace / 3)
+
+
+def _closing_seconds(grace: float) -> float:
+    """The final commit's share of the reserve, and the clients' closing's."""
+    return max(0.25, (shutdown_reserve(grace) - CANCEL_WAIT_SECONDS) / 2)
+
+
 def settle_seconds(grace: float) -> float:
     """The part of the grace period workers get; the rest is kept to commit and close."""
-    return max(0.0, grace - min(5.0, grace / 4))
+    return max(0.0, grace - shutdown_reserve(grace))
 
 
 class Daemon:
@@ -260,6 +273,7 @@ class Daemon:
             max_in_flight_requests=s.max_in_flight_requests,
             max_in_flight_bytes=s.max_in_flight_bytes,
             settle_seconds=settle_seconds(s.shutdown_grace_seconds),
+            final_commit_seconds=_closing_seconds(s.shutdown_grace_seconds),
             fetch_error_unhealthy_seconds=s.fetch_error_unhealthy_seconds,
         )
         return RequestConsumer(
@@ -288,13 +302,17 @@ class Daemon:
         return True
 
     async def _close(self, consumer: Any, producer: Any) -> None:
-        """Stop the consumer (leaves the group) and the producer; bounded, never raises."""
-        reserve = max(1.0, min(5.0, self.settings.shutdown_grace_seconds / 4))
-        for name, client in (("consumer", consumer), ("producer", producer)):
+        """Stop the consumer (leaves the group) and the producer side by side, within half the
+        shutdown reserve; never raises."""
+        within = _closing_seconds(self.settings.shutdown_grace_seconds)
+
+        async def close(name: str, client: Any) -> None:
             try:
-                await asyncio.wait_for(client.stop(), reserve)
+                await asyncio.wait_for(client.stop(), within)
             except Exception as err:  # closing must not stop the shutdown
                 log.warning("kafka.close_failed", client=name, error_class=type(err).__name__)
+
+        await asyncio.gather(close("consumer", consumer), close("producer", producer))
 
     # -- Kafka clients ----------------------------------------------------------------------
 

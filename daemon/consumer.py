@@ -63,6 +63,8 @@ Handler = Callable[[SourceRecord, asyncio.Event], Awaitable[Settled]]
 """Settle one record (``Fate``); the event tells it to give up waiting (shutdown, revoke)."""
 
 KAFKA_ERROR_PAUSE_SECONDS = 1.0
+# How long a cancelled record may take to unwind (see PartitionWorker.settle).
+CANCEL_WAIT_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ class ConsumerOptions:
     settle_seconds: float = 20.0
     """How long a revoked partition (or, on shutdown, every partition) may take to finish the
     record in hand before it is cancelled and left to be redone."""
+    final_commit_seconds: float = 2.5
+    """How long the commit at the end of :meth:`RequestConsumer.run` may take (shutdown)."""
     poll_timeout_ms: int = 1000
     commit_interval_seconds: float = 0.2
     lag_interval_seconds: float = 10.0
@@ -212,8 +216,9 @@ class PartitionWorker:
                 within_seconds=within,
             )
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # A cancelled encoding stops at its next slice of rows; wait that long at most
+            # (the shutdown's budget is fixed), the thread finishes cleaning up by itself.
+            await asyncio.wait({self._task}, timeout=CANCEL_WAIT_SECONDS)
 
 
 class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -279,7 +284,15 @@ class RequestConsumer:
                 task.remove_done_callback(self._helper_ended)
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            await self.commit()
+            try:
+                await asyncio.wait_for(self.commit(), self._options.final_commit_seconds)
+            except TimeoutError:
+                self._metrics.commit_failed("timeout")
+                log.warning(
+                    "consumer.final_commit_timeout",
+                    within_seconds=self._options.final_commit_seconds,
+                    note="the requests since the last commit will be redone (idempotently)",
+                )
 
     def _helper_ended(self, task: asyncio.Task[None]) -> None:
         """A background loop never ends on its own: if it did, say so loudly, and fail
