@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.errors import UnsupportedCodecError
 
+from daemon.app import Daemon
 from daemon.consumer import ConsumerOptions, RequestConsumer
 from daemon.dead_letter import SourceRecord
 from daemon.environment import EnvironmentGate
 from daemon.fate import Settled, Verdict
 from daemon.health import Liveness
 from daemon.metrics import Metrics
+from daemon.settings import Settings
 from handlers.errors import StoreUnreachableError
 from tests.support import FakeRecord
 from tests.test_daemon_kafka import until as until_within
@@ -195,3 +198,29 @@ async def test_oldest_request_in_hand_and_the_gate_pauses_everything() -> None:
 
 async def _never_fixed() -> None:
     raise StoreUnreachableError("still refused")
+
+
+class _InHand:
+    """The consumer's view /healthz reads: a request in hand for ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def oldest_busy_seconds(self) -> float:
+        return self.seconds
+
+    def fetch_trouble(self) -> str | None:
+        return None
+
+
+def test_healthz_fails_when_a_request_is_wedged_past_its_deadline(tmp_path: Path) -> None:
+    """Deadline 10 s: a request in hand for 69 s is still fine (the margin is 60 s), 71 s is a
+    wedged worker."""
+    settings = Settings.load(None, store=tmp_path.as_uri(), request_deadline_seconds=10)
+    daemon = Daemon(settings)
+    daemon._consumer = _InHand(69.0)  # type: ignore[assignment]
+    assert daemon._alive()[0]
+    daemon._consumer = _InHand(71.0)  # type: ignore[assignment]
+    ok, reason = daemon._alive()
+    assert not ok
+    assert "wedged" in reason
