@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import UnsupportedCodecError
 
@@ -21,7 +22,7 @@ from daemon.app import Daemon
 from daemon.consumer import ConsumerOptions, RequestConsumer
 from daemon.dead_letter import SourceRecord
 from daemon.environment import EnvironmentGate
-from daemon.fate import Settled, Verdict
+from daemon.fate import PublishStuckError, Settled, Verdict
 from daemon.health import Liveness
 from daemon.metrics import Metrics
 from daemon.settings import Settings
@@ -87,15 +88,19 @@ class FakeConsumer:
 
 
 class Handler:
-    """Settles records at once, or holds the ones whose partition is in ``hold``."""
+    """Settles records at once, holds the ones whose partition is in ``hold``, raises for the
+    ones whose partition is in ``fail``."""
 
     def __init__(self) -> None:
         self.settled: list[tuple[int, int]] = []
         self.hold: set[int] = set()
+        self.fail: dict[int, Exception] = {}
         self.holding = asyncio.Event()
         self.release = asyncio.Event()
 
     async def __call__(self, record: SourceRecord, stop: asyncio.Event) -> Settled:
+        if record.partition in self.fail:
+            raise self.fail[record.partition]
         if record.partition in self.hold:
             self.holding.set()
             await self.release.wait()
@@ -224,3 +229,28 @@ def test_healthz_fails_when_a_request_is_wedged_past_its_deadline(tmp_path: Path
     ok, reason = daemon._alive()
     assert not ok
     assert "wedged" in reason
+
+
+@pytest.mark.parametrize(
+    "error",
+    [PublishStuckError("the result could not be published"), RuntimeError("a bug")],
+    ids=["publish-stuck", "handler-bug"],
+)
+async def test_a_partition_that_cannot_settle_stops_and_fails_health(error: Exception) -> None:
+    """No spinning on a record: its partition stops (nothing committed past it), /healthz
+    fails with the reason, and the other partition is still served."""
+    metrics, liveness = Metrics(), Liveness()
+    fake, handler = FakeConsumer([TP0, TP1]), Handler()
+    handler.fail = {0: error}
+    requests = consumer_for(fake, handler, metrics, liveness)
+    fake.pending[TP0] = [record(TP0, 0), record(TP0, 1)]
+    fake.pending[TP1] = [record(TP1, 0)]
+    stop = asyncio.Event()
+    task = asyncio.create_task(requests.run(stop))
+    await until(lambda: not liveness.check(1000)[0])
+    await until(lambda: (1, 0) in handler.settled)
+    assert "requests[0]" in liveness.check(1000)[1]
+    assert not [settled for settled in handler.settled if settled[0] == 0]
+    stop.set()
+    await task
+    assert all(TP0 not in offsets for offsets in fake.commits)
