@@ -24,7 +24,8 @@ How offsets, order and backpressure work:
   retry cap stops its partition (uncommitted) and marks the daemon unhealthy; so does a
   background loop (committer, lag) that dies. A fetch error that persists is counted, logged
   once when it starts and once when it ends, and turns ``/healthz`` unhealthy after
-  ``fetch_error_unhealthy_seconds``.
+  ``fetch_error_unhealthy_seconds``. After a failed fetch the partitions are fetched one by
+  one: one that fails alone is held paused for a while, so the others are served.
 - **Rebalance.** On revoke, the revoked partitions' workers stop taking records, finish the
   one in hand within a bound, the done offsets are committed, and the rest is dropped (the
   new owner fetches it again from the committed offset). ``CommitFailedError`` is logged and
@@ -63,6 +64,9 @@ Handler = Callable[[SourceRecord, asyncio.Event], Awaitable[Settled]]
 """Settle one record (``Fate``); the event tells it to give up waiting (shutdown, revoke)."""
 
 KAFKA_ERROR_PAUSE_SECONDS = 1.0
+# A partition whose fetch fails on its own (a batch it cannot read) stays paused this long
+# before it is tried again, so the other partitions are served meanwhile.
+QUARANTINE_SECONDS = 5.0
 # How long a cancelled record may take to unwind (see PartitionWorker.settle).
 CANCEL_WAIT_SECONDS = 0.5
 
@@ -249,6 +253,11 @@ class RequestConsumer:
         self._consumer = consumer
         self._gate = gate or EnvironmentGate(metrics, {})
         self._fetch_failing: tuple[float, str] | None = None
+        # Per partition: the next offset after the last record enqueued (to rewind to after a
+        # failed fetch), since when and why its own fetch fails, until when it is held paused.
+        self._next_offsets: dict[TopicPartition, int] = {}
+        self._bad: dict[TopicPartition, tuple[float, str]] = {}
+        self._quarantined: dict[TopicPartition, float] = {}
         self._on_joined = on_joined
         self._handle = handle
         self._metrics = metrics
@@ -308,20 +317,24 @@ class RequestConsumer:
         return self._gate.working_clock() - min(started) if started else 0.0
 
     def fetch_trouble(self) -> str | None:
-        """Why /healthz should fail for fetching: errors for longer than the setting."""
-        if self._fetch_failing is None:
-            return None
-        since, kind = self._fetch_failing
-        failing = asyncio.get_running_loop().time() - since
-        if failing <= self._options.fetch_error_unhealthy_seconds:
-            return None
-        return f"fetching has failed for {failing:.0f}s ({kind})"
+        """Why /healthz should fail for fetching: errors (of every fetch, or of one partition's)
+        for longer than the setting."""
+        now = asyncio.get_running_loop().time()
+        limit = self._options.fetch_error_unhealthy_seconds
+        if self._fetch_failing is not None and now - self._fetch_failing[0] > limit:
+            since, kind = self._fetch_failing
+            return f"fetching has failed for {now - since:.0f}s ({kind})"
+        for tp, (since, kind) in sorted(self._bad.items()):
+            if now - since > limit:
+                return f"fetching {_tp_text(tp)} has failed for {now - since:.0f}s ({kind})"
+        return None
 
     async def _fetch_loop(self, stop: asyncio.Event) -> None:
         stopped = asyncio.create_task(stop.wait(), name="akisnap-stop-wait")
         try:
             while not stop.is_set():
                 self._apply_backpressure()
+                included = self._assigned() - self._consumer.paused()
                 fetch = asyncio.ensure_future(
                     self._consumer.getmany(
                         timeout_ms=self._options.poll_timeout_ms,
@@ -340,14 +353,18 @@ class RequestConsumer:
                     return
                 except Exception as err:  # counted and logged; other partitions go on
                     self._fetch_failed(err)
-                    await sleep_unless(stop, KAFKA_ERROR_PAUSE_SECONDS)
-                    continue
-                self._fetch_worked()
+                    batches = await self._isolate()
+                    if not batches:
+                        await sleep_unless(stop, KAFKA_ERROR_PAUSE_SECONDS)
+                        continue
+                else:
+                    self._fetch_worked(included)
                 self._liveness.beat()
                 for tp, records in batches.items():
                     worker = self._workers.get(tp)
-                    if worker is not None:
+                    if worker is not None and records:
                         worker.enqueue(records)
+                        self._next_offsets[tp] = records[-1].offset + 1
                 self._liveness.waiting(self._in_flight.count > 0)
         finally:
             stopped.cancel()
@@ -366,12 +383,61 @@ class RequestConsumer:
                 kind,
             )
 
-    def _fetch_worked(self) -> None:
+    def _fetch_worked(self, included: set[TopicPartition]) -> None:
+        now = asyncio.get_running_loop().time()
         if self._fetch_failing is not None:
             since, kind = self._fetch_failing
-            failing = asyncio.get_running_loop().time() - since
-            log.info("consumer.fetch_recovered", error_class=kind, seconds=round(failing, 3))
+            log.info("consumer.fetch_recovered", error_class=kind, seconds=round(now - since, 3))
             self._fetch_failing = None
+        for tp in included & set(self._bad):
+            since, kind = self._bad.pop(tp)
+            self._quarantined.pop(tp, None)
+            log.info(
+                "consumer.partition_fetch_recovered",
+                partition=_tp_text(tp),
+                error_class=kind,
+                seconds=round(now - since, 3),
+            )
+
+    async def _isolate(self) -> dict[TopicPartition, list[Any]]:
+        """After a failed fetch: rewind (aiokafka may have dropped records it had drained for
+        other partitions when it raised), then fetch each partition alone. Partitions that
+        fail alone are held paused for a while, so the others are served; if all fail, it is
+        not one partition's doing and nothing is held."""
+        for tp, offset in self._next_offsets.items():
+            if tp in self._workers:
+                self._consumer.seek(tp, offset)
+        candidates = sorted((self._assigned() - self._consumer.paused()) & set(self._workers))
+        served: dict[TopicPartition, list[Any]] = {}
+        failed: dict[TopicPartition, Exception] = {}
+        for tp in candidates:
+            try:
+                served.update(
+                    await self._consumer.getmany(tp, timeout_ms=0, max_records=self._in_flight.room)
+                )
+            except ConsumerStoppedError:
+                raise
+            except Exception as err:  # this partition's own failure
+                failed[tp] = err
+        if failed and len(failed) < len(candidates):
+            for tp, error in failed.items():
+                self._quarantine(tp, error)
+        return served
+
+    def _quarantine(self, tp: TopicPartition, err: Exception) -> None:
+        now = asyncio.get_running_loop().time()
+        kind = type(err).__name__
+        if tp not in self._bad:
+            log.error(
+                "consumer.partition_fetch_failing",
+                partition=_tp_text(tp),
+                error_class=kind,
+                error=str(err),
+                note="paused for a while; the other partitions are served",
+            )
+            self._bad[tp] = (now, kind)
+        self._quarantined[tp] = now + QUARANTINE_SECONDS
+        self._pause({tp})
 
     # -- backpressure -----------------------------------------------------------------------
 
@@ -386,6 +452,8 @@ class RequestConsumer:
             return
         share = max(1, math.ceil(self._in_flight.max_requests / len(owned)))
         busy = {tp for tp, worker in self._workers.items() if worker.backlog >= share}
+        now = asyncio.get_running_loop().time()
+        busy |= {tp for tp, until in self._quarantined.items() if until > now}
         self._pause(busy)
         self._resume(owned - busy)
 
@@ -480,6 +548,9 @@ class RequestConsumer:
             self._workers.pop(tp, None)
             self._done.pop(tp, None)
             self._committed.pop(tp, None)
+            self._next_offsets.pop(tp, None)
+            self._bad.pop(tp, None)
+            self._quarantined.pop(tp, None)
             self._metrics.clear_lag(tp.topic, tp.partition)
 
     def partitions_assigned(self, assigned: set[TopicPartition]) -> None:

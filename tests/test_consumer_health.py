@@ -18,6 +18,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import UnsupportedCodecError
 
+from daemon import consumer as consumer_module
 from daemon.app import Daemon
 from daemon.consumer import ConsumerOptions, RequestConsumer
 from daemon.dead_letter import SourceRecord
@@ -35,7 +36,8 @@ TP1 = TopicPartition("requests", 1)
 
 
 class FakeConsumer:
-    """Serves queued records; ``failing`` fetches raise instead (like a codec it cannot read)."""
+    """Serves queued records; ``failing`` fetches raise instead (a broker-wide error), and so
+    does any fetch that would include a partition of ``bad`` (a batch it cannot read)."""
 
     def __init__(self, tps: Iterable[TopicPartition]) -> None:
         self._assigned = set(tps)
@@ -45,20 +47,31 @@ class FakeConsumer:
         self.fetches = 0
         self.commits: list[dict[TopicPartition, int]] = []
         self.fail_commit: BaseException | None = None
+        self.bad: set[TopicPartition] = set()
+        self.seeks: list[tuple[TopicPartition, int]] = []
 
-    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> Any:
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> Any:
         self.fetches += 1
         await asyncio.sleep(0)
         if self.failing:
             self.failing -= 1
             raise UnsupportedCodecError("Libraries for zstd compression codec not found")
+        scope = [
+            tp for tp in (partitions or self.pending) if tp not in self._paused and self.pending[tp]
+        ]
+        if set(scope) & self.bad:
+            raise UnsupportedCodecError("Libraries for lz4 compression codec not found")
         out = {}
-        for tp, records in self.pending.items():
-            if records and tp not in self._paused:
-                out[tp], self.pending[tp] = records, []
+        for tp in scope:
+            out[tp], self.pending[tp] = self.pending[tp], []
         if not out:
             await asyncio.sleep(timeout_ms / 1000 / 50)
         return out
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._assigned)
@@ -254,3 +267,32 @@ async def test_a_partition_that_cannot_settle_stops_and_fails_health(error: Exce
     stop.set()
     await task
     assert all(TP0 not in offsets for offsets in fake.commits)
+
+
+async def test_a_partition_whose_fetch_fails_is_held_while_the_others_are_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch one partition cannot read: that partition is paused for a while (counted,
+    logged once), the other partition's requests are settled, /healthz fails after the
+    setting naming the partition; once it reads again it is served."""
+    monkeypatch.setattr(consumer_module, "QUARANTINE_SECONDS", 0.2)
+    metrics, liveness = Metrics(), Liveness()
+    fake, handler = FakeConsumer([TP0, TP1]), Handler()
+    requests = consumer_for(fake, handler, metrics, liveness, fetch_error_unhealthy_seconds=0.5)
+    fake.bad = {TP0}
+    fake.pending[TP0] = [record(TP0, 0)]
+    fake.pending[TP1] = [record(TP1, 0)]
+    stop = asyncio.Event()
+    task = asyncio.create_task(requests.run(stop))
+    await until(lambda: (1, 0) in handler.settled)
+    fake.pending[TP1] = [record(TP1, 1)]
+    await until(lambda: (1, 1) in handler.settled)
+    await until(lambda: requests.fetch_trouble() is not None)
+    assert "requests[0]" in str(requests.fetch_trouble())
+    assert sample(metrics, "akisnap_fetch_errors_total", kind="UnsupportedCodecError") >= 1
+    assert (1, 0) in handler.settled and not [p for p, _ in handler.settled if p == 0]
+    fake.bad = set()
+    await until(lambda: (0, 0) in handler.settled)
+    await until(lambda: requests.fetch_trouble() is None)
+    stop.set()
+    await task
