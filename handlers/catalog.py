@@ -29,10 +29,14 @@ class Catalog:
     def store(self) -> ObjectStore:
         return self._store
 
-    async def commit(self, metadata: SnapshotMetadata) -> None:
-        """Write the metadata file: the last write of a create, which makes it visible."""
+    async def commit(self, metadata: SnapshotMetadata) -> bool:
+        """Write the metadata file: the last write of a create, which makes it visible.
+
+        False when the snapshot was already committed (by an earlier run of the same request):
+        a committed metadata file is never overwritten.
+        """
         key = metadata_key(metadata.collection_id, metadata.snapshot_id)
-        await self._store.put_bytes(key, metadata.to_json())
+        return await self._store.put_if_absent(key, metadata.to_json())
 
     async def find(self, collection_id: str, snapshot_id: str) -> SnapshotMetadata | None:
         key = metadata_key(collection_id, snapshot_id)

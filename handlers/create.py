@@ -1,8 +1,10 @@
 """create = source → encode → upload → verify → commit: one snapshot from a job.
 
-The metadata file is written last, after every part was read back and checked, so a crash at
-any point leaves either a whole snapshot or nothing visible (orphan parts at worst, which a
-redo overwrites under the same keys).
+The metadata file is written last, after every part was checked, so a crash at any point
+leaves either a whole snapshot or nothing visible (orphan parts at worst, which a redo
+overwrites with the same bytes: part keys name their content). A part the store checked on
+upload (an S3 server validating its SHA-256) is not read back; any other part is. The commit
+never overwrites: if the snapshot got committed meanwhile, the outcome is a duplicate.
 """
 
 from __future__ import annotations
@@ -83,18 +85,31 @@ class SnapshotCreator:
             source.close()
         try:
             async with _timed(timer, "upload", seconds):
-                parts = await self._upload(job, encoded)
+                uploaded = await self._upload(job, encoded)
         finally:
             encoded.discard()
         async with _timed(timer, "verify", seconds):
             try:
-                await self._verify(parts)
+                await self._verify(uploaded.unvouched)
             except CorruptSnapshotError as exc:
                 # Nothing is committed yet: a redo writes the same keys again.
                 raise WriteNotVerifiedError(exc.message) from None
-            metadata = _metadata(job, encoded, parts)
-            await self._catalog.commit(metadata)
+            metadata = _metadata(job, encoded, uploaded.parts)
+            committed = await self._catalog.commit(metadata)
+        if not committed:
+            return await self._committed_meanwhile(job, seconds)
         return CreateOutcome(metadata, duplicate=False, stage_seconds=seconds)
+
+    async def _committed_meanwhile(
+        self, job: SnapshotJob, seconds: dict[str, float]
+    ) -> CreateOutcome:
+        """Another run of this request committed first: report its snapshot, untouched."""
+        existing = await self.existing(job)
+        if existing is None:  # deleted between the refused commit and this read
+            raise WriteNotVerifiedError(
+                f"snapshot {job.snapshot_id} was committed and removed while being written"
+            )
+        return CreateOutcome(existing, duplicate=True, stage_seconds=seconds)
 
 
 def process_spool(base: Path) -> Path:

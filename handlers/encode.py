@@ -1,20 +1,21 @@
 """Stage 'encode': documents → part files of bounded size in the spool directory.
 
 Runs in worker threads (pyarrow, zstd and hashlib release the GIL), so the event loop stays
-free: one thread reads and validates the next batch while another compresses this one.
-Memory holds a couple of read batches and one row group at most; parts go to disk as they
-fill, hashed as they are written.
+free: one thread reads and validates the next batch while the process's bounded encode pool
+compresses parts. Memory holds a couple of read batches and one row group per part being
+written; parts go to disk as they fill, hashed as they are written. The part layout (count
+and boundaries) depends only on the data and the part size, never on the machine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import queue
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ import numpy.typing as npt
 from handlers.codecs import PartWriter, open_part_writer, part_extension
 from handlers.codecs.json_legacy import documents_json_bytes
 from handlers.errors import InvalidDocumentsError
+from handlers.executor import encode_pool, usable_cpus
 from handlers.job import SnapshotJob
 from handlers.model import DocumentBatch, bytes_per_row_estimate, check_unique_ids, id_keys
 from handlers.sources import OpenedSource
@@ -128,7 +130,11 @@ def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
 
 
 class _PartWorker:
-    """Writes one part in its own thread, fed batches through a short queue."""
+    """Writes one part on the encode pool, fed batches through a short queue.
+
+    A part is sealed (its queue closed) as soon as it is full, so a pool thread never waits
+    on a feeder that has moved on to the next part: jobs sharing the pool cannot deadlock.
+    """
 
     def __init__(self, index: int, path: Path, writer: PartWriter, *, threaded: bool) -> None:
         self.index = index
@@ -137,25 +143,31 @@ class _PartWorker:
         self._writer = writer
         self._inbox: queue.Queue[DocumentBatch | None] = queue.Queue(maxsize=PREFETCH_DEPTH)
         self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
+        self._sealed = False
+        self._done: Future[None] | None = None
         if threaded:
-            self._thread = threading.Thread(target=self._run, name=f"akisnap-part-{index}")
-            self._thread.start()
+            self._done = encode_pool().submit(self._run)
 
     def feed(self, batch: DocumentBatch) -> None:
         self.rows += batch.num_rows
-        if self._thread is None:
+        if self._done is None:
             self._writer.write(batch)
         else:
             self._inbox.put(batch)
 
+    def seal(self) -> None:
+        """No more batches: the writer closes the part on its own thread."""
+        if self._done is not None and not self._sealed:
+            self._sealed = True
+            self._inbox.put(None)
+
     def finish(self) -> EncodedPart:
         """Close the part and wait for it; re-raises whatever the writer thread hit."""
-        if self._thread is None:
+        if self._done is None:
             self._writer.close()
         else:
-            self._inbox.put(None)
-            self._thread.join()
+            self.seal()
+            self._done.result()
         if self._error is not None:
             raise self._error
         return EncodedPart(
@@ -192,7 +204,7 @@ class _EncodeRun:
         self._spool = spool
         self._part_size = part_size
         self._expected_rows = expected_rows
-        self._workers = max(1, os.cpu_count() or 1) if threaded else 1
+        self._workers = usable_cpus() if threaded else 1
         self._token = uuid.uuid4().hex[:8]
         self._active: list[_PartWorker] = []
         self._parts: list[EncodedPart] = []
@@ -217,6 +229,8 @@ class _EncodeRun:
             worker = self._current_part()
             take = min(batch.num_rows - start, self._part_rows - worker.rows)
             worker.feed(batch if take == batch.num_rows else batch.slice(start, take))
+            if worker.rows >= self._part_rows:
+                worker.seal()
             start += take
 
     def finish(self) -> EncodedSnapshot:
@@ -248,11 +262,10 @@ class _EncodeRun:
         row_bytes = bytes_per_row_estimate(self._dimension)
         self._part_rows = max(1, self._part_size // row_bytes)
         if self._expected_rows and self._expected_rows > self._part_rows:
-            # Already several parts: make their count a multiple of the cores, evenly sized,
-            # so every core stays busy. A snapshot that fits one part stays one part (a
-            # restore to .parquet is then a plain copy).
+            # Several parts: evenly sized, their count from the data and the part size only
+            # (never the cores), so the same request writes the same parts everywhere. A
+            # snapshot that fits one part stays one part (a restore to .parquet is a copy).
             parts = -(-self._expected_rows // self._part_rows)
-            parts = -(-parts // self._workers) * self._workers
             self._part_rows = -(-self._expected_rows // parts)
 
     def _current_part(self) -> _PartWorker:

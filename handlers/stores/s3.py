@@ -15,6 +15,7 @@ import hashlib
 import math
 import re
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -40,7 +41,19 @@ from handlers.errors import (
     StoreConfigError,
     StoreUnavailableError,
 )
-from handlers.stores.base import CHUNK_BYTES, ObjectInfo, check_key
+from handlers.stores.base import (
+    CHUNK_BYTES,
+    FeatureReport,
+    ObjectInfo,
+    check_key,
+    ignore_feature,
+)
+from handlers.stores.conditional import (
+    CONDITIONAL_MODES,
+    PROBE_PREFIX,
+    ConditionalWrites,
+    put_unless_present,
+)
 from handlers.stores.factory import S3Options
 
 if TYPE_CHECKING:
@@ -113,6 +126,8 @@ class S3Store:
         self._client_lock = asyncio.Lock()
         # None: not tried yet; False: the server refused x-amz-checksum-sha256 once.
         self._sends_checksum: bool | None = None
+        self._conditional = ConditionalWrites(options.conditional_writes)
+        self._report: FeatureReport = ignore_feature
 
     @classmethod
     def from_uri(cls, uri: str, options: S3Options) -> S3Store:
@@ -137,6 +152,14 @@ class S3Store:
         """Whether the server took ChecksumSHA256 (None until the first upload)."""
         return self._sends_checksum
 
+    @property
+    def conditional_writes(self) -> bool | None:
+        """Whether commits use If-None-Match (None until the first commit)."""
+        return self._conditional.supported
+
+    def watch_features(self, report: FeatureReport) -> None:
+        self._report = report
+
     def spool_dir(self) -> Path:
         spool = self._options.spool_dir or Path(tempfile.gettempdir()) / SPOOL_DIR_NAME
         spool.mkdir(parents=True, exist_ok=True)
@@ -145,22 +168,40 @@ class S3Store:
     def local_path(self, key: str) -> Path | None:
         return None
 
-    async def put_file(self, key: str, path: Path, *, sha256_hex: str) -> None:
-        """One PutObject for small files, a multipart upload for big ones; the file stays."""
+    async def put_file(self, key: str, path: Path, *, sha256_hex: str) -> bool:
+        """One PutObject for small files, a multipart upload for big ones; the file stays.
+
+        True when the server checked the bytes against ``sha256_hex`` (and said so).
+        """
         full_key = self._full_key(key)
         with self._translated(f"read {path.name} for upload"):
             size = (await asyncio.to_thread(path.stat)).st_size
         if size < self._options.multipart_threshold_bytes:
             handle = await asyncio.to_thread(path.open, "rb")
             try:
-                await self._put_object(full_key, handle, sha256_hex)
+                return await self._put_object(full_key, handle, sha256_hex)
             finally:
                 handle.close()
-        else:
-            await self._put_multipart(full_key, path, size, sha256_hex)
+        await self._put_multipart(full_key, path, size, sha256_hex)
+        return False
 
     async def put_bytes(self, key: str, data: bytes) -> None:
         await self._put_object(self._full_key(key), data, hashlib.sha256(data).hexdigest())
+
+    async def put_if_absent(self, key: str, data: bytes) -> bool:
+        """PutObject with If-None-Match: * where the server honours it (checked once, by a
+        probe); else a HEAD first, then the PUT. False when an object was already there."""
+        full_key = self._full_key(key)
+        client = await self._s3()
+        with self._translated(f"put {self._uri(full_key)} if absent"):
+            probe_key = self._probe_key()
+            if await self._conditional.usable(client, self._bucket, probe_key, self._report):
+                request = self._put_request(full_key, data, hashlib.sha256(data).hexdigest())
+                return await put_unless_present(client, request)
+        if await self.head(key) is not None:
+            return False
+        await self.put_bytes(key, data)
+        return True
 
     async def get_bytes(self, key: str) -> bytes:
         return b"".join([chunk async for chunk in self.iter_chunks(key)])
@@ -179,10 +220,17 @@ class S3Store:
         client = await self._s3()
         try:
             with self._translated(f"head {self._uri(full_key)}"):
-                answer = await client.head_object(Bucket=self._bucket, Key=full_key)
+                answer = await client.head_object(
+                    Bucket=self._bucket, Key=full_key, ChecksumMode="ENABLED"
+                )
         except ObjectMissingError:
             return None
-        return ObjectInfo(key, answer["ContentLength"], answer["LastModified"])
+        return ObjectInfo(
+            key,
+            answer["ContentLength"],
+            answer["LastModified"],
+            sha256=_hex_digest(answer.get("ChecksumSHA256")),
+        )
 
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         full_prefix = self._prefix + _check_prefix(prefix)
@@ -225,37 +273,43 @@ class S3Store:
 
     # -- uploads --------------------------------------------------------------------------------
 
-    async def _put_object(self, full_key: str, body: bytes | IO[bytes], sha256_hex: str) -> None:
+    async def _put_object(self, full_key: str, body: bytes | IO[bytes], sha256_hex: str) -> bool:
         """PutObject with ChecksumSHA256 until the server refuses it once; then metadata only.
 
         The fallback is remembered only after the retry without the checksum succeeded, so an
-        unrelated ``InvalidRequest`` does not switch checksums off for good.
+        unrelated ``InvalidRequest`` does not switch checksums off for good. True when the
+        server vouched for the bytes: it took the checksum and answered with the same one.
         """
         client = await self._s3()
         request = self._put_request(full_key, body, sha256_hex)
         with self._translated(f"put {self._uri(full_key)}"):
-            if self._sends_checksum is not False and await self._put_checked(
-                client, request, sha256_hex
-            ):
-                return
+            if self._sends_checksum is not False:
+                vouched = await self._put_checked(client, request, sha256_hex)
+                if vouched is not None:
+                    return vouched
             _rewind(body)
             await client.put_object(**request)
+            if self._sends_checksum is None:
+                self._report("checksums", False)
             self._sends_checksum = False
+        return False
 
     async def _put_checked(
         self, client: S3Client, request: PutObjectRequestTypeDef, sha256_hex: str
-    ) -> bool:
-        """The server verifies the bytes against the digest; False if it has no checksums."""
+    ) -> bool | None:
+        """The server verifies the bytes against the digest; None if it has no checksums."""
         checked = request.copy()
         checked["ChecksumSHA256"] = _base64_digest(sha256_hex)
         try:
-            await client.put_object(**checked)
+            answer = await client.put_object(**checked)
         except ClientError as exc:
             if self._sends_checksum or _code(exc) not in _CHECKSUM_REFUSALS:
                 raise
-            return False
+            return None
+        if self._sends_checksum is None:
+            self._report("checksums", True)
         self._sends_checksum = True
-        return True
+        return _hex_digest(answer.get("ChecksumSHA256")) == sha256_hex
 
     def _put_request(
         self, full_key: str, body: bytes | IO[bytes], sha256_hex: str
@@ -406,6 +460,9 @@ class S3Store:
     def _full_key(self, key: str) -> str:
         return self._prefix + check_key(key)
 
+    def _probe_key(self) -> str:
+        return f"{self._prefix}{PROBE_PREFIX}{uuid.uuid4().hex}"
+
     def _uri(self, full_key: str) -> str:
         return f"s3://{self._bucket}/{full_key}"
 
@@ -497,6 +554,10 @@ def _check_options(options: S3Options) -> None:
         )
     if options.max_concurrency < 1:
         raise StoreConfigError("S3 max_concurrency must be at least 1")
+    if options.conditional_writes not in CONDITIONAL_MODES:
+        raise StoreConfigError(
+            f"S3 conditional writes {options.conditional_writes!r} is not one of auto, off"
+        )
 
 
 def _check_prefix(prefix: str) -> str:
@@ -518,6 +579,17 @@ def _redacted(text: str, secret: str | None) -> str:
 
 def _base64_digest(sha256_hex: str) -> str:
     return base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii")
+
+
+def _hex_digest(checksum: str | None) -> str | None:
+    """A whole-object SHA-256 the server reports, as hex; None for none or a composite
+    (``…-N``: a checksum of part checksums, not of the bytes)."""
+    if not checksum or "-" in checksum:
+        return None
+    try:
+        return base64.b64decode(checksum, validate=True).hex()
+    except ValueError:
+        return None
 
 
 def _rewind(body: bytes | IO[bytes]) -> None:
