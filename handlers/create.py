@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from handlers.budget import ByteBudget
 from handlers.catalog import Catalog
 from handlers.encode import EncodedSnapshot, Encoder
 from handlers.errors import CorruptSnapshotError, WriteNotVerifiedError
 from handlers.job import SnapshotJob
 from handlers.metadata import PartInfo, SnapshotMetadata
-from handlers.sources import SourceReader
+from handlers.sources import OpenedSource, SourceReader
 from handlers.stores import ObjectStore, S3Options
 from handlers.upload import Uploader
 from handlers.verify import Verifier
@@ -34,6 +35,7 @@ StageTimer = Callable[[str], AbstractAsyncContextManager[None]]
 
 STAGES = ("source", "encode", "upload", "verify")
 DEFAULT_PART_SIZE_BYTES = 64 * 1024 * 1024
+UNBOUNDED = 1 << 62  # the CLI makes one snapshot at a time: no budget to share
 
 
 @contextlib.asynccontextmanager
@@ -58,7 +60,9 @@ class SnapshotCreator:
         source_roots: Sequence[str],
         s3: S3Options | None = None,
         part_size_bytes: int = DEFAULT_PART_SIZE_BYTES,
+        budget: ByteBudget | None = None,
     ) -> None:
+        self._budget = budget or ByteBudget(UNBOUNDED)
         spool = process_spool(store.spool_dir())
         self._catalog = Catalog(store)
         self._read_source = SourceReader(source_roots, s3=s3, spool_dir=spool)
@@ -79,10 +83,21 @@ class SnapshotCreator:
         async with _timed(timer, "source", seconds):
             source = await self._read_source(job)
         try:
-            async with _timed(timer, "encode", seconds):
-                encoded = await self._encode(job, source)
+            async with self._budget.hold(source.nbytes):
+                return await self._create(job, source, timer, seconds)
         finally:
             source.close()
+
+    async def _create(
+        self,
+        job: SnapshotJob,
+        source: OpenedSource,
+        timer: StageTimer,
+        seconds: dict[str, float],
+    ) -> CreateOutcome:
+        async with _timed(timer, "encode", seconds):
+            encoded = await self._encode(job, source)
+        source.close()  # the export's spool copy is no longer needed
         try:
             async with _timed(timer, "upload", seconds):
                 uploaded = await self._upload(job, encoded)

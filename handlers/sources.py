@@ -42,6 +42,7 @@ from handlers.stores import S3Options, open_store
 
 MIB = 1024 * 1024
 READ_BATCH_BYTES = 16 * MIB
+READ_BUFFER_BYTES = 4 * MIB
 # Bounds on what one request may make the service read (checked before reading any data).
 MAX_EXPORT_ROWS = 1_000_000_000
 BOMB_MIN_BYTES = 64 * MIB
@@ -60,6 +61,8 @@ class OpenedSource:
     description: str
     cleanup_paths: list[Path] = field(default_factory=list)
     expected_rows: int | None = None
+    nbytes: int = 0
+    """What encoding it will hold: the export's size, or the decoded inline documents."""
 
     def close(self) -> None:
         for path in self.cleanup_paths:
@@ -81,7 +84,12 @@ class SourceReader:
         started = datetime.now(UTC)
         if isinstance(job.source, InlineSource):
             batch = DocumentBatch.from_documents(job.source.documents)
-            return OpenedSource(iter([batch]), "inline documents", expected_rows=batch.num_rows)
+            return OpenedSource(
+                iter([batch]),
+                "inline documents",
+                expected_rows=batch.num_rows,
+                nbytes=batch.nbytes,
+            )
         source: UriSource = job.source
         location = self.check_allowed(source.uri)
         if location.scheme == "s3":
@@ -190,6 +198,7 @@ def open_local(path: Path, fmt: str, *, seed: str, default_time: datetime) -> Op
         _guarded(batches, fmt, path.name),
         f"{fmt} export {path.name}",
         expected_rows=_expected_rows(path, fmt),
+        nbytes=path.stat().st_size,
     )
 
 
@@ -223,8 +232,12 @@ def _rows_per_batch(dimension: int) -> int:
 
 def _parquet(path: Path, seed: str, default_time: datetime) -> Iterator[DocumentBatch]:
     # Pages that carry a CRC are checked: a corrupt export fails, not decodes to garbage.
-    # pre_buffer would read the whole file into memory up front: stream it instead.
-    export = pq.ParquetFile(path, page_checksum_verification=True, pre_buffer=False)
+    # pre_buffer would read whole row groups into memory up front, and without buffer_size
+    # each column chunk is read whole: a single-row-group export of 600 MB would be held at
+    # once. With both, column chunks stream through a small buffer, page by page.
+    export = pq.ParquetFile(
+        path, page_checksum_verification=True, pre_buffer=False, buffer_size=READ_BUFFER_BYTES
+    )
     dimension = _declared_dimension(export.schema_arrow)
     _check_parquet_bounds(export.metadata, path.name)
     return _parquet_batches(export, dimension, default_time)
