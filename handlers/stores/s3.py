@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import functools
 import hashlib
-import math
 import re
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
@@ -55,18 +54,16 @@ from handlers.stores.conditional import (
     put_unless_present,
 )
 from handlers.stores.factory import S3Options
+from handlers.stores.multipart import MultipartUpload, part_size
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
     from types_aiobotocore_s3.literals import ServerSideEncryptionType
     from types_aiobotocore_s3.type_defs import (
-        CompletedPartTypeDef,
         CreateMultipartUploadRequestTypeDef,
         PutObjectRequestTypeDef,
     )
 
-MIN_PART_BYTES = 5 * 1024 * 1024  # S3 refuses smaller parts (except the last)
-MAX_PARTS = 10_000  # S3's limit on parts per upload
 MIN_SECRET_CHARS = 8
 SPOOL_DIR_NAME = "akisnap-spool"
 ADDRESSING_STYLES = frozenset({"path", "virtual", "auto"})
@@ -182,8 +179,7 @@ class S3Store:
                 return await self._put_object(full_key, handle, sha256_hex)
             finally:
                 handle.close()
-        await self._put_multipart(full_key, path, size, sha256_hex)
-        return False
+        return await self._put_multipart(full_key, path, size, sha256_hex)
 
     async def put_bytes(self, key: str, data: bytes) -> None:
         await self._put_object(self._full_key(key), data, hashlib.sha256(data).hexdigest())
@@ -326,27 +322,29 @@ class S3Store:
             request["SSEKMSKeyId"] = self._options.sse_kms_key_id
         return request
 
-    async def _put_multipart(self, full_key: str, path: Path, size: int, sha256_hex: str) -> None:
-        """Create, upload parts, complete; abort on any failure so no parts linger (and cost)."""
-        client = await self._s3()
-        action = f"multipart upload {self._uri(full_key)}"
-        with self._translated(action):
-            created = await client.create_multipart_upload(
-                **self._create_request(full_key, sha256_hex)
-            )
-        upload_id = created["UploadId"]
+    async def _put_multipart(self, full_key: str, path: Path, size: int, sha256_hex: str) -> bool:
+        """Parts with their SHA-256 until the server refuses checksums; True when it vouched."""
+        upload = MultipartUpload(
+            client=await self._s3(),
+            request=self._create_request(full_key, sha256_hex),
+            translated=self._translated,
+            part_bytes=part_size(size, self._options.multipart_part_bytes),
+            max_concurrency=self._options.max_concurrency,
+            checksums=self._sends_checksum is not False,
+        )
         try:
-            parts = await self._upload_parts(client, full_key, upload_id, path, size)
-            with self._translated(action):
-                await client.complete_multipart_upload(
-                    Bucket=self._bucket,
-                    Key=full_key,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},
-                )
-        except BaseException:
-            await asyncio.shield(self._abort(client, full_key, upload_id))
-            raise
+            vouched = await upload.run(path, size, sha256_hex)
+        except AkisnapError as exc:
+            refused = isinstance(exc.__cause__, ClientError) and (
+                _code(exc.__cause__) in _CHECKSUM_REFUSALS
+            )
+            if not (upload.checksums and self._sends_checksum is None and refused):
+                raise
+            upload = dataclasses.replace(upload, checksums=False)
+            vouched = await upload.run(path, size, sha256_hex)
+            self._sends_checksum = False
+            self._report("checksums", False)
+        return vouched
 
     def _create_request(
         self, full_key: str, sha256_hex: str
@@ -361,51 +359,6 @@ class S3Store:
         if self._options.sse_kms_key_id:
             request["SSEKMSKeyId"] = self._options.sse_kms_key_id
         return request
-
-    async def _upload_parts(
-        self, client: S3Client, full_key: str, upload_id: str, path: Path, size: int
-    ) -> Sequence[CompletedPartTypeDef]:
-        """All parts at once, but only ``max_concurrency`` read into memory and in flight."""
-        part_bytes = part_size(size, self._options.multipart_part_bytes)
-        slots = asyncio.Semaphore(self._options.max_concurrency)
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(
-                        self._upload_part(
-                            client,
-                            _Part(full_key, upload_id, path, number, offset, part_bytes),
-                            slots,
-                        )
-                    )
-                    for number, offset in enumerate(range(0, size, part_bytes), start=1)
-                ]
-        except BaseExceptionGroup as errors:
-            raise _first_leaf(errors) from None
-        return [task.result() for task in tasks]
-
-    async def _upload_part(
-        self, client: S3Client, part: _Part, slots: asyncio.Semaphore
-    ) -> CompletedPartTypeDef:
-        async with slots:
-            with self._translated(f"read {part.path.name} for upload"):
-                data = await asyncio.to_thread(part.read)
-            with self._translated(f"upload part {part.number} of {self._uri(part.key)}"):
-                answer = await client.upload_part(
-                    Bucket=self._bucket,
-                    Key=part.key,
-                    UploadId=part.upload_id,
-                    PartNumber=part.number,
-                    Body=data,
-                )
-        return {"PartNumber": part.number, "ETag": answer["ETag"]}
-
-    async def _abort(self, client: S3Client, full_key: str, upload_id: str) -> None:
-        """Best effort: the upload's own error matters more than a failed abort."""
-        with contextlib.suppress(*_STORE_EXCEPTIONS):
-            await client.abort_multipart_upload(
-                Bucket=self._bucket, Key=full_key, UploadId=upload_id
-            )
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -467,24 +420,6 @@ class S3Store:
         return f"s3://{self._bucket}/{full_key}"
 
 
-@dataclass(frozen=True)
-class _Part:
-    """One multipart part: which bytes of the file, and where they go."""
-
-    key: str
-    upload_id: str
-    path: Path
-    number: int
-    offset: int
-    size: int
-
-    def read(self) -> bytes:
-        """Blocking: run in a thread."""
-        with self.path.open("rb") as handle:
-            handle.seek(self.offset)
-            return handle.read(self.size)
-
-
 @functools.cache
 def shared_session() -> AioSession:
     """One botocore session per process: it caches the S3 model, which takes ~0.3 s to load."""
@@ -534,11 +469,6 @@ def _client_error(exc: ClientError, action: str, secret: str | None) -> AkisnapE
     if code in _TRANSIENT_CODES or status >= 500 or status == 429:
         return StoreUnavailableError(detail)
     return StoreConfigError(detail)
-
-
-def part_size(size: int, wanted: int) -> int:
-    """The wanted part size, raised to S3's 5 MiB minimum and to fit in 10,000 parts."""
-    return max(wanted, MIN_PART_BYTES, math.ceil(size / MAX_PARTS))
 
 
 def _check_options(options: S3Options) -> None:
@@ -595,9 +525,3 @@ def _hex_digest(checksum: str | None) -> str | None:
 def _rewind(body: bytes | IO[bytes]) -> None:
     if not isinstance(body, bytes):
         body.seek(0)
-
-
-def _first_leaf(errors: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first real error of a task group, so callers see our error, not a group."""
-    first = errors.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
