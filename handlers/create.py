@@ -119,7 +119,7 @@ class SnapshotCreator:
         self, job: SnapshotJob, seconds: dict[str, float]
     ) -> CreateOutcome:
         """Another run of this request committed first: report its snapshot, untouched."""
-        existing = await self.existing(job)
+        existing = await self._catalog.find(job.collection_id, job.snapshot_id)
         if existing is None:  # deleted between the refused commit and this read
             raise WriteNotVerifiedError(
                 f"snapshot {job.snapshot_id} was committed and removed while being written"
