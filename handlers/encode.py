@@ -31,7 +31,7 @@ from handlers.job import SnapshotJob
 from handlers.model import DocumentBatch, bytes_per_row_estimate, check_unique_ids, id_keys
 from handlers.sources import OpenedSource
 
-JSON_SAMPLE_VALUES = 4096
+JSON_SAMPLE_VALUES = 1024
 PREFETCH_DEPTH = 2
 SMALL_JOB_ROWS = 4096
 T = TypeVar("T")

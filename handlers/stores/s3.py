@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 
 MIN_SECRET_CHARS = 8
 SPOOL_DIR_NAME = "akisnap-spool"
+USER_AGENT = "akisnap (aiobotocore)"
 ADDRESSING_STYLES = frozenset({"path", "virtual", "auto"})
 SSE_MODES = frozenset({"AES256", "aws:kms", "aws:kms:dsse"})
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -430,9 +431,12 @@ def client_config(options: S3Options) -> AioConfig:
     """Few retries (the daemon retries whole requests) and checksums only when S3 needs them.
 
     botocore's default since 1.36 adds CRC32 trailers to every upload (aws-chunked), which
-    many S3-compatible servers refuse; ``when_required`` keeps requests plain.
+    many S3-compatible servers refuse; ``when_required`` keeps requests plain. A fixed
+    User-Agent: botocore otherwise rebuilds and sanitises a long one on every call, about
+    2 ms of CPU per call, a third of a small snapshot's S3 cost.
     """
     return AioConfig(
+        user_agent=USER_AGENT,
         s3={"addressing_style": options.addressing_style},
         retries={"max_attempts": 2, "mode": "standard"},
         connect_timeout=options.connect_timeout_seconds,
