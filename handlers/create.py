@@ -25,6 +25,7 @@ from handlers.encode import EncodedSnapshot, Encoder
 from handlers.errors import CorruptSnapshotError, WriteNotVerifiedError
 from handlers.job import SnapshotJob
 from handlers.metadata import PartInfo, SnapshotMetadata
+from handlers.overlap import Overlap
 from handlers.sources import OpenedSource, SourceReader
 from handlers.stores import ObjectStore, S3Options
 from handlers.upload import Uploader
@@ -95,14 +96,12 @@ class SnapshotCreator:
         timer: StageTimer,
         seconds: dict[str, float],
     ) -> CreateOutcome:
-        async with _timed(timer, "encode", seconds):
-            encoded = await self._encode(job, source)
+        overlap = Overlap(self._encode, self._upload, job, source)
+        async with _timed(timer, "encode", seconds):  # uploads of finished parts run meanwhile
+            encoded = await overlap.encoded()
         source.close()  # the export's spool copy is no longer needed
-        try:
-            async with _timed(timer, "upload", seconds):
-                uploaded = await self._upload(job, encoded)
-        finally:
-            encoded.discard()
+        async with _timed(timer, "upload", seconds):  # what is left of the uploads
+            uploaded = await overlap.uploaded(encoded)
         async with _timed(timer, "verify", seconds):
             try:
                 await self._verify(uploaded.unvouched)

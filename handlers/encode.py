@@ -14,7 +14,7 @@ import contextlib
 import queue
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +63,13 @@ class EncodedSnapshot:
                 part.path.unlink()
 
 
+PartDone = Callable[[EncodedPart], None]
+
+
+def ignore_part(part: EncodedPart) -> None:
+    return None
+
+
 class Encoder:
     """Encodes a job's source into parts of about ``part_size_bytes`` (uncompressed) each."""
 
@@ -70,9 +77,11 @@ class Encoder:
         self._spool = spool_dir
         self._part_size = part_size_bytes
 
-    async def __call__(self, job: SnapshotJob, source: OpenedSource) -> EncodedSnapshot:
+    async def __call__(
+        self, job: SnapshotJob, source: OpenedSource, on_part: PartDone = ignore_part
+    ) -> EncodedSnapshot:
         return await asyncio.to_thread(
-            self.encode_blocking, job, source.batches, source.expected_rows
+            self.encode_blocking, job, source.batches, source.expected_rows, on_part
         )
 
     def encode_blocking(
@@ -80,10 +89,14 @@ class Encoder:
         job: SnapshotJob,
         batches: Iterator[DocumentBatch],
         expected_rows: int | None = None,
+        on_part: PartDone = ignore_part,
     ) -> EncodedSnapshot:
+        """``on_part`` is told of each finished part (from this thread), in index order, so
+        its upload can start while the next parts are still being encoded."""
         # Threads cost more than they save on a small job: encode it right here.
         small = expected_rows is not None and expected_rows <= SMALL_JOB_ROWS
         run = _EncodeRun(job, self._spool, self._part_size, expected_rows, threaded=not small)
+        run.on_part = on_part
         try:
             for batch in batches if small else prefetched(batches, PREFETCH_DEPTH):
                 run.add(batch)
@@ -214,6 +227,7 @@ class _EncodeRun:
         self._part_rows = 0
         self._rows = 0
         self._json_per_row = 0.0
+        self.on_part: PartDone = ignore_part
 
     def add(self, batch: DocumentBatch) -> None:
         if self._dimension == 0:
@@ -237,7 +251,7 @@ class _EncodeRun:
         if self._rows == 0:
             raise InvalidDocumentsError("the source holds no documents")
         while self._active:
-            self._parts.append(self._active.pop(0).finish())
+            self._finished(self._active.pop(0).finish())
         check_unique_ids(np.concatenate(self._ids) if len(self._ids) > 1 else self._ids[0])
         return EncodedSnapshot(
             tuple(sorted(self._parts, key=lambda part: part.index)),
@@ -245,6 +259,10 @@ class _EncodeRun:
             self._rows,
             round(self._json_per_row * self._rows),
         )
+
+    def _finished(self, part: EncodedPart) -> None:
+        self._parts.append(part)
+        self.on_part(part)
 
     def abandon(self) -> None:
         paths = [part.path for part in self._parts]
@@ -272,7 +290,7 @@ class _EncodeRun:
         if self._active and self._active[-1].rows < self._part_rows:
             return self._active[-1]
         while len(self._active) >= self._workers:
-            self._parts.append(self._active.pop(0).finish())
+            self._finished(self._active.pop(0).finish())
         extension = part_extension(self._job.format)
         index = self._started
         path = self._spool / f"{self._job.snapshot_id}-{self._token}-{index:05d}.{extension}"

@@ -3,6 +3,8 @@ where the server vouched for the bytes. Against the real S3 server (and the loca
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -11,12 +13,15 @@ from typing import Any
 
 import pytest
 
-from handlers.create import SnapshotCreator
+from handlers.create import SnapshotCreator, untimed
 from handlers.job import InlineSource, SnapshotJob
 from handlers.layout import metadata_key
 from handlers.metadata import SnapshotMetadata
+from handlers.model import DocumentBatch, bytes_per_row_estimate
+from handlers.sources import OpenedSource
 from handlers.stores import ObjectStore, open_store
 from handlers.stores import conditional as conditional_module
+from handlers.stores.local import LocalStore
 from handlers.stores.s3 import S3Store
 from handlers.verify import verify_snapshot
 from tests.support import open_test_store, s3_options, s3_root, unit_vectors
@@ -170,3 +175,43 @@ async def test_part_keys_name_their_content(tmp_path: Path) -> None:
     second = (await creator(replace(job, compression="snappy"))).metadata
     assert {p.key for p in first.parts}.isdisjoint(p.key for p in second.parts)
     assert all(p.sha256[:32] in p.key for p in first.parts + second.parts)
+
+
+class _FirstPutSignals(LocalStore):
+    """Tells, through a thread event, when the first part is being put."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.first_put = threading.Event()
+
+    async def put_file(self, key: str, path: Path, *, sha256_hex: str) -> bool:
+        self.first_put.set()
+        return await super().put_file(key, path, sha256_hex=sha256_hex)
+
+
+def test_a_part_uploads_while_the_next_is_encoded(tmp_path: Path) -> None:
+    """The source stops after part 0 is finished and waits for its upload to begin: without
+    the overlap the encoder would wait on the source, and the source on the upload."""
+    store = _FirstPutSignals(tmp_path / "store")
+    dim, rows = 16, 1000
+    creator = SnapshotCreator(
+        store, source_roots=[], part_size_bytes=2 * rows * bytes_per_row_estimate(dim)
+    )
+    waited: list[bool] = []
+
+    def batches() -> Iterator[DocumentBatch]:
+        for i in range(6):
+            if i == 5:  # parts 0 and 1 are full and part 2 begun: part 0 is finished
+                waited.append(store.first_put.wait(timeout=60))
+            yield DocumentBatch.from_arrays(
+                unit_vectors(rows, dim, seed=i), id_seed="o", first_position=i * rows
+            )
+
+    async def run() -> SnapshotMetadata:
+        source = OpenedSource(batches(), "test", expected_rows=6 * rows)
+        job = small_job(rows=1, dim=dim)
+        return (await creator._create(job, source, untimed, {})).metadata
+
+    meta = asyncio.run(run())
+    assert waited == [True]
+    assert [p.rows for p in meta.parts] == [2000, 2000, 2000]
