@@ -386,3 +386,31 @@ async def test_multipart_parts_carry_checksums_and_the_whole_file_is_checked(
         await store.put_file("parts/changed.bin", path, sha256_hex=hashlib.sha256(b"x").hexdigest())
     assert await store.head("parts/changed.bin") is None
     assert await open_uploads(store, "parts/changed.bin") == []
+
+
+async def test_multipart_checksum_refusal_falls_back_to_plain_parts(
+    make_store: MakeStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that refuses ChecksumAlgorithm on a first (multipart) upload: the upload goes
+    again without checksums, the store remembers, and the part is not vouched for."""
+    store = await make_store()
+    client = await store._s3()
+    real_create = client.create_multipart_upload
+    asked: list[bool] = []
+
+    async def refusing_create(**request: Any) -> Any:
+        asked.append("ChecksumAlgorithm" in request)
+        if "ChecksumAlgorithm" in request:
+            error = {"Error": {"Code": "NotImplemented", "Message": "no checksums here"}}
+            raise ClientError(error, "CreateMultipartUpload")  # type: ignore[arg-type]
+        return await real_create(**request)
+
+    monkeypatch.setattr(client, "create_multipart_upload", refusing_create)
+    seen: list[tuple[str, bool]] = []
+    store.watch_features(lambda feature, supported: seen.append((feature, supported)))
+    path = tmp_path / "big.bin"
+    sha = write_random(path, 11 * MIB)
+    assert await store.put_file("parts/plain.bin", path, sha256_hex=sha) is False
+    assert asked == [True, False]
+    assert store.sends_checksum is False and seen == [("checksums", False)]
+    assert hashlib.sha256(await store.get_bytes("parts/plain.bin")).hexdigest() == sha
