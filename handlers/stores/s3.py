@@ -345,6 +345,10 @@ class S3Store:
             vouched = await upload.run(path, size, sha256_hex)
             self._sends_checksum = False
             self._report("checksums", False)
+            return vouched
+        if upload.checksums and self._sends_checksum is None:
+            self._sends_checksum = True
+            self._report("checksums", True)
         return vouched
 
     def _create_request(
