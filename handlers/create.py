@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from handlers.akidb.sidecar import akidb_records, is_akidb_format, to_metadata
 from handlers.catalog import Catalog
 from handlers.encode import EncodedSnapshot, Encoder
 from handlers.errors import CorruptSnapshotError, WriteNotVerifiedError
@@ -92,9 +93,19 @@ class SnapshotCreator:
             except CorruptSnapshotError as exc:
                 # Nothing is committed yet: a redo writes the same keys again.
                 raise WriteNotVerifiedError(exc.message) from None
-            metadata = _metadata(job, encoded, parts)
-            await self._catalog.commit(metadata)
+            metadata = await self._commit(job, encoded, parts)
         return CreateOutcome(metadata, duplicate=False, stage_seconds=seconds)
+
+    async def _commit(
+        self, job: SnapshotJob, encoded: EncodedSnapshot, parts: tuple[PartInfo, ...]
+    ) -> SnapshotMetadata:
+        if is_akidb_format(job.format):
+            sidecar, integrity = akidb_records(job, parts[0], encoded.dimension)
+            await self._catalog.commit_akidb(sidecar, integrity)
+            return to_metadata(sidecar, integrity)
+        metadata = _metadata(job, encoded, parts)
+        await self._catalog.commit(metadata)
+        return metadata
 
 
 def process_spool(base: Path) -> Path:

@@ -137,8 +137,7 @@ async def prune(
         return PruneResult(plan, dry_run=True)
     deleted: list[SnapshotMetadata] = []
     for meta in plan.delete:
-        await catalog.store.delete(metadata_key(meta.collection_id, meta.snapshot_id))
-        await catalog.delete_parts(meta.collection_id, meta.snapshot_id)
+        await catalog.remove(meta)
         deleted.append(meta)
         if on_deleted is not None:
             on_deleted(meta)
