@@ -288,16 +288,15 @@ def _uri(root: str, key: str) -> str:
 
 
 def _selected(meta: SnapshotMetadata, within: str) -> bool:
-    """Whether the part of ``snapshots/`` named covers this snapshot."""
-    if not within:
-        return True
-    key = SNAPSHOTS_PREFIX + within
+    """Whether the part of ``snapshots/`` named (a file, or a folder) covers this snapshot."""
     sidecar = sidecar_key(meta.format, meta.collection_id, meta.snapshot_id)
-    if key in (meta.parts[0].key, sidecar):
-        return True
-    return key.endswith("/") and sidecar.startswith(key)
+    return _covers(within, meta.parts[0].key) or _covers(within, sidecar)
 
 
 def _entry_selected(entry: UnreadableEntry, within: str) -> bool:
-    key = SNAPSHOTS_PREFIX + within
-    return not within or entry.key == key or (key.endswith("/") and entry.key.startswith(key))
+    return _covers(within, entry.key)
+
+
+def _covers(within: str, key: str) -> bool:
+    named = SNAPSHOTS_PREFIX + within.rstrip("/")
+    return not within or key == named or key.startswith(named + "/")
