@@ -115,7 +115,9 @@ async def _create(args: argparse.Namespace, settings: Settings, store: ObjectSto
     existing = await creator.existing(job)
     outcome = "duplicate" if existing else "created"
     metadata = existing or (await creator(job)).metadata
-    emit(args, {**metadata.to_dict(), "outcome": outcome}, _describe(metadata, outcome))
+    notes = precision_notes(source.format, job.format)
+    human = _describe(metadata, outcome) + "".join(f"\n  note: {note}" for note in notes)
+    emit(args, {**metadata.to_dict(), "outcome": outcome, "notes": notes}, human)
     return 0
 
 

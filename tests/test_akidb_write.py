@@ -180,6 +180,7 @@ async def test_collection_must_be_a_uuid(tmp_path: Path) -> None:
     ok = ["snapshots", "create", "--collection", COLLECTION, "--from", uri, "--store", store]
     code, out, err = await asyncio.to_thread(run_cli, [*ok, "--format", "akidb-parquet"])
     assert code == 0 and "akidb-parquet" in out, err
+    assert "note: inserted_at: AkiDB Parquet holds milliseconds" in out
     code, out, _ = await asyncio.to_thread(run_cli, ["snapshots", "list", "--store", store])
     assert "akidb-parquet" in out
 
