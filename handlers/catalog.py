@@ -82,8 +82,14 @@ class Catalog:
         await self._store.put_bytes(integrity_key(fmt, *ids), integrity.to_json())
         await self._store.put_bytes(sidecar_key(fmt, *ids), sidecar.to_json())
 
-    async def find(self, collection_id: str, snapshot_id: str) -> SnapshotMetadata | None:
-        for key in (metadata_key(collection_id, snapshot_id), _json_sidecar(snapshot_id)):
+    async def find(
+        self, collection_id: str, snapshot_id: str, fmt: str | None = None
+    ) -> SnapshotMetadata | None:
+        """The snapshot, if committed; ``fmt`` (when known) spares looking where it is not."""
+        keys = [metadata_key(collection_id, snapshot_id), _json_sidecar(snapshot_id)]
+        if fmt is not None:
+            keys = [keys[1] if fmt == "akidb-json" else keys[0]]
+        for key in keys:
             try:
                 raw = await self._store.get_bytes(key)
             except ObjectMissingError:

@@ -71,7 +71,7 @@ class SnapshotCreator:
 
     async def existing(self, job: SnapshotJob) -> SnapshotMetadata | None:
         """The committed snapshot of this job's request id, if any (a duplicate)."""
-        return await self._catalog.find(job.collection_id, job.snapshot_id)
+        return await self._catalog.find(job.collection_id, job.snapshot_id, job.format)
 
     async def __call__(self, job: SnapshotJob, timer: StageTimer = untimed) -> CreateOutcome:
         seconds: dict[str, float] = {}

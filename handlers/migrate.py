@@ -153,7 +153,9 @@ class Migrator:
         if meta is None:
             return MigrationOutcome(found.uri, "refused", reason=found.unreadable)
         job_id = migration_request_id(meta.snapshot_id)
-        existing = await self._creator.catalog.find(meta.collection_id, snapshot_id_for(job_id))
+        existing = await self._creator.catalog.find(
+            meta.collection_id, snapshot_id_for(job_id), "parquet"
+        )
         if existing is not None:
             return _outcome(found, meta, "already_migrated", existing)
         try:
