@@ -456,9 +456,18 @@ def inline_vectors(documents: Sequence[Mapping[str, Any]]) -> FloatMatrix:
     return narrow_to_float32(wide)
 
 
+INLINE_FIELDS = ("id", "external_id", "vector", "metadata", "inserted_at")
+
+
 def _document_uuid(doc: Mapping[str, Any], position: int) -> bytes:
     if not isinstance(doc, Mapping):
         raise InvalidDocumentsError(f"document #{position} is not a JSON object")
+    unknown = sorted(str(name) for name in doc if name not in INLINE_FIELDS)
+    if unknown:
+        raise InvalidDocumentsError(
+            f"document #{position} has field(s) {', '.join(unknown)} that a snapshot cannot "
+            "hold: refused rather than dropped"
+        )
     raw = doc.get("id")
     if not isinstance(raw, str):
         raise InvalidDocumentsError(f"document #{position} has no 'id' (a UUID string)")

@@ -143,6 +143,13 @@ def test_format_f32_matches_akidb_spelling() -> None:
     ]
 
 
+def test_unknown_inline_field_is_refused_by_name() -> None:
+    """A request's inline document with a field no snapshot holds is refused, not trimmed."""
+    doc = {"id": str(uuid.uuid4()), "vector": [1.0], "tenant": "x"}
+    with pytest.raises(InvalidDocumentsError, match=r"field\(s\) tenant"):
+        DocumentBatch.from_documents([doc])
+
+
 def test_json_extension_means_akidb_json() -> None:
     assert source_format_from_uri("s3://b/snapshots/x.json") == "akidb-json"
 
