@@ -112,6 +112,14 @@ async def test_mixed_root_lists_everything_readable_and_reports_the_rest(
             run_cli, ["snapshots", "show", snapshot_id, "--json", *root]
         )
         assert code == 0 and json.loads(out)["snapshot_id"] == snapshot_id, err
+        code, out, err = await asyncio.to_thread(
+            run_cli, ["snapshots", "verify", snapshot_id, "--full", "--json", *root]
+        )
+        assert code == 0 and json.loads(out)["outcome"] == "ok", err
+        out_file = tmp_path / f"{snapshot_id}.npy"
+        args = ["snapshots", "restore", snapshot_id, "--out", str(out_file), *root]
+        code, _, err = await asyncio.to_thread(run_cli, args)
+        assert code == 0 and np.load(out_file).dtype == np.float32, err
 
     code, out, err = await asyncio.to_thread(run_cli, ["snapshots", "delete", AKIDB_JSON_ID, *root])
     assert code == 0, err
