@@ -141,7 +141,13 @@ async def _check_in_place(path: Path, part: PartInfo) -> None:
     except FileNotFoundError:
         raise CorruptSnapshotError(f"part {part.key} is missing") from None
     if size != part.size or not _digest_ok(part, digest):
-        raise CorruptSnapshotError(f"part {part.key} fails its SHA-256 check")
+        raise CorruptSnapshotError(_mismatch(part, size))
+
+
+def _mismatch(part: PartInfo, size: int) -> str:
+    if not part.sha256:
+        return f"part {part.key} has {size} bytes, its sidecar says {part.size}"
+    return f"part {part.key} fails its SHA-256 check"
 
 
 async def _download_checked(store: ObjectStore, part: PartInfo, scratch: Path) -> Path:
@@ -156,7 +162,7 @@ async def _download_checked(store: ObjectStore, part: PartInfo, scratch: Path) -
                 digest.update(chunk)
                 size += len(chunk)
         if size != part.size or not _digest_ok(part, digest.hexdigest()):
-            raise CorruptSnapshotError(f"part {part.key} fails its SHA-256 check")
+            raise CorruptSnapshotError(_mismatch(part, size))
         return path
     except ObjectMissingError:
         path.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ import pytest
 
 from handlers.catalog import Catalog
 from handlers.create import SnapshotCreator
+from handlers.errors import CorruptSnapshotError
 from handlers.job import SnapshotJob, UriSource
 from handlers.restore import restore_snapshot
 from handlers.retention import prune
@@ -147,7 +148,9 @@ async def test_verify_in_place_says_no_checksum(store: ObjectStore, snapshot_id:
     assert code == 0 and "no checksum was recorded" in out, err
 
 
-async def test_verify_catches_what_the_sidecar_contradicts(store: ObjectStore) -> None:
+async def test_verify_catches_what_the_sidecar_contradicts(
+    store: ObjectStore, tmp_path: Path
+) -> None:
     """A sidecar that overstates vector_count, or a truncated data file, is corrupt."""
     key = f"snapshots/{AKIDB_JSON_ID}.meta.json"
     sidecar = json.loads(await store.get_bytes(key))
@@ -161,6 +164,11 @@ async def test_verify_catches_what_the_sidecar_contradicts(store: ObjectStore) -
     await store.put_bytes(data_key, body[:-1000])
     report = await verify_snapshot(store, await Catalog(store).get(AKIDB_PARQUET_ID))
     assert not report.ok and "bytes" in report.problems[0]
+    with pytest.raises(CorruptSnapshotError, match="its sidecar says"):
+        await restore_snapshot(
+            store, await Catalog(store).get(AKIDB_PARQUET_ID), tmp_path / "x.npy"
+        )
+    assert not (tmp_path / "x.npy").exists()
     code, _, err = await asyncio.to_thread(
         run_cli, ["snapshots", "verify", AKIDB_PARQUET_ID, "--store", store.root_uri]
     )

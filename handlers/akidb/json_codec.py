@@ -164,7 +164,13 @@ def _metadata_out(text: str | None) -> str:
     # serde_json keeps object keys sorted (a BTreeMap): print them the same way.
     if text is None:
         return "null"
-    return json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    try:
+        value = json.loads(text)
+        return json.dumps(
+            value, ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
+        )
+    except ValueError as exc:
+        raise InvalidDocumentsError(f"metadata that AkiDB's JSON cannot hold: {exc}") from None
 
 
 def _check_fields(document: object, position: int) -> None:
