@@ -128,6 +128,9 @@ async def test_mixed_root_lists_everything_readable_and_reports_the_rest(
     assert await store.head(f"snapshots/{AKIDB_JSON_ID}.meta.json") is None
     result = await prune(Catalog(store), AKIDB_COLLECTION, keep_last=1)
     assert [meta.snapshot_id for meta in result.deleted] == [AKIDB_PARQUET_ID]
+    assert GARBAGE.keys() - {
+        "snapshots/other/5e1f0000-0000-4000-8000-000000000000.metadata.json"
+    } == {entry.key for entry in result.unreadable}
     assert not [k async for k in store.list(f"snapshots/{AKIDB_COLLECTION}/{AKIDB_PARQUET_ID}")]
     after = await Catalog(store).scan()
     assert [meta.snapshot_id for meta in after.snapshots] == [native]
