@@ -13,10 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from daemon.events import parse_request
 from handlers.akidb.json_codec import documents_to_batch, format_f32, parse_documents
 from handlers.catalog import Catalog
 from handlers.create import SnapshotCreator
-from handlers.errors import InvalidDocumentsError
+from handlers.errors import InvalidDocumentsError, InvalidRequestError
 from handlers.job import SnapshotJob, UriSource, source_format_from_uri
 from handlers.model import DocumentBatch
 from handlers.restore import restore_snapshot
@@ -156,3 +157,18 @@ def test_json_extension_means_akidb_json() -> None:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def test_request_for_an_akidb_format_needs_a_uuid_collection() -> None:
+    """A daemon request in an AkiDB format for a named collection is refused at the door."""
+    body = {
+        "schema": "akisnap.snapshot-request/v1",
+        "request_id": "r-1",
+        "collection_id": "products",
+        "source": {"documents": [{"id": str(uuid.uuid4()), "vector": [1.0]}]},
+        "format": "akidb-parquet",
+    }
+    with pytest.raises(InvalidRequestError, match="needs a UUID collection id"):
+        parse_request(json.dumps(body).encode(), max_bytes=1 << 20)
+    body["collection_id"] = AKIDB_COLLECTION
+    assert parse_request(json.dumps(body).encode(), max_bytes=1 << 20).format == "akidb-parquet"
