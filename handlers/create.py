@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from handlers.akidb.sidecar import akidb_records, is_akidb_format, to_metadata
 from handlers.budget import ByteBudget
 from handlers.catalog import Catalog
 from handlers.encode import EncodedSnapshot, Encoder
@@ -77,7 +78,7 @@ class SnapshotCreator:
 
     async def existing(self, job: SnapshotJob) -> SnapshotMetadata | None:
         """The committed snapshot of this job's request id, if any (a duplicate)."""
-        return await self._catalog.find(job.collection_id, job.snapshot_id)
+        return await self._catalog.find(job.collection_id, job.snapshot_id, job.format)
 
     async def __call__(self, job: SnapshotJob, timer: StageTimer = untimed) -> CreateOutcome:
         seconds: dict[str, float] = {}
@@ -108,17 +109,27 @@ class SnapshotCreator:
             except CorruptSnapshotError as exc:
                 # Nothing is committed yet: a redo writes the same keys again.
                 raise WriteNotVerifiedError(exc.message) from None
-            metadata = _metadata(job, encoded, uploaded.parts)
-            committed = await self._catalog.commit(metadata)
+            metadata, committed = await self._commit(job, encoded, uploaded.parts)
         if not committed:
             return await self._committed_meanwhile(job, seconds)
         return CreateOutcome(metadata, duplicate=False, stage_seconds=seconds)
+
+    async def _commit(
+        self, job: SnapshotJob, encoded: EncodedSnapshot, parts: tuple[PartInfo, ...]
+    ) -> tuple[SnapshotMetadata, bool]:
+        """The snapshot's metadata, and False when another run had committed it first."""
+        if is_akidb_format(job.format):
+            sidecar, integrity = akidb_records(job, parts[0], encoded.dimension)
+            committed = await self._catalog.commit_akidb(sidecar, integrity)
+            return to_metadata(sidecar, integrity), committed
+        metadata = _metadata(job, encoded, parts)
+        return metadata, await self._catalog.commit(metadata)
 
     async def _committed_meanwhile(
         self, job: SnapshotJob, seconds: dict[str, float]
     ) -> CreateOutcome:
         """Another run of this request committed first: report its snapshot, untouched."""
-        existing = await self._catalog.find(job.collection_id, job.snapshot_id)
+        existing = await self._catalog.find(job.collection_id, job.snapshot_id, job.format)
         if existing is None:  # deleted between the refused commit and this read
             raise WriteNotVerifiedError(
                 f"snapshot {job.snapshot_id} was committed and removed while being written"

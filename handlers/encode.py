@@ -23,8 +23,9 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from handlers.akidb.sidecar import is_akidb_format
 from handlers.codecs import PartWriter, open_part_writer, part_extension
-from handlers.codecs.json_legacy import documents_json_bytes
+from handlers.codecs.documents_json import documents_json_bytes
 from handlers.errors import InvalidDocumentsError
 from handlers.executor import encode_pool, usable_cpus
 from handlers.job import SnapshotJob
@@ -34,6 +35,7 @@ from handlers.sources import OpenedSource
 JSON_SAMPLE_VALUES = 1024
 PREFETCH_DEPTH = 2
 SMALL_JOB_ROWS = 4096
+MAX_ROWS_ONE_FILE = 2**62
 T = TypeVar("T")
 
 
@@ -279,6 +281,9 @@ class _EncodeRun:
         self._json_per_row = _json_bytes_per_row(batch)
         row_bytes = bytes_per_row_estimate(self._dimension)
         self._part_rows = max(1, self._part_size // row_bytes)
+        if is_akidb_format(self._job.format):
+            self._part_rows = MAX_ROWS_ONE_FILE  # AkiDB 2.0 reads exactly one file
+            return
         if self._expected_rows and self._expected_rows > self._part_rows:
             # Several parts: evenly sized, their count from the data and the part size only
             # (never the cores), so the same request writes the same parts everywhere. A

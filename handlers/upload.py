@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
+from handlers.akidb.sidecar import data_key, is_akidb_format
 from handlers.codecs import part_extension
 from handlers.encode import EncodedPart
 from handlers.job import SnapshotJob
@@ -39,13 +40,19 @@ class Uploader:
 
 
 def part_info(job: SnapshotJob, part: EncodedPart) -> PartInfo:
-    extension = part_extension(job.format)
     return PartInfo(
-        key=part_key(job.collection_id, job.snapshot_id, part.index, extension, part.sha256),
+        key=_key(job, part, part_extension(job.format)),
         size=part.size,
         rows=part.rows,
         sha256=part.sha256,
     )
+
+
+def _key(job: SnapshotJob, part: EncodedPart, extension: str) -> str:
+    """AkiDB formats are one file at AkiDB's own key; native parts are named by content."""
+    if is_akidb_format(job.format):
+        return data_key(job.format, job.collection_id, job.snapshot_id)
+    return part_key(job.collection_id, job.snapshot_id, part.index, extension, part.sha256)
 
 
 def uploaded(infos: tuple[PartInfo, ...], vouched: list[bool]) -> UploadedParts:
