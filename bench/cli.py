@@ -24,7 +24,7 @@ from bench.ops import ScenarioBench
 from bench.procs import REPO_ROOT
 from bench.report import ScenarioResult, print_sizes, print_targets, print_timings
 from bench.report_scale import print_scale_targets
-from bench.scale import PROCESS_1M, PROCESS_200K, ScaleResult, run_scale
+from bench.scale import PROCESS_1M, PROCESS_200K, PROCESS_200K_ONE_GROUP, ScaleResult, run_scale
 from bench.scenarios import SCENARIOS, Scenario, check_real_data, prepare
 from bench.sizes import measure_sizes
 
@@ -33,7 +33,7 @@ SCALE_REPEATS = 3
 HUGE_REPEATS = 1
 DAEMON = "daemon-e2e"
 SEED_NAMES = [s.name for s in SCENARIOS]
-SCALE_NAMES = [PROCESS_200K.name, PROCESS_1M.name]
+SCALE_NAMES = [PROCESS_200K.name, PROCESS_200K_ONE_GROUP.name, PROCESS_1M.name]
 ALL_NAMES = [*SEED_NAMES, *SCALE_NAMES, DAEMON]
 
 
@@ -141,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         results = [run_scenario(s, repeats, warmup, args.workdir, quick=args.quick) for s in chosen]
         met = print_targets(results)
     scale: list[ScaleResult] = []
-    for scenario, default in ((PROCESS_200K, SCALE_REPEATS), (PROCESS_1M, HUGE_REPEATS)):
+    for scenario, default in (
+        (PROCESS_200K, SCALE_REPEATS),
+        (PROCESS_200K_ONE_GROUP, SCALE_REPEATS),
+        (PROCESS_1M, HUGE_REPEATS),
+    ):
         if scenario.name in names:
             rounds = args.repeat or (1 if args.quick else default)
             result = run_scale(scenario, rounds, args.workdir, quick=args.quick)

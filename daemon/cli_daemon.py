@@ -22,6 +22,7 @@ from daemon.results import Outcome, OutcomeWatcher, publish
 from daemon.settings import Settings, SettingsError
 from handlers.errors import InvalidRequestError
 from handlers.job import (
+    SNAPSHOT_FORMATS,
     InlineSource,
     SourceSpec,
     UriSource,
@@ -68,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     request.add_argument(
         "--label", action="append", default=[], metavar="K=V", help="a label (repeatable)"
     )
-    request.add_argument("--format", choices=("parquet", "json"), default="parquet")
+    request.add_argument("--format", choices=SNAPSHOT_FORMATS, default="parquet")
     request.add_argument("--compression", choices=("zstd", "snappy", "lz4", "none"), default="zstd")
     request.add_argument(
         "--wait",

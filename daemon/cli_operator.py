@@ -80,17 +80,18 @@ def register(commands: Subparsers) -> None:
 
     migrate = commands.add_parser(
         "migrate",
-        help="legacy JSON snapshots -> Parquet snapshots",
-        description="Convert a legacy JSON snapshot file, or every *.json under a folder or "
-        "S3 prefix, into verified Parquet snapshots. Idempotent: a file migrated before is "
-        "reported 'already migrated'.",
+        help="AkiDB 2.0 snapshots -> native snapshots",
+        description="Convert AkiDB 2.0 snapshots (both formats) under a store root, a prefix, "
+        "or one snapshot file into verified native snapshots of the same collection. "
+        "Idempotent: a snapshot migrated before is reported 'already migrated'.",
     )
     add_common_options(migrate)
     migrate.add_argument(
-        "--from", dest="source", required=True, metavar="URI", help="file, folder or S3 prefix"
-    )
-    migrate.add_argument(
-        "--collection", help="collection of the new snapshots (default: each file's name)"
+        "--from",
+        dest="source",
+        required=True,
+        metavar="URI",
+        help="AkiDB store root, prefix, or snapshot file (file://, s3:// or a path)",
     )
     migrate.add_argument("--compression", choices=COMPRESSIONS, default="zstd")
     migrate.set_defaults(func=lambda args: asyncio.run(_migrate(args)))
@@ -295,25 +296,22 @@ async def _dlq_replay(args: argparse.Namespace) -> int:
 
 async def _migrate(args: argparse.Namespace) -> int:
     settings = load_settings(args)
-    if args.collection is not None:
-        check_collection_id(args.collection)
     store = open_store(settings.store, settings.s3_options())
     migrator = Migrator(
         store,
         s3=settings.s3_options(),
-        collection_id=args.collection,
         compression=args.compression,
         part_size_bytes=settings.part_size_bytes,
     )
     progress = Progress(args, unit="B", desc="migrate")
     outcomes: list[MigrationOutcome] = []
     try:
-        files = await migrator.discover(args.source)
-        progress.start(sum(legacy.size for legacy in files))
-        for legacy in files:
-            outcome = await migrator(legacy)
+        found = await migrator.discover(args.source)
+        progress.start(sum(snapshot.size for snapshot in found))
+        for snapshot in found:
+            outcome = await migrator(snapshot)
             outcomes.append(outcome)
-            progress.update(legacy.size)
+            progress.update(snapshot.size)
             progress.line(_migration_line(outcome))
     finally:
         progress.close()
@@ -325,7 +323,7 @@ async def _migrate(args: argparse.Namespace) -> int:
         print(_migration_summary(outcomes))
     refused = sum(1 for outcome in outcomes if outcome.status == "refused")
     if refused:
-        return fail(f"{refused} of {len(outcomes)} legacy file(s) refused (see above)")
+        return fail(f"{refused} of {len(outcomes)} AkiDB snapshot(s) refused (see above)")
     return 0
 
 
@@ -338,6 +336,7 @@ def _migration_line(outcome: MigrationOutcome) -> str:
         f"{outcome.vectors} vectors × {outcome.dimension}, "
         f"{human_bytes(outcome.bytes_before)} -> {human_bytes(outcome.bytes_after)}"
         f"{_ratio(outcome.bytes_before, outcome.bytes_after)}"
+        + "".join(f"\n                  note: {note}" for note in outcome.notes)
     )
 
 
@@ -351,8 +350,8 @@ def _migration_summary(outcomes: list[MigrationOutcome]) -> str:
     }
     return (
         f"{counts['migrated']} migrated, {counts['already_migrated']} already migrated, "
-        f"{counts['refused']} refused; {human_bytes(before)} of JSON -> "
-        f"{human_bytes(after)} of Parquet{_ratio(before, after)}"
+        f"{counts['refused']} refused; {human_bytes(before)} in AkiDB 2.0 formats -> "
+        f"{human_bytes(after)} native{_ratio(before, after)}"
     )
 
 
@@ -411,6 +410,7 @@ def _prune_lines(result: PruneResult) -> list[str]:
     gone = plan.delete if result.dry_run else result.deleted
     lines = [f"{verb:<13} {_snapshot_line(meta)}" for meta in gone]
     lines += [f"{'kept':<13} {_snapshot_line(meta)}" for meta in plan.keep]
+    lines += [f"{'left alone':<13} unreadable {e.key}: {e.reason}" for e in result.unreadable]
     freed = sum(meta.total_bytes for meta in gone)
     lines.append(
         f"{plan.collection_id}: {verb} {len(gone)} snapshot(s), kept {len(plan.keep)}, "
@@ -432,6 +432,7 @@ def _prune_payload(result: PruneResult) -> dict[str, Any]:
         "deleted": [meta.to_dict() for meta in gone],
         "kept": [meta.snapshot_id for meta in result.plan.keep],
         "bytes_freed": sum(meta.total_bytes for meta in gone),
+        "unreadable": [entry.to_dict() for entry in result.unreadable],
     }
 
 

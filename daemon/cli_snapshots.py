@@ -18,10 +18,12 @@ from daemon.cli_common import (
     load_settings,
 )
 from daemon.settings import Settings
+from handlers.akidb.notes import precision_notes
 from handlers.catalog import Catalog
 from handlers.create import SnapshotCreator
 from handlers.job import (
     COMPRESSIONS,
+    SNAPSHOT_FORMATS,
     SnapshotJob,
     UriSource,
     new_request_id,
@@ -47,7 +49,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     create.add_argument("--collection", required=True, help="collection id")
     create.add_argument("--from", dest="source", required=True, metavar="URI", help="export URI")
     create.add_argument("--request-id", help="idempotency key (default: a new UUID)")
-    create.add_argument("--format", choices=("parquet", "json"), default="parquet")
+    create.add_argument(
+        "--format",
+        choices=SNAPSHOT_FORMATS,
+        default="parquet",
+        help="parquet (native), or AkiDB 2.0's own akidb-parquet / akidb-json",
+    )
     create.add_argument("--compression", choices=COMPRESSIONS, default="zstd")
     create.add_argument("--label", action="append", default=[], metavar="K=V")
 
@@ -108,14 +115,19 @@ async def _create(args: argparse.Namespace, settings: Settings, store: ObjectSto
     existing = await creator.existing(job)
     outcome = "duplicate" if existing else "created"
     metadata = existing or (await creator(job)).metadata
-    emit(args, {**metadata.to_dict(), "outcome": outcome}, _describe(metadata, outcome))
+    notes = precision_notes(source.format, job.format)
+    human = _describe(metadata, outcome) + "".join(f"\n  note: {note}" for note in notes)
+    emit(args, {**metadata.to_dict(), "outcome": outcome, "notes": notes}, human)
     return 0
 
 
 async def _list(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
-    snapshots = await Catalog(store).list(args.collection)
-    rows = [_row(meta) for meta in snapshots]
-    emit(args, [meta.to_dict() for meta in snapshots], _table(rows) if rows else "no snapshots")
+    scan = await Catalog(store).scan(args.collection)
+    rows = [_row(meta) for meta in scan.snapshots]
+    human = _table(rows) if rows else "no snapshots"
+    human += "".join(f"\nunreadable {entry.key}: {entry.reason}" for entry in scan.unreadable)
+    payload = [meta.to_dict() for meta in scan.snapshots]
+    emit(args, payload + [entry.to_dict() for entry in scan.unreadable], human)
     return 0
 
 
@@ -134,10 +146,13 @@ async def _verify(args: argparse.Namespace, settings: Settings, store: ObjectSto
         "outcome": outcome,
         "problems": report.problems,
         "full": report.full,
+        "checksum": "none" if report.notes else "sha256",
+        "notes": report.notes,
     }
     human = f"{metadata.snapshot_id}: {outcome} ({report.parts_checked} parts, " + (
         f"{human_bytes(report.bytes_checked)}{', decoded' if report.full else ''})"
     )
+    human += "".join(f"\n  note: {note}" for note in report.notes)
     emit(args, payload, human + "".join(f"\n  {problem}" for problem in report.problems))
     if not report.ok:
         return fail(f"snapshot {metadata.snapshot_id} is corrupt: {report.problems[0]}")
@@ -158,14 +173,17 @@ async def _restore(args: argparse.Namespace, settings: Settings, store: ObjectSt
         result = await restore_snapshot(store, metadata, args.out, progress=progress.update)
     finally:
         progress.close()
+    notes = precision_notes(metadata.format)
     payload = {
         **metadata.to_dict(),
         "outcome": "restored",
         "out": str(result.path),
         "rows": result.rows,
         "bytes_written": result.bytes_written,
+        "notes": notes,
     }
-    emit(args, payload, f"restored {result.rows} vectors to {result.path}")
+    human = f"restored {result.rows} vectors to {result.path}"
+    emit(args, payload, human + "".join(f"\n  note: {note}" for note in notes))
     return 0
 
 
@@ -176,9 +194,9 @@ def _describe(metadata: SnapshotMetadata, outcome: str) -> str:
         f"{outcome}: snapshot {metadata.snapshot_id} of {metadata.collection_id}\n"
         f"  {metadata.vector_count} vectors × {metadata.dimension}, {len(metadata.parts)} part(s), "
         f"{human_bytes(metadata.total_bytes)} ({metadata.format}/{metadata.compression})\n"
-        f"  {raw / metadata.total_bytes:.2f}× smaller than raw float32, "
-        f"{ratio:.2f}× smaller than JSON (estimated)\n"
-        f"  created {metadata.created_at}"
+        f"  {raw / metadata.total_bytes:.2f}× smaller than raw float32"
+        + (f", {ratio:.2f}× smaller than JSON (estimated)" if ratio else "")
+        + f"\n  created {metadata.created_at}"
     )
 
 
@@ -186,6 +204,7 @@ def _row(meta: SnapshotMetadata) -> dict[str, Any]:
     return {
         "SNAPSHOT": meta.snapshot_id,
         "COLLECTION": meta.collection_id,
+        "FORMAT": meta.format,
         "VECTORS": str(meta.vector_count),
         "DIM": str(meta.dimension),
         "SIZE": human_bytes(meta.total_bytes),

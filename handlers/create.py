@@ -1,8 +1,10 @@
 """create = source → encode → upload → verify → commit: one snapshot from a job.
 
-The metadata file is written last, after every part was read back and checked, so a crash at
-any point leaves either a whole snapshot or nothing visible (orphan parts at worst, which a
-redo overwrites under the same keys).
+The metadata file is written last, after every part was checked, so a crash at any point
+leaves either a whole snapshot or nothing visible (orphan parts at worst, which a redo
+overwrites with the same bytes: part keys name their content). A part the store checked on
+upload (an S3 server validating its SHA-256) is not read back; any other part is. The commit
+never overwrites: if the snapshot got committed meanwhile, the outcome is a duplicate.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from handlers.akidb.sidecar import akidb_records, is_akidb_format, to_metadata
+from handlers.budget import ByteBudget
 from handlers.catalog import Catalog
 from handlers.encode import EncodedSnapshot, Encoder
 from handlers.errors import CorruptSnapshotError, WriteNotVerifiedError
 from handlers.job import SnapshotJob
 from handlers.metadata import PartInfo, SnapshotMetadata
-from handlers.sources import SourceReader
+from handlers.overlap import Overlap
+from handlers.sources import OpenedSource, SourceReader
 from handlers.stores import ObjectStore, S3Options
 from handlers.upload import Uploader
 from handlers.verify import Verifier
@@ -32,6 +37,7 @@ StageTimer = Callable[[str], AbstractAsyncContextManager[None]]
 
 STAGES = ("source", "encode", "upload", "verify")
 DEFAULT_PART_SIZE_BYTES = 64 * 1024 * 1024
+UNBOUNDED = 1 << 62  # the CLI makes one snapshot at a time: no budget to share
 
 
 @contextlib.asynccontextmanager
@@ -56,7 +62,9 @@ class SnapshotCreator:
         source_roots: Sequence[str],
         s3: S3Options | None = None,
         part_size_bytes: int = DEFAULT_PART_SIZE_BYTES,
+        budget: ByteBudget | None = None,
     ) -> None:
+        self._budget = budget or ByteBudget(UNBOUNDED)
         spool = process_spool(store.spool_dir())
         self._catalog = Catalog(store)
         self._read_source = SourceReader(source_roots, s3=s3, spool_dir=spool)
@@ -70,31 +78,63 @@ class SnapshotCreator:
 
     async def existing(self, job: SnapshotJob) -> SnapshotMetadata | None:
         """The committed snapshot of this job's request id, if any (a duplicate)."""
-        return await self._catalog.find(job.collection_id, job.snapshot_id)
+        return await self._catalog.find(job.collection_id, job.snapshot_id, job.format)
 
     async def __call__(self, job: SnapshotJob, timer: StageTimer = untimed) -> CreateOutcome:
         seconds: dict[str, float] = {}
         async with _timed(timer, "source", seconds):
             source = await self._read_source(job)
         try:
-            async with _timed(timer, "encode", seconds):
-                encoded = await self._encode(job, source)
+            async with self._budget.hold(source.nbytes):
+                return await self._create(job, source, timer, seconds)
         finally:
             source.close()
-        try:
-            async with _timed(timer, "upload", seconds):
-                parts = await self._upload(job, encoded)
-        finally:
-            encoded.discard()
+
+    async def _create(
+        self,
+        job: SnapshotJob,
+        source: OpenedSource,
+        timer: StageTimer,
+        seconds: dict[str, float],
+    ) -> CreateOutcome:
+        overlap = Overlap(self._encode, self._upload, job, source)
+        async with _timed(timer, "encode", seconds):  # uploads of finished parts run meanwhile
+            encoded = await overlap.encoded()
+        source.close()  # the export's spool copy is no longer needed
+        async with _timed(timer, "upload", seconds):  # what is left of the uploads
+            uploaded = await overlap.uploaded(encoded)
         async with _timed(timer, "verify", seconds):
             try:
-                await self._verify(parts)
+                await self._verify(uploaded.unvouched)
             except CorruptSnapshotError as exc:
                 # Nothing is committed yet: a redo writes the same keys again.
                 raise WriteNotVerifiedError(exc.message) from None
-            metadata = _metadata(job, encoded, parts)
-            await self._catalog.commit(metadata)
+            metadata, committed = await self._commit(job, encoded, uploaded.parts)
+        if not committed:
+            return await self._committed_meanwhile(job, seconds)
         return CreateOutcome(metadata, duplicate=False, stage_seconds=seconds)
+
+    async def _commit(
+        self, job: SnapshotJob, encoded: EncodedSnapshot, parts: tuple[PartInfo, ...]
+    ) -> tuple[SnapshotMetadata, bool]:
+        """The snapshot's metadata, and False when another run had committed it first."""
+        if is_akidb_format(job.format):
+            sidecar, integrity = akidb_records(job, parts[0], encoded.dimension)
+            committed = await self._catalog.commit_akidb(sidecar, integrity)
+            return to_metadata(sidecar, integrity), committed
+        metadata = _metadata(job, encoded, parts)
+        return metadata, await self._catalog.commit(metadata)
+
+    async def _committed_meanwhile(
+        self, job: SnapshotJob, seconds: dict[str, float]
+    ) -> CreateOutcome:
+        """Another run of this request committed first: report its snapshot, untouched."""
+        existing = await self._catalog.find(job.collection_id, job.snapshot_id, job.format)
+        if existing is None:  # deleted between the refused commit and this read
+            raise WriteNotVerifiedError(
+                f"snapshot {job.snapshot_id} was committed and removed while being written"
+            )
+        return CreateOutcome(existing, duplicate=True, stage_seconds=seconds)
 
 
 def process_spool(base: Path) -> Path:

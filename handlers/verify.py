@@ -1,7 +1,9 @@
 """Stage 'verify': what the store holds is byte for byte what the metadata promises.
 
-The quick check reads every part back and compares size and SHA-256; the full check also
-decodes each part and checks rows, dimension, schema and finiteness.
+The quick check compares each part's size and SHA-256: the SHA-256 the server reports (one
+HEAD) where it checked the bytes itself on upload, else by reading the bytes back. The full
+check reads every byte back whatever the server says, and decodes each part (rows, dimension,
+schema, finiteness).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class VerifyReport:
     bytes_checked: int
     full: bool
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -51,7 +54,9 @@ class Verifier:
             checked += part.size
         return checked
 
-    async def check_part(self, part: PartInfo) -> None:
+    async def check_part(self, part: PartInfo, *, read_back: bool = False) -> None:
+        """Size and SHA-256; the bytes are read only when the server cannot vouch for them
+        (or ``read_back`` asks for it)."""
         info = await self._store.head(part.key)
         if info is None:
             raise CorruptSnapshotError(f"part {part.key} is missing")
@@ -59,6 +64,10 @@ class Verifier:
             raise CorruptSnapshotError(
                 f"part {part.key} has {info.size} bytes, metadata says {part.size}"
             )
+        if info.sha256 is not None and part.sha256 and not read_back:
+            if info.sha256 != part.sha256:
+                raise CorruptSnapshotError(f"part {part.key} fails its SHA-256 check")
+            return
         in_place = self._store.local_path(part.key)
         if in_place is not None:
             await _check_in_place(in_place, part)
@@ -67,28 +76,50 @@ class Verifier:
             digest, size = await sha256_stream(self._store.iter_chunks(part.key))
         except ObjectMissingError:
             raise CorruptSnapshotError(f"part {part.key} is missing") from None
-        if digest != part.sha256 or size != part.size:
+        if not _digest_ok(part, digest) or size != part.size:
             raise CorruptSnapshotError(f"part {part.key} fails its SHA-256 check")
+
+
+NO_CHECKSUM_NOTE = (
+    "no checksum was recorded (AkiDB 2.0 records none): checked that it decodes, its row "
+    "count against vector_count, its dimension and that every value is finite"
+)
+
+
+def _digest_ok(part: PartInfo, digest: str) -> bool:
+    """An empty ``sha256``: an AkiDB-written file, for which none was ever recorded."""
+    return not part.sha256 or digest == part.sha256
 
 
 async def verify_snapshot(
     store: ObjectStore, metadata: SnapshotMetadata, *, full: bool = False
 ) -> VerifyReport:
-    """Check every part; with full, decode them too. Problems are collected, not raised."""
+    """Check every part; with full, decode them too. Problems are collected, not raised.
+
+    A part without a recorded SHA-256 (written by AkiDB 2.0) is always decoded: that is all
+    there is to check it with."""
     problems: list[str] = []
     verifier = Verifier(store)
+    unsummed = any(not part.sha256 for part in metadata.parts)
     for part in metadata.parts:
         try:
-            await verifier.check_part(part)
-            if full:
+            # The decode reads every byte back and checks its SHA-256 first (when recorded).
+            if full or not part.sha256:
                 await _decode_check(store, metadata, part)
+            else:
+                await verifier.check_part(part)
         except CorruptSnapshotError as exc:
             problems.append(exc.message)
     rows = sum(part.rows for part in metadata.parts)
     if rows != metadata.vector_count:
         problems.append(f"parts hold {rows} rows, metadata says {metadata.vector_count}")
     return VerifyReport(
-        metadata.snapshot_id, len(metadata.parts), metadata.total_bytes, full, problems
+        metadata.snapshot_id,
+        len(metadata.parts),
+        metadata.total_bytes,
+        full or unsummed,
+        problems,
+        notes=[NO_CHECKSUM_NOTE] if unsummed else [],
     )
 
 
@@ -116,11 +147,18 @@ async def checked_part_file(
 async def _check_in_place(path: Path, part: PartInfo) -> None:
     try:
         size = path.stat().st_size
-        digest = await asyncio.to_thread(sha256_file, path) if size == part.size else ""
+        hashed = size == part.size and part.sha256
+        digest = await asyncio.to_thread(sha256_file, path) if hashed else ""
     except FileNotFoundError:
         raise CorruptSnapshotError(f"part {part.key} is missing") from None
-    if size != part.size or digest != part.sha256:
-        raise CorruptSnapshotError(f"part {part.key} fails its SHA-256 check")
+    if size != part.size or not _digest_ok(part, digest):
+        raise CorruptSnapshotError(_mismatch(part, size))
+
+
+def _mismatch(part: PartInfo, size: int) -> str:
+    if not part.sha256:
+        return f"part {part.key} has {size} bytes, its sidecar says {part.size}"
+    return f"part {part.key} fails its SHA-256 check"
 
 
 async def _download_checked(store: ObjectStore, part: PartInfo, scratch: Path) -> Path:
@@ -134,8 +172,8 @@ async def _download_checked(store: ObjectStore, part: PartInfo, scratch: Path) -
                 await asyncio.to_thread(handle.write, chunk)
                 await run_blocking(digest.update, chunk)
                 size += len(chunk)
-        if size != part.size or digest.hexdigest() != part.sha256:
-            raise CorruptSnapshotError(f"part {part.key} fails its SHA-256 check")
+        if size != part.size or not _digest_ok(part, digest.hexdigest()):
+            raise CorruptSnapshotError(_mismatch(part, size))
         return path
     except ObjectMissingError:
         path.unlink(missing_ok=True)

@@ -49,6 +49,7 @@ DESIGN_COUNTERS_AND_GAUGES = {
     "akisnap_publish_stuck",
     "akisnap_fetch_errors_total",
     "akisnap_internal_errors_total",
+    "akisnap_store_feature",
 }
 DESIGN_HISTOGRAMS = {
     "akisnap_request_duration_seconds",

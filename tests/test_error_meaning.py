@@ -7,12 +7,10 @@ the common ones is covered by tests/test_s3_store.py against each server.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-from handlers.encode import EncodedPart, EncodedSnapshot
 from handlers.errors import (
     AkisnapError,
     BucketMissingError,
@@ -28,9 +26,7 @@ from handlers.errors import (
     TransientError,
     first_cause,
 )
-from handlers.job import InlineSource, SnapshotJob
 from handlers.stores.s3 import s3_error
-from handlers.upload import Uploader
 
 
 def client_error(code: str, status: int) -> ClientError:
@@ -105,24 +101,3 @@ def test_first_cause_skips_groups_and_cancellations() -> None:
         "outer", [BaseExceptionGroup("inner", [asyncio.CancelledError(), real]), ValueError()]
     )
     assert first_cause(group) is real
-
-
-class _FailingStore:
-    """Fails the second part with a permanent error; the first part waits to be cancelled."""
-
-    async def put_file(self, key: str, path: Path, *, sha256_hex: str) -> None:
-        if key.endswith("00001.parquet"):
-            raise StoreMisconfiguredError("sse not implemented")
-        await asyncio.sleep(10)
-
-
-async def test_part_upload_group_raises_our_error_not_a_group(tmp_path: Path) -> None:
-    """A failure inside the part-upload TaskGroup leaves as that error, not ExceptionGroup."""
-    job = SnapshotJob(collection_id="c", request_id="r-1", source=InlineSource(()))
-    parts = tuple(
-        EncodedPart(i, tmp_path / f"p{i}", rows=1, size=1, sha256="0" * 64) for i in range(2)
-    )
-    encoded = EncodedSnapshot(parts, dimension=2, vector_count=2, json_equivalent_bytes=0)
-    uploader = Uploader(_FailingStore(), max_parallel_parts=2)  # type: ignore[arg-type]
-    with pytest.raises(StoreMisconfiguredError, match="sse not implemented"):
-        await uploader(job, encoded)

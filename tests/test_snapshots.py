@@ -85,13 +85,14 @@ async def test_creator_opens_on_a_store(creator: SnapshotCreator) -> None:
     assert await creator.catalog.list() == []
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "json"])
+@pytest.mark.parametrize("fmt", ["parquet", "akidb-json"])
 async def test_round_trip_50x256(
     creator: SnapshotCreator, store: ObjectStore, exports: Path, tmp_path: Path, fmt: str
 ) -> None:
-    """50×256 vectors come back bit for bit with their ids, in both formats."""
+    """50×256 vectors come back bit for bit with their ids, native and as AkiDB JSON."""
     table = documents_table(50, 256, seed=1)
-    outcome = await creator(export_job(exports, table, fmt=fmt))
+    collection = str(uuid.uuid4()) if fmt.startswith("akidb-") else "products"
+    outcome = await creator(export_job(exports, table, collection, fmt=fmt))
     assert outcome.metadata.vector_count == 50 and outcome.metadata.dimension == 256
     assert_same_documents(await restored_table(store, outcome.metadata, tmp_path), table)
 
@@ -287,12 +288,13 @@ async def test_real_embeddings_restore_to_every_format(
 class _CorruptingStore(LocalStore):
     """A local store whose disk flips a bit in every part it is given."""
 
-    async def put_file(self, key: str, path: Path, *, sha256_hex: str) -> None:
+    async def put_file(self, key: str, path: Path, *, sha256_hex: str) -> bool:
         await super().put_file(key, path, sha256_hex=sha256_hex)
         target = self.path_of(key)
         data = bytearray(target.read_bytes())
         data[len(data) // 2] ^= 0x04
         target.write_bytes(bytes(data))
+        return False
 
 
 async def test_parts_that_do_not_read_back_are_retryable_and_not_committed(
