@@ -300,8 +300,8 @@ async def test_requests_in_every_codec_reach_results(
 async def test_sigterm_during_a_large_encode_exits_in_grace_with_no_spool(
     kafka_bootstrap: str, make_topics: TopicFactory, tmp_path: Path
 ) -> None:
-    """SIGTERM while a large encoding runs (100,000 x 384 vectors to the JSON format: tens of
-    seconds): the process exits 0 within the grace period and leaves no spool file."""
+    """SIGTERM while a large encoding runs (100,000 x 384 vectors to AkiDB's JSON format: tens
+    of seconds): the process exits 0 within the grace period and leaves no spool file."""
     topics = await make_topics()
     grace = 3.0
     exports = tmp_path / "exports"
@@ -317,7 +317,8 @@ async def test_sigterm_during_a_large_encode_exits_in_grace_with_no_spool(
     try:
         await asyncio.to_thread(run.wait_ready, 60)
         source = UriSource((exports / "big.npy").as_uri(), "npy")
-        key, value = build_request("big", source, format="json")
+        # AkiDB's JSON format: slow to write, and one file (AkiDB formats need a UUID id).
+        key, value = build_request(str(uuid.uuid4()), source, format="akidb-json")
         await send(kafka_bootstrap, topics.requests, [(key, value, [])])
         await until(lambda: _spool_files(spool) != [], 60, "the encoding's first part")
         started = time.monotonic()
