@@ -33,11 +33,12 @@ from typing import Any
 
 import pyarrow.parquet as pq
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 
 from bench.exports import write_random_export
 from bench.procs import GIB, MIB, REPO_ROOT, Measured, akisnap_exe, check_disk
 from daemon.events import build_request
+from daemon.kafka import KafkaClients
 from daemon.results import Outcome, OutcomeWatcher
 from handlers.codecs.parquet import DEFAULT_ROW_GROUP_BYTES, writer_options
 from handlers.executor import usable_cpus
@@ -272,9 +273,7 @@ class _DaemonBench:
     ) -> DaemonResult:
         await daemon.wait_ready()
         plan = self.plan
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.services.bootstrap, acks="all", linger_ms=2
-        )
+        producer = KafkaClients(self.services.bootstrap).producer(acks="all", linger_ms=2)
         await producer.start()
         try:
             warm = await self._batch(producer, daemon, "warm", small, plan.warmup_requests)
@@ -305,9 +304,7 @@ class _DaemonBench:
 
     async def _local_small(self, daemon: _DaemonProcess, small: list[Path]) -> Batch:
         await daemon.wait_ready()
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.services.bootstrap, acks="all", linger_ms=2
-        )
+        producer = KafkaClients(self.services.bootstrap).producer(acks="all", linger_ms=2)
         await producer.start()
         try:
             await self._batch(producer, daemon, "local-warm", small, self.plan.warmup_requests)
@@ -490,9 +487,7 @@ class _DaemonBench:
             return time.monotonic() - began
 
     async def _make_topics(self) -> None:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.services.bootstrap, client_id="akisnap-bench"
-        )
+        admin = KafkaClients(self.services.bootstrap, client_id="akisnap-bench").admin()
         await admin.start()
         try:
             await admin.create_topics(
@@ -504,9 +499,7 @@ class _DaemonBench:
     async def _clean_up(self) -> None:
         """Delete the topics and every object under the bench prefix (best effort, said)."""
         try:
-            admin = AIOKafkaAdminClient(
-                bootstrap_servers=self.services.bootstrap, client_id="akisnap-bench"
-            )
+            admin = KafkaClients(self.services.bootstrap, client_id="akisnap-bench").admin()
             await admin.start()
             try:
                 await admin.delete_topics(list(self.topics))

@@ -23,7 +23,6 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
@@ -38,6 +37,7 @@ from daemon.dead_letter import safe_message
 from daemon.environment import EnvironmentGate
 from daemon.fate import Fate
 from daemon.health import HealthServer, Liveness
+from daemon.kafka import DURABLE, KafkaClients, fetch_limits, request_size_for
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.results import Publisher
@@ -51,7 +51,6 @@ from handlers.stores import ObjectStore, open_store
 
 log = get_logger("akisnap.daemon")
 
-MIB = 1024 * 1024
 # Liveness fails when work waits and the consume loop has not moved for this long.
 STALL_SECONDS = 120.0
 # How long a store ping answer is reused by /readyz.
@@ -337,33 +336,24 @@ class Daemon:
 
     def _producer(self) -> Any:
         s = self.settings
-        return AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap,
-            client_id=self._client_id,
-            acks="all",
-            enable_idempotence=True,
+        return KafkaClients.of(s, self._client_id).producer(
+            **DURABLE,
             # A dead letter is its request plus headers: compressed, it fits where that did.
             compression_type="gzip",
-            max_request_size=max(MIB, s.max_message_bytes + MIB),
-            **s.kafka_security_kwargs(),
+            max_request_size=request_size_for(s.max_message_bytes),
         )
 
     def _kafka_consumer(self) -> Any:
         s = self.settings
         settle = settle_seconds(s.shutdown_grace_seconds)
-        fetch_bytes = max(MIB, s.max_message_bytes + 64 * 1024)
-        return AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap,
-            client_id=self._client_id,
+        return KafkaClients.of(s, self._client_id).consumer(
             group_id=s.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=s.max_in_flight_requests,
-            max_partition_fetch_bytes=fetch_bytes,
-            fetch_max_bytes=max(50 * MIB, fetch_bytes),
+            **fetch_limits(s.max_message_bytes),
             # A revoked partition may take `settle` seconds to finish its request in hand.
             rebalance_timeout_ms=int((settle + 15.0) * 1000),
-            **s.kafka_security_kwargs(),
         )
 
     # -- health -----------------------------------------------------------------------------

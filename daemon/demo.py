@@ -26,13 +26,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from daemon.app import Daemon
 from daemon.cli_common import human_bytes
 from daemon.dead_letter import H_ATTEMPTS, H_CLASS, H_MESSAGE, H_OFFSET, H_STAGE
 from daemon.events import REQUEST_SCHEMA, build_request
+from daemon.kafka import KafkaClients
 from daemon.logging import configure_logging
 from daemon.results import Outcome, OutcomeWatcher, publish, topic_partitions
 from daemon.settings import Settings, SettingsError
@@ -145,11 +146,7 @@ def random_documents(rows: int, dimension: int, *, seed: int | None = None) -> l
 
 
 async def _kafka_answers(settings: Settings) -> bool:
-    probe = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        request_timeout_ms=int(KAFKA_CHECK_SECONDS * 1000),
-        **settings.kafka_security_kwargs(),
-    )
+    probe = KafkaClients.of(settings).consumer(request_timeout_ms=int(KAFKA_CHECK_SECONDS * 1000))
     try:
         await asyncio.wait_for(probe.start(), KAFKA_CHECK_SECONDS)
         topics = await probe.topics()
@@ -193,11 +190,8 @@ async def _start_group_at_end(settings: Settings) -> None:
     topic = settings.request_topic
     security = settings.kafka_security_kwargs()
     partitions = (await topic_partitions(settings.kafka_bootstrap, [topic], security))[topic]
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=settings.group_id,
-        enable_auto_commit=False,
-        **security,
+    consumer = KafkaClients.of(settings).consumer(
+        group_id=settings.group_id, enable_auto_commit=False
     )
     await consumer.start()
     try:

@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from daemon.dead_letter import (
@@ -43,6 +42,7 @@ from daemon.dead_letter import (
     safe_message,
 )
 from daemon.events import peek_ids
+from daemon.kafka import DURABLE, KafkaClients, fetch_limits, request_size_for
 from daemon.settings import Settings
 from handlers.errors import InvalidRequestError, PermanentError, TransientError
 
@@ -53,7 +53,6 @@ PROGRESS_FORMAT = "akisnap-dlq/1"
 # Brokers refuse commit metadata above offset.metadata.max.bytes (default 4096).
 MAX_PROGRESS_CHARS = 3500
 STALL_SECONDS = 30.0
-MIB = 1024 * 1024
 
 Action = Literal["replayed", "would_replay", "refused", "deferred"]
 
@@ -223,22 +222,16 @@ def parse_when(text: str, now: datetime | None = None) -> datetime:
 # -- Kafka plumbing ---------------------------------------------------------------------------
 
 
-def _client_kwargs(settings: Settings) -> dict[str, Any]:
-    return {
-        "bootstrap_servers": settings.kafka_bootstrap,
-        "client_id": "akisnap-dlq",
-        **settings.kafka_security_kwargs(),
-    }
+def _clients(settings: Settings) -> KafkaClients:
+    return KafkaClients.of(settings, "akisnap-dlq")
 
 
 def _consumer(settings: Settings, group_id: str | None) -> Any:
-    return AIOKafkaConsumer(
+    return _clients(settings).consumer(
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        max_partition_fetch_bytes=max(MIB, settings.max_message_bytes + 64 * 1024),
-        fetch_max_bytes=max(50 * MIB, settings.max_message_bytes + 64 * 1024),
-        **_client_kwargs(settings),
+        **fetch_limits(settings.max_message_bytes),
     )
 
 
@@ -311,7 +304,7 @@ async def list_dead_letters(
     where = where or DlqFilter()
     found: list[DeadLetterRecord] = []
     consumer = _consumer(settings, group_id=None)
-    admin = AIOKafkaAdminClient(**_client_kwargs(settings))
+    admin = _clients(settings).admin()
     async with _kafka(settings, f"reading {settings.dlq_topic}"):
         try:
             await admin.start()
@@ -543,14 +536,11 @@ class Replayer:
         s, o = self._settings, self._options
         report = ReplayReport(group_id=o.group_id, dry_run=o.dry_run)
         consumer = _consumer(s, group_id=o.group_id)
-        admin = AIOKafkaAdminClient(**_client_kwargs(s))
+        admin = _clients(s).admin()
         producer = None
         if not o.dry_run:
-            producer = AIOKafkaProducer(
-                acks="all",
-                enable_idempotence=True,
-                max_request_size=max(MIB, s.max_message_bytes + MIB),
-                **_client_kwargs(s),
+            producer = _clients(s).producer(
+                **DURABLE, max_request_size=request_size_for(s.max_message_bytes)
             )
         async with _kafka(s, f"replaying {s.dlq_topic} to {s.request_topic}"):
             try:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import (
     KafkaConnectionError,
     KafkaTimeoutError,
@@ -26,6 +26,7 @@ from aiokafka.errors import (
 
 from daemon.dead_letter import DeadLetter, Headers
 from daemon.events import SnapshotResultV1, build_result, parse_result, peek_ids
+from daemon.kafka import DURABLE, MIB, KafkaClients
 from daemon.settings import Settings
 from handlers.create import CreateOutcome
 from handlers.errors import BrokerUnavailableError
@@ -139,11 +140,8 @@ class OutcomeWatcher:
     async def __aenter__(self) -> OutcomeWatcher:
         partitions = await topic_partitions(self._bootstrap, self._topics, self._security)
         tps = [TopicPartition(t, p) for t, found in partitions.items() for p in sorted(found)]
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            **self._security,
+        consumer = KafkaClients(self._bootstrap, self._security).consumer(
+            group_id=None, enable_auto_commit=False
         )
         try:
             await consumer.start()
@@ -200,7 +198,7 @@ async def topic_partitions(
     bootstrap: str, topics: Iterable[str], security: Mapping[str, Any] | None = None
 ) -> dict[str, set[int]]:
     """The partitions of each topic (LookupError when a topic does not exist)."""
-    probe = AIOKafkaProducer(bootstrap_servers=bootstrap, **dict(security or {}))
+    probe = KafkaClients(bootstrap, dict(security or {})).producer()
     try:
         await probe.start()
         found: dict[str, set[int]] = {}
@@ -215,8 +213,6 @@ async def topic_partitions(
 
 
 # -- publishing requests (akisnap request, the demo) ------------------------------------------
-
-MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -233,13 +229,8 @@ async def publish(
 ) -> list[Placed]:
     """Publish (key, value) pairs to the request topic, one by one, acknowledged."""
     largest = max((len(value) for _, value in messages), default=0)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        compression_type="gzip",
-        max_request_size=max(MIB, largest + 64 * 1024),
-        **settings.kafka_security_kwargs(),
+    producer = KafkaClients.of(settings).producer(
+        **DURABLE, compression_type="gzip", max_request_size=max(MIB, largest + 64 * 1024)
     )
     try:
         await producer.start()
