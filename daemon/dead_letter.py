@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from handlers.errors import MAX_MESSAGE_CHARS
+from handlers.secrets import scrub_secrets
 
 H_STAGE = "akisnap.error.stage"
 H_CLASS = "akisnap.error.class"
@@ -31,17 +32,7 @@ AKISNAP_HEADER_PREFIX = "akisnap."
 
 Headers = list[tuple[str, bytes]]
 
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s:@]+:[^/\s@]*@")
-_SIGNED_QUERY = re.compile(r"(?i)(X-Amz-(?:Signature|Credential|Security-Token)=)[^&\s\"']+")
-_NAMED_SECRET = re.compile(
-    # not after a letter, digit or "/": AWS_SECRET_ACCESS_KEY=x is one, /etc/passwd: is not
-    r"(?i)(?<![/A-Za-z0-9])(secret[_-]?(?:access[_-]?)?key|secret|password|passwd|token"
-    r"|access[_-]?key(?:[_-]?id)?"
-    r"|sasl[_-]?plain[_-]?password|authorization)(\"?'?\s*[:=]\s*\"?'?)[^\s\"',;&]+"
-)
-_AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
 _WHITESPACE = re.compile(r"\s+")
-REDACTED = "***"
 
 
 class SourceRecord(Protocol):
@@ -84,14 +75,7 @@ class DeadLetter:
 
 def safe_message(text: str, secrets: Iterable[str] = (), limit: int = MAX_MESSAGE_CHARS) -> str:
     """One line, at most ``limit`` characters, with credentials and known secrets masked."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, REDACTED)
-    text = _URL_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
-    text = _SIGNED_QUERY.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
-    text = _NAMED_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
-    text = _AWS_KEY_ID.sub(REDACTED, text)
-    text = _WHITESPACE.sub(" ", text).strip()
+    text = _WHITESPACE.sub(" ", scrub_secrets(text, secrets)).strip()
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return text

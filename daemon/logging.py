@@ -12,7 +12,6 @@ PLAIN handshake bytes) cannot leak one.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -22,20 +21,14 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-REDACTED = "***"
-SECRET_KEY_PARTS = ("secret", "password", "passwd", "access_key", "secret_key", "token")
+from handlers.secrets import REDACTED, is_secret_key, scrub, secret_forms
+
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # Chatty at DEBUG; kept at INFO or above whatever the level.
 QUIET_LIBRARIES = ("botocore", "aiobotocore", "urllib3", "asyncio")
 # Secret settings scrubbed from every line even when configure_logging is not told them.
 SECRET_ENV_VARS = ("AKISNAP_S3_ACCESS_KEY", "AKISNAP_S3_SECRET_KEY", "AKISNAP_KAFKA_SASL_PASSWORD")
-# Shorter values are not scrubbed (they would mask ordinary words).
-MIN_SECRET_CHARS = 4
-
-
-def is_secret_key(key: object) -> bool:
-    return isinstance(key, str) and any(part in key.lower() for part in SECRET_KEY_PARTS)
 
 
 def _redact(value: Any) -> Any:
@@ -58,26 +51,6 @@ def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) 
         elif isinstance(value, Mapping | list | tuple):
             event_dict[key] = _redact(value)
     return event_dict
-
-
-def secret_forms(secrets: Iterable[str]) -> list[str]:
-    """Each secret as it may appear in a rendered line: raw, JSON-escaped, ``repr``-escaped
-    (as text and as UTF-8 bytes), and those escaped once more by JSON; longest first."""
-    forms: set[str] = set()
-    for secret in secrets:
-        if not secret or len(secret) < MIN_SECRET_CHARS:
-            continue
-        reprs = {secret, repr(secret)[1:-1], repr(secret.encode())[2:-1]}
-        for text in reprs:
-            forms.update({text, json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]})
-    return sorted(forms, key=len, reverse=True)
-
-
-def scrub(text: str, forms: Iterable[str]) -> str:
-    for form in forms:
-        if form in text:
-            text = text.replace(form, REDACTED)
-    return text
 
 
 class _ScrubbingFormatter(structlog.stdlib.ProcessorFormatter):

@@ -20,11 +20,12 @@ from pydantic import Field, FilePath, SecretStr, ValidationError, field_validato
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from handlers.secrets import REDACTED
 from handlers.stores import S3Options
 
 ENV_PREFIX = "AKISNAP_"
 MIB = 1024 * 1024
-REDACTED = "***"
+
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]

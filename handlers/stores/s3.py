@@ -47,6 +47,7 @@ from handlers.errors import (
     StoreUnavailableError,
     StoreUnreachableError,
 )
+from handlers.secrets import scrub_secrets
 from handlers.stores.base import (
     CHUNK_BYTES,
     FeatureReport,
@@ -71,7 +72,6 @@ if TYPE_CHECKING:
         PutObjectRequestTypeDef,
     )
 
-MIN_SECRET_CHARS = 8
 SPOOL_DIR_NAME = "akisnap-spool"
 USER_AGENT = "akisnap (aiobotocore)"
 ADDRESSING_STYLES = frozenset({"path", "virtual", "auto"})
@@ -422,7 +422,7 @@ class S3Store:
             )
         except ValueError as exc:
             raise StoreConfigError(
-                f"cannot open S3 client: {_redacted(str(exc), self._secret)}"
+                f"cannot open S3 client: {scrub_secrets(str(exc), [self._secret])}"
             ) from None
         self._stack = stack
         return client
@@ -480,8 +480,8 @@ def s3_error(exc: BaseException, action: str, *, secret: str | None = None) -> A
             f"{action}: no usable S3 credentials (set access and secret key)"
         )
     if isinstance(exc, ParamValidationError):
-        return StoreConfigError(f"{action}: {_redacted(str(exc), secret)}")
-    detail = _redacted(str(exc) or type(exc).__name__, secret)
+        return StoreConfigError(f"{action}: {scrub_secrets(str(exc), [secret])}")
+    detail = scrub_secrets(str(exc) or type(exc).__name__, [secret])
     if isinstance(exc, _UNREACHABLE) and not isinstance(exc, ReadTimeoutError):
         return StoreUnreachableError(f"{action}: {detail}")
     return StoreUnavailableError(f"{action}: {detail}")
@@ -490,7 +490,7 @@ def s3_error(exc: BaseException, action: str, *, secret: str | None = None) -> A
 def _client_error(exc: ClientError, action: str, secret: str | None) -> AkisnapError:
     code = _code(exc)
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    message = _redacted(exc.response.get("Error", {}).get("Message", ""), secret)
+    message = scrub_secrets(exc.response.get("Error", {}).get("Message", ""), [secret])
     detail = f"{action}: {code or status} {message}".strip()
     kind = _meaning(code, status)
     if kind is ObjectMissingError:
@@ -553,11 +553,6 @@ def _check_prefix(prefix: str) -> str:
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _redacted(text: str, secret: str | None) -> str:
-    """Hide the secret key should a message ever echo it (short test secrets are left alone)."""
-    return text.replace(secret, "***") if secret and len(secret) >= MIN_SECRET_CHARS else text
 
 
 def _base64_digest(sha256_hex: str) -> str:
