@@ -422,3 +422,35 @@ def test_dashboard_and_rules_use_only_design_metrics() -> None:
     assert not unknown, f"not in the DESIGN metric contract: {sorted(unknown)}"
     shown = {re.sub(r"_(bucket|sum|count)$", "", n) for n in dashboard_names}
     assert shown >= DESIGN_COUNTERS_AND_GAUGES | DESIGN_HISTOGRAMS
+
+
+# Values the chart sets on purpose to something else than the daemon's default, and why.
+DEPLOYMENT_VALUES = {
+    "AKISNAP_KAFKA_BOOTSTRAP": "the in-cluster service name, not localhost",
+    "AKISNAP_STORE": "an S3 bucket, not a directory of the pod",
+    "AKISNAP_TMP_DIR": "the pod's writable emptyDir (the root filesystem is read-only)",
+    "AKISNAP_S3_ADDRESSING_STYLE": "auto suits AWS (the default endpoint), path a local server",
+}
+
+
+def test_chart_defaults_are_the_daemon_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each setting the default render sets equals the settings model's default, parsed the
+    same way the daemon parses it, unless DEPLOYMENT_VALUES says why not."""
+    for name in [n for n in os.environ if n.upper().startswith("AKISNAP_")]:
+        monkeypatch.delenv(name)
+    from daemon.settings import Settings
+
+    data = one(docs(*RENDERS["defaults"]), "ConfigMap")["data"]
+    chart = {n: v for n, v in data.items() if n not in DEPLOYMENT_VALUES}
+    assert chart, "the default render sets no settings"
+    from_chart = Settings.load(
+        None, **{n.removeprefix("AKISNAP_").lower(): v for n, v in chart.items()}
+    )
+    defaults = Settings.load(None)
+    differ = {
+        name: (getattr(from_chart, field), getattr(defaults, field))
+        for name in chart
+        if getattr(from_chart, field := name.removeprefix("AKISNAP_").lower())
+        != getattr(defaults, field)
+    }
+    assert differ == {}, "chart value vs daemon default"
