@@ -143,11 +143,6 @@ def _dropped_note(raw: bytes, size: int) -> bytes:
     return (text[: MAX_MESSAGE_CHARS - len(note)] + note).encode()
 
 
-def headers_dict(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
-    """Headers as text, for logs, tests and the CLI (the last value of a name wins)."""
-    return {key: raw.decode("utf-8", "replace") for key, raw in headers or ()}
-
-
 def describe(record: Any) -> str:
     """A short ``topic[partition]@offset`` for logs."""
     return f"{record.topic}[{record.partition}]@{record.offset}"

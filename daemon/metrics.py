@@ -1,8 +1,9 @@
 """The Prometheus metrics of DESIGN.md ('Metrics', prefix ``akisnap_``), on a registry of
 their own so tests can make as many as they like.
 
-They are recorded in one place, around the stages (``stage_timer``) and around each request
-(``track_in_flight``, ``request_finished``), never inside the handlers.
+They are recorded by the daemon, never inside the handlers: around the stages
+(``stage_timer``), per request (``request_finished``), the in-flight request gauge by the
+consumer's ``InFlight`` and the in-flight bytes gauge by the creator's ``ByteBudget`` callback.
 """
 
 from __future__ import annotations
@@ -257,16 +258,6 @@ class Metrics:
 
     def commit_failed(self, reason: str) -> None:
         self.commit_failures.labels(reason=reason).inc()
-
-    @contextlib.asynccontextmanager
-    async def track_in_flight(self, nbytes: int) -> AsyncIterator[None]:
-        self.in_flight_requests.inc()
-        self.in_flight_bytes.inc(nbytes)
-        try:
-            yield
-        finally:
-            self.in_flight_requests.dec()
-            self.in_flight_bytes.dec(nbytes)
 
     def set_lag(self, topic: str, partition: int, lag: int) -> None:
         self.consumer_lag.labels(topic=topic, partition=str(partition)).set(max(lag, 0))

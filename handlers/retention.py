@@ -153,18 +153,6 @@ async def prune(
     return PruneResult(plan, dry_run=False, deleted=tuple(deleted), unreadable=unreadable)
 
 
-async def apply_retention(
-    catalog: Catalog,
-    collection_id: str,
-    keep_last: int | None,
-    older_than_days: float | None,
-) -> PruneResult:
-    """The daemon's policy after each create (no-op when neither limit is set)."""
-    if keep_last is None and older_than_days is None:
-        return PruneResult(PrunePlan(collection_id, (), ()), dry_run=True)
-    return await prune(catalog, collection_id, keep_last=keep_last, older_than_days=older_than_days)
-
-
 # -- orphans ----------------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,3 +167,8 @@ def akidb_expected(
     facts = [json.loads(line) for line in lines]
     end = rows if rows is not None else len(facts)
     return vectors[:end], ids[:end], facts[:end]
+
+
+def headers_dict(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
+    """A record's headers as text (the last value of a name wins)."""
+    return {key: raw.decode("utf-8", "replace") for key, raw in headers or ()}

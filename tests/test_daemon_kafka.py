@@ -45,7 +45,6 @@ from daemon.dead_letter import (
     H_STAGE,
     H_TIMESTAMP,
     H_TOPIC,
-    headers_dict,
 )
 from daemon.demo import random_documents
 from daemon.events import REQUEST_SCHEMA, build_request, parse_request, parse_result
@@ -59,7 +58,7 @@ from handlers.job import InlineSource, SnapshotJob, UriSource, snapshot_id_for
 from handlers.layout import metadata_key
 from handlers.stores import open_store
 from tests.conftest import REPO, S3Service, TopicFactory, Topics
-from tests.support import real_embeddings, write_export
+from tests.support import headers_dict, real_embeddings, write_export
 
 Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
 

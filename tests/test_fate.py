@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-from daemon.dead_letter import DeadLetter, headers_dict
+from daemon.dead_letter import DeadLetter
 from daemon.environment import EnvironmentGate
 from daemon.events import build_request
 from daemon.fate import Fate, PublishStuckError, Verdict
@@ -26,7 +26,7 @@ from handlers.create import CreateOutcome, StageTimer
 from handlers.errors import InvalidDocumentsError, StoreCredentialsError
 from handlers.job import InlineSource, SnapshotJob
 from handlers.metadata import PartInfo, SnapshotMetadata
-from tests.support import FakeRecord
+from tests.support import FakeRecord, headers_dict
 
 FAST = Backoff(attempts=3, base_seconds=0.001, cap_seconds=0.01)
 DOC = {"id": str(uuid.UUID(int=1)), "vector": [0.5, 0.5]}

@@ -38,10 +38,9 @@ from daemon.dead_letter import (
     H_PARTITION,
     H_RETRYABLE,
     H_STAGE,
-    headers_dict,
 )
 from tests.conftest import REPO, TopicFactory, Topics
-from tests.support import documents_table, write_export
+from tests.support import documents_table, headers_dict, write_export
 from tests.test_daemon_kafka import inline_request, read_topic, send, watcher
 from tools.services.private import AkisnapRun
 

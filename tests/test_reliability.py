@@ -20,7 +20,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from daemon.app import Daemon
-from daemon.dead_letter import H_CLASS, H_RETRYABLE, H_STAGE, headers_dict
+from daemon.dead_letter import H_CLASS, H_RETRYABLE, H_STAGE
 from daemon.events import build_request
 from daemon.settings import Settings
 from handlers.catalog import Catalog
@@ -29,6 +29,7 @@ from handlers.layout import metadata_key
 from handlers.metadata import PartInfo, SnapshotMetadata
 from handlers.stores import open_store
 from tests.conftest import REPO, TopicFactory, Topics
+from tests.support import headers_dict
 from tests.test_daemon_kafka import (
     env_for,
     http_status,

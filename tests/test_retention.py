@@ -22,7 +22,7 @@ from handlers.errors import InvalidRequestError
 from handlers.job import InlineSource, SnapshotJob
 from handlers.layout import metadata_key, snapshot_prefix
 from handlers.metadata import SnapshotMetadata
-from handlers.retention import apply_retention, find_orphans, plan_prune, prune, remove_orphans
+from handlers.retention import find_orphans, plan_prune, prune, remove_orphans
 from handlers.stores import ObjectStore
 from handlers.verify import verify_snapshot
 from tests.support import open_test_store, run_cli, unit_vectors
@@ -99,17 +99,15 @@ async def test_prune_dry_run_and_older_than(tmp_path: Path) -> None:
     assert not plan.delete
 
 
-async def test_policy_errors_and_daemon_hook(tmp_path: Path) -> None:
-    """No limit is an error for prune and a no-op for the daemon's retention hook."""
+async def test_policy_errors_delete_nothing(tmp_path: Path) -> None:
+    """A missing or negative limit is an error and deletes nothing."""
     store = open_test_store("local", tmp_path)
     await make_snapshots(store, "c", 3)
     with pytest.raises(InvalidRequestError):
         await prune(Catalog(store), "c", keep_last=None)
     with pytest.raises(InvalidRequestError):
         await prune(Catalog(store), "c", keep_last=-1)
-    assert not (await apply_retention(Catalog(store), "c", None, None)).deleted
-    assert len((await apply_retention(Catalog(store), "c", 1, None)).deleted) == 2
-    assert len(await Catalog(store).list("c")) == 1
+    assert len(await Catalog(store).list("c")) == 3
 
 
 async def test_orphans_removed_live_snapshots_untouched(store: ObjectStore) -> None:
