@@ -329,6 +329,13 @@ async def list_dead_letters(
 
 
 # -- replay progress --------------------------------------------------------------------------
+# Deterministic snapshot ids make a second replay of a request that then succeeded harmless (a
+# "duplicate" result). They do not cover a request that fails again: its new dead letter joins
+# the old one on the topic, so a replay that forgot its progress would re-send the old one on
+# every run, each run adding one more dead letter (the replay count only bounds each copy).
+# The committed offset alone would do for an unfiltered replay; the handled ranges exist for a
+# filtered one (``--stage upload``), which must skip what it replayed above a dead letter it
+# left behind for a later run.
 
 
 @dataclass
