@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from daemon import cli
+from handlers.akidb.sidecar import parse_rfc3339_nanos
 from handlers.model import DocumentBatch
 from handlers.stores import ObjectStore, S3Options, open_store
 
@@ -172,3 +173,37 @@ def akidb_expected(
 def headers_dict(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
     """A record's headers as text (the last value of a name wins)."""
     return {key: raw.decode("utf-8", "replace") for key, raw in headers or ()}
+
+
+def restored_columns(path: Path) -> dict[str, Any]:
+    """Vectors, ids, external ids, metadata values and inserted_at (µs) of a restored file."""
+    if path.suffix == ".npy":
+        return {"vectors": np.load(path)}
+    if path.suffix == ".jsonl":
+        docs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        return {
+            "vectors": np.array([doc["vector"] for doc in docs], dtype=np.float32),
+            "ids": [uuid.UUID(doc["id"]).bytes for doc in docs],
+            "external": [doc["external_id"] for doc in docs],
+            "metadata": [doc["metadata"] for doc in docs],
+            "micros": [_micros(doc["inserted_at"]) for doc in docs],
+        }
+    if path.suffix == ".arrow":
+        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+    else:
+        table = pq.read_table(path)
+    return {
+        "vectors": np.asarray(table.column("vector").combine_chunks().flatten()).reshape(
+            table.num_rows, -1
+        ),
+        "ids": table.column("document_id").to_pylist(),
+        "external": table.column("external_id").to_pylist(),
+        "metadata": [
+            None if m is None else json.loads(m) for m in table.column("metadata").to_pylist()
+        ],
+        "micros": table.column("inserted_at").cast(pa.int64()).to_pylist(),
+    }
+
+
+def _micros(text: str) -> int:
+    return parse_rfc3339_nanos(text) // 1000

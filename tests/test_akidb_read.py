@@ -8,12 +8,8 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.ipc
-import pyarrow.parquet as pq
 import pytest
 
 from handlers.catalog import Catalog
@@ -34,6 +30,7 @@ from tests.support import (
     documents_table,
     open_test_store,
     put_akidb_store,
+    restored_columns,
     run_cli,
     write_export,
 )
@@ -176,42 +173,6 @@ async def test_verify_catches_what_the_sidecar_contradicts(
         run_cli, ["snapshots", "verify", AKIDB_PARQUET_ID, "--store", store.root_uri]
     )
     assert code != 0 and "corrupt" in err
-
-
-def restored_columns(path: Path) -> dict[str, Any]:
-    """Vectors, ids, external ids, metadata values and inserted_at (µs) of a restored file."""
-    if path.suffix == ".npy":
-        return {"vectors": np.load(path)}
-    if path.suffix == ".jsonl":
-        docs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-        return {
-            "vectors": np.array([doc["vector"] for doc in docs], dtype=np.float32),
-            "ids": [uuid.UUID(doc["id"]).bytes for doc in docs],
-            "external": [doc["external_id"] for doc in docs],
-            "metadata": [doc["metadata"] for doc in docs],
-            "micros": [_micros(doc["inserted_at"]) for doc in docs],
-        }
-    if path.suffix == ".arrow":
-        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
-    else:
-        table = pq.read_table(path)
-    return {
-        "vectors": np.asarray(table.column("vector").combine_chunks().flatten()).reshape(
-            table.num_rows, -1
-        ),
-        "ids": table.column("document_id").to_pylist(),
-        "external": table.column("external_id").to_pylist(),
-        "metadata": [
-            None if m is None else json.loads(m) for m in table.column("metadata").to_pylist()
-        ],
-        "micros": table.column("inserted_at").cast(pa.int64()).to_pylist(),
-    }
-
-
-def _micros(text: str) -> int:
-    from handlers.akidb.sidecar import parse_rfc3339_nanos
-
-    return parse_rfc3339_nanos(text) // 1000
 
 
 @pytest.mark.parametrize("extension", [".parquet", ".arrow", ".npy", ".jsonl"])

@@ -28,8 +28,8 @@ from daemon.health import Liveness
 from daemon.metrics import Metrics
 from daemon.settings import Settings
 from handlers.errors import StoreUnreachableError
+from tests.daemon_support import until as until_within
 from tests.support import FakeRecord
-from tests.test_daemon_kafka import until as until_within
 
 TP0 = TopicPartition("requests", 0)
 TP1 = TopicPartition("requests", 1)

@@ -38,8 +38,8 @@ from handlers.catalog import Catalog
 from handlers.job import InlineSource, snapshot_id_for
 from handlers.stores import open_store
 from tests.conftest import S3Service, TopicFactory, Topics
+from tests.daemon_support import Answers503, running
 from tests.support import run_cli
-from tests.test_daemon_kafka import Answers503, running
 
 Header = tuple[str, bytes]
 

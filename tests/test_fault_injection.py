@@ -47,7 +47,7 @@ from handlers.layout import is_metadata_key
 from handlers.stores import S3Options, open_store
 from handlers.verify import verify_snapshot
 from tests.conftest import REPO, S3Service
-from tests.test_daemon_kafka import TcpProxy
+from tests.daemon_support import TcpProxy
 from tools.services.private import AkisnapRun, KafkaBroker
 
 pytestmark = pytest.mark.fault

@@ -30,7 +30,7 @@ from daemon.results import OutcomeWatcher, publish
 from daemon.settings import Settings
 from handlers.job import snapshot_id_for
 from tests.conftest import REPO, Topics
-from tests.test_daemon_kafka import inline_request, running, settings_for
+from tests.daemon_support import inline_request, running, settings_for
 from tools.services.private import AkisnapRun, KafkaBroker, Tls, make_tls
 
 SCRAM_USER, SCRAM_PASSWORD = "akisnap-scram", "scram-pw-7d1e0b9a4c"

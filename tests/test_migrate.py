@@ -25,10 +25,10 @@ from tests.support import (
     akidb_expected,
     open_test_store,
     put_akidb_store,
+    restored_columns,
     run_cli,
     s3_options,
 )
-from tests.test_akidb_read import restored_columns
 
 
 @pytest.fixture(params=["local", "s3"])

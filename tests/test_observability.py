@@ -9,8 +9,8 @@ import urllib.request
 from pathlib import Path
 
 from tests.conftest import TopicFactory
+from tests.daemon_support import inline_request, running, send, settings_for, watcher
 from tests.support import REPO
-from tests.test_daemon_kafka import inline_request, running, send, settings_for, watcher
 
 # DESIGN.md, 'Metrics': the contract the dashboard and the on-call rely on.
 DESIGN_FAMILIES = (

@@ -40,8 +40,8 @@ from daemon.dead_letter import (
     H_STAGE,
 )
 from tests.conftest import REPO, TopicFactory, Topics
+from tests.daemon_support import inline_request, read_topic, send, watcher
 from tests.support import documents_table, headers_dict, write_export
-from tests.test_daemon_kafka import inline_request, read_topic, send, watcher
 from tools.services.private import AkisnapRun
 
 CORPUS = Path(__file__).parent / "poison"

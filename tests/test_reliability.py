@@ -29,8 +29,7 @@ from handlers.layout import metadata_key
 from handlers.metadata import PartInfo, SnapshotMetadata
 from handlers.stores import open_store
 from tests.conftest import REPO, TopicFactory, Topics
-from tests.support import headers_dict
-from tests.test_daemon_kafka import (
+from tests.daemon_support import (
     env_for,
     http_status,
     inline_request,
@@ -42,6 +41,7 @@ from tests.test_daemon_kafka import (
     until,
     watcher,
 )
+from tests.support import headers_dict
 from tools.services.private import AkisnapRun, KafkaBroker, S3Proxy
 
 TRACE = [

@@ -36,8 +36,8 @@ from daemon.settings import Settings, SettingsError
 from handlers.job import InlineSource, UriSource
 from handlers.stores import open_store
 from tests.conftest import REPO
+from tests.daemon_support import TcpProxy
 from tests.support import documents_table, write_export
-from tests.test_daemon_kafka import TcpProxy
 from tools.services.private import AkisnapRun, KafkaBroker, S3Proxy, Tls, make_tls
 
 S3_ACCESS_KEY = "hyg1AccessKeyQ4T8V2"
