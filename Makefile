@@ -39,7 +39,12 @@ test: install tools services
 test-only:
 	set -a && source .services.env && set +a && $(BIN)/pytest -q tests
 
-bench: install services
+# The bench extras (Lance, pyinstrument) are not in `make install`: the suite needs none of them.
+$(VENV)/.bench-extras: $(BIN)/akisnap
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: install $(VENV)/.bench-extras services
 	set -a && source .services.env && set +a && $(BIN)/python -m bench
 
 demo: install services

@@ -73,7 +73,7 @@ CANCEL_WAIT_SECONDS = 0.5
 
 @dataclass(frozen=True)
 class ConsumerOptions:
-    max_in_flight_requests: int = 8
+    max_in_flight_requests: int = 32
     max_in_flight_bytes: int = 256 * 1024 * 1024
     settle_seconds: float = 20.0
     """How long a revoked partition (or, on shutdown, every partition) may take to finish the

@@ -96,7 +96,10 @@ class Settings(BaseSettings):
     publish_attempts: int = Field(10, ge=1)
     # How long fetching may keep failing (e.g. a codec it cannot read) before /healthz fails.
     fetch_error_unhealthy_seconds: float = Field(300.0, gt=0)
-    max_in_flight_requests: int = Field(8, ge=1)
+    # Enough for a few records queued per partition: a partition worker takes the next record
+    # while the fetch loop refills (with one each, 8 partitions idled between fetches).
+    # Memory is bounded by max_in_flight_bytes, not by this count.
+    max_in_flight_requests: int = Field(32, ge=1)
     max_in_flight_bytes: int = Field(256 * MIB, ge=1)
     part_size_bytes: int = Field(64 * MIB, ge=MIB)
     max_message_bytes: int = Field(16 * MIB, ge=1024)

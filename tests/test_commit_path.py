@@ -4,6 +4,7 @@ where the server vouched for the bytes. Against the real S3 server (and the loca
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from handlers.create import SnapshotCreator, untimed
+from handlers.errors import WriteNotVerifiedError
 from handlers.job import InlineSource, SnapshotJob
 from handlers.layout import metadata_key
 from handlers.metadata import SnapshotMetadata
@@ -163,6 +165,21 @@ async def test_local_commit_never_overwrites(tmp_path: Path) -> None:
     assert await store.put_if_absent("snapshots/c/x.metadata.json", b"second") is False
     assert await store.get_bytes("snapshots/c/x.metadata.json") == b"first"
     assert [i.key async for i in store.list("snapshots/")] == ["snapshots/c/x.metadata.json"]
+
+
+async def test_local_store_vouches_by_hash_of_what_it_wrote(tmp_path: Path) -> None:
+    """No read-back on a directory: a copied file is hashed on the way in and refused when it
+    does not match; nothing lands at the key then."""
+    store = LocalStore(tmp_path / "store")
+    outside = tmp_path / "part.bin"
+    outside.write_bytes(b"part bytes")
+    right = hashlib.sha256(b"part bytes").hexdigest()
+    assert await store.put_file("parts/a.bin", outside, sha256_hex=right) is True
+    assert await store.get_bytes("parts/a.bin") == b"part bytes"
+    with pytest.raises(WriteNotVerifiedError):
+        await store.put_file("parts/b.bin", outside, sha256_hex="0" * 64)
+    assert await store.head("parts/b.bin") is None
+    assert [i.key async for i in store.list("parts/")] == ["parts/a.bin"]
 
 
 async def test_part_keys_name_their_content(tmp_path: Path) -> None:

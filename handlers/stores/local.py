@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ from handlers.errors import (
     StoreAccessDeniedError,
     StoreConfigError,
     StoreUnavailableError,
+    WriteNotVerifiedError,
 )
 from handlers.stores.base import CHUNK_BYTES, FeatureReport, ObjectInfo, check_key
 
@@ -49,8 +51,11 @@ class LocalStore:
         return self.path_of(key)
 
     async def put_file(self, key: str, path: Path, *, sha256_hex: str) -> bool:
-        await asyncio.to_thread(self._install, path, self.path_of(key))
-        return False  # a directory keeps no checksums: verify hashes the file in place
+        """Always vouches: a spool file is moved by rename, so the key holds the very bytes the
+        encoder hashed as it wrote them; any other file is hashed as it is copied and refused
+        on a mismatch. Reading the part back would only hash the same bytes a second time."""
+        await asyncio.to_thread(self._install, path, self.path_of(key), sha256_hex)
+        return True
 
     async def put_bytes(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self._write_atomically, self.path_of(key), data)
@@ -93,7 +98,7 @@ class LocalStore:
 
     # -- blocking helpers, run in threads ------------------------------------------------------
 
-    def _install(self, source: Path, target: Path) -> None:
+    def _install(self, source: Path, target: Path, sha256_hex: str) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             if source.resolve().is_relative_to(self._root / SPOOL_DIR_NAME):
@@ -101,9 +106,7 @@ class LocalStore:
                 os.replace(source, target)
             else:
                 with source.open("rb") as handle:
-                    self._write_stream_atomically(
-                        target, iter(lambda: handle.read(CHUNK_BYTES), b"")
-                    )
+                    self._write_stream(target, _hashed(handle, sha256_hex, target), replace=True)
             _fsync(target.parent)
         except OSError as exc:
             raise _store_error(exc, target) from exc
@@ -214,6 +217,17 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _hashed(handle: BinaryIO, sha256_hex: str, target: Path) -> Iterator[bytes]:
+    """The file's chunks; raises before the last is written if they do not hash to sha256_hex,
+    so the temp file is dropped and nothing lands at the key."""
+    digest = hashlib.sha256()
+    while chunk := handle.read(CHUNK_BYTES):
+        digest.update(chunk)
+        yield chunk
+    if digest.hexdigest() != sha256_hex:
+        raise WriteNotVerifiedError(f"{target.name}: copied bytes do not match their SHA-256")
 
 
 def _unlink_quietly(path: Path) -> None:
