@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from daemon import sample_data
 from daemon.app import Daemon
 from daemon.cli_common import human_bytes
 from daemon.dead_letter import H_ATTEMPTS, H_CLASS, H_MESSAGE, H_OFFSET, H_STAGE
@@ -39,8 +40,6 @@ from daemon.settings import Settings, SettingsError
 from handlers.job import InlineSource, UriSource
 from handlers.model import DocumentBatch
 
-REPO = Path(__file__).resolve().parents[1]
-REAL_EMBEDDINGS = REPO.parent / "shared" / "data" / "pypi-summaries-minilm-20k.parquet"
 EXPORT_ROWS = 3000
 INLINE_REQUESTS = 3
 INLINE_ROWS, INLINE_DIM = 200, 384
@@ -166,13 +165,13 @@ async def _kafka_answers(settings: Settings) -> bool:
 
 
 def _write_export(exports: Path) -> tuple[str, str]:
-    """The first 3000 rows of the shared real embeddings (or random ones) as Parquet."""
+    """3000 real embeddings from the repository's sample (or random ones) as Parquet."""
     target = exports / "pypi-summaries-3000.parquet"
-    if REAL_EMBEDDINGS.exists():
-        table = pq.ParquetFile(REAL_EMBEDDINGS).read().slice(0, EXPORT_ROWS)
+    table = sample_data.real_embeddings(EXPORT_ROWS)
+    if table is not None:
         note = (
             f"{EXPORT_ROWS} real MiniLM embeddings (384-d) of PyPI summaries from "
-            f"{REAL_EMBEDDINGS.name}"
+            f"{sample_data.SAMPLE_EMBEDDINGS.name}"
         )
     else:
         rng = np.random.default_rng(7)
@@ -181,8 +180,8 @@ def _write_export(exports: Path) -> tuple[str, str]:
         batch = DocumentBatch.from_arrays(matrix, id_seed="akisnap-demo")
         table = pa.Table.from_batches([batch.record_batch])
         note = (
-            f"{REAL_EMBEDDINGS} is absent: {EXPORT_ROWS} random unit vectors "
-            f"({INLINE_DIM}-d) instead"
+            f"{sample_data.SAMPLE_EMBEDDINGS} is absent (not run from the repository): "
+            f"{EXPORT_ROWS} random unit vectors ({INLINE_DIM}-d) instead"
         )
     pq.write_table(table, target)
     return target.as_uri(), f"{note} -> {target}"

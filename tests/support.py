@@ -13,12 +13,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from daemon import cli
+from daemon import cli, sample_data
 from handlers.model import DocumentBatch
 from handlers.stores import ObjectStore, S3Options, open_store
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data" / "pypi-summaries-minilm-20k.parquet"
 
 
 def unit_vectors(rows: int, dim: int, seed: int = 0) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -47,9 +46,10 @@ def write_export(table: pa.Table, directory: Path, name: str = "export.parquet")
 
 
 def real_embeddings(rows: int) -> pa.Table:
-    """The first rows of the shared real-embedding export (fails loudly if it is absent)."""
-    assert SHARED_DATA.exists(), f"shared test data missing: {SHARED_DATA}"
-    return pq.read_table(SHARED_DATA).slice(0, rows)
+    """The first rows of the real embeddings in tests/data (repeated with fresh ids past 2,000)."""
+    table = sample_data.real_embeddings(rows)
+    assert table is not None, f"test data missing: {sample_data.SAMPLE_EMBEDDINGS}"
+    return table
 
 
 def s3_options() -> S3Options:
