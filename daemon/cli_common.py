@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from daemon.exit_codes import CommandFailedError, UsageError
 from daemon.logging import configure_logging
-from daemon.settings import Settings, SettingsError
-from handlers.errors import InvalidRequestError, StoreConfigError
+from daemon.settings import Settings
+
+BOOTSTRAP_HINT = "set AKISNAP_KAFKA_BOOTSTRAP (or kafka_bootstrap in the --config file)"
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -28,15 +30,12 @@ def load_settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
     if getattr(args, "store", None):
         overrides["store"] = args.store
-    try:
-        settings = Settings.load(getattr(args, "config", None), **overrides)
-    except SettingsError as exc:
-        raise StoreConfigError(f"invalid settings: {exc}") from None
-    configure_logging(
-        "console",
-        "info" if getattr(args, "verbose", False) else "warning",
-        secrets=settings.secret_values(),
-    )
+    settings = Settings.load(getattr(args, "config", None), **overrides)
+    verbose = bool(getattr(args, "verbose", False))
+    configure_logging("console", "info" if verbose else "warning", secrets=settings.secret_values())
+    if not verbose:
+        # The verb reports a broker failure itself, in one line naming the address.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     return settings
 
 
@@ -54,14 +53,14 @@ def labels_from(pairs: Sequence[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise InvalidRequestError(f"--label wants K=V, not {pair!r}")
+            raise UsageError(f"--label wants K=V, not {pair!r}")
         labels[key] = value
     return labels
 
 
-def fail(reason: str, code: int = 1) -> int:
-    print(f"akisnap: error: {reason.splitlines()[0] if reason else 'failed'}", file=sys.stderr)
-    return code
+def fail(reason: str, code: int) -> NoReturn:
+    """End the verb with a failure that is not an exception of its own (see exit_codes)."""
+    raise CommandFailedError(reason, code)
 
 
 def human_bytes(size: float) -> str:

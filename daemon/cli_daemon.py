@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,14 +12,21 @@ from typing import Any
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from daemon.app import Daemon, explain_kafka_failure
-from daemon.cli_common import add_common_options, emit, fail, labels_from, load_settings
+from daemon.cli_common import (
+    BOOTSTRAP_HINT,
+    add_common_options,
+    emit,
+    fail,
+    labels_from,
+    load_settings,
+)
 from daemon.dead_letter import H_CLASS, H_MESSAGE, H_STAGE, safe_message
 from daemon.demo import random_documents, run_demo
 from daemon.events import build_request
+from daemon.exit_codes import BAD_INPUT, ENVIRONMENT, UsageError, os_error_text
 from daemon.logging import configure_logging
 from daemon.results import Outcome, OutcomeWatcher, publish
-from daemon.settings import Settings, SettingsError
-from handlers.errors import InvalidRequestError
+from daemon.settings import Settings
 from handlers.job import (
     InlineSource,
     SourceSpec,
@@ -96,16 +102,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        settings = Settings.load(getattr(args, "config", None), store=getattr(args, "store", None))
-    except SettingsError as exc:
-        print(f"akisnap: {exc}", file=sys.stderr)
-        return 2
+    settings = Settings.load(getattr(args, "config", None), store=getattr(args, "store", None))
     configure_logging(settings.log_format, settings.log_level, secrets=settings.secret_values())
     try:
         return asyncio.run(Daemon(settings).run(handle_signals=True))
     except OSError as err:  # the metrics port is taken, the store directory is unwritable
-        return fail(f"cannot start: {err}")
+        fail(f"cannot start: {os_error_text(err)}", ENVIRONMENT)
 
 
 # -- request --------------------------------------------------------------------------------
@@ -116,9 +118,9 @@ def parse_random(text: str) -> tuple[int, int]:
         rows_text, dim_text = text.split(",")
         rows, dimension = int(rows_text), int(dim_text)
     except ValueError:
-        raise InvalidRequestError(f"--random wants N,DIM (two integers), not {text!r}") from None
+        raise UsageError(f"--random wants N,DIM (two integers), not {text!r}") from None
     if rows < 1 or dimension < 1 or rows * dimension > MAX_RANDOM_VALUES:
-        raise InvalidRequestError(
+        raise UsageError(
             f"--random {text}: N and DIM must be >= 1 and N*DIM <= {MAX_RANDOM_VALUES}"
         )
     return rows, dimension
@@ -154,8 +156,10 @@ def _request(args: argparse.Namespace) -> int:
         reason = f"{type(err).__name__}: {err}"
         if isinstance(err, KafkaConnectionError):
             reason, _ = asyncio.run(explain_kafka_failure(settings))
-        return fail(
+        fail(
             f"Kafka at {settings.kafka_bootstrap}: {safe_message(reason, settings.secret_values())}"
+            f"; {BOOTSTRAP_HINT}",
+            ENVIRONMENT,
         )
 
 
@@ -195,11 +199,13 @@ async def _publish_and_wait(
         found = await watcher.wait_for([request_id], args.wait)
     outcome = found.get(request_id)
     if outcome is None:
-        return fail(
-            f"no result or dead letter for request {request_id} within {args.wait:g}s", code=3
+        fail(
+            f"no result or dead letter for request {request_id} within {args.wait:g}s "
+            "(is `akisnap run` consuming the request topic?)",
+            ENVIRONMENT,
         )
     emit(args, outcome_json(outcome), describe_outcome(outcome))
-    return 1 if outcome.status == "dead_lettered" else 0
+    return BAD_INPUT if outcome.status == "dead_lettered" else 0
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:

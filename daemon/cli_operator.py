@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable, Coroutine
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeAlias
 
 from daemon.cli_common import add_common_options, emit, fail, human_bytes, load_settings
@@ -29,6 +29,7 @@ from daemon.dlq import (
     list_dead_letters,
     parse_when,
 )
+from daemon.exit_codes import BAD_INPUT, UsageError
 from handlers.catalog import Catalog
 from handlers.errors import InvalidRequestError
 from handlers.job import COMPRESSIONS, check_collection_id
@@ -151,9 +152,16 @@ def _filter(args: argparse.Namespace) -> DlqFilter:
         stage=args.stage,
         error_class=args.error_class,
         collection=args.collection,
-        since=parse_when(args.since) if args.since else None,
-        until=parse_when(args.until) if args.until else None,
+        since=_when("--since", args.since),
+        until=_when("--until", args.until),
     )
+
+
+def _when(flag: str, text: str | None) -> datetime | None:
+    try:
+        return parse_when(text) if text else None
+    except InvalidRequestError as exc:
+        raise UsageError(f"{flag}: {exc.message}") from None
 
 
 # -- progress ---------------------------------------------------------------------------------
@@ -210,7 +218,7 @@ class Progress:
 async def _dlq_list(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     if args.limit is not None and args.limit < 1:
-        raise InvalidRequestError("--limit must be >= 1")
+        raise UsageError("--limit must be >= 1")
     letters = await list_dead_letters(settings, _filter(args), limit=args.limit)
     human = _letters_table(letters) if letters else f"no dead letters in {settings.dlq_topic}"
     emit(args, [letter.to_dict() for letter in letters], human)
@@ -325,7 +333,7 @@ async def _migrate(args: argparse.Namespace) -> int:
         print(_migration_summary(outcomes))
     refused = sum(1 for outcome in outcomes if outcome.status == "refused")
     if refused:
-        return fail(f"{refused} of {len(outcomes)} legacy file(s) refused (see above)")
+        fail(f"{refused} of {len(outcomes)} legacy file(s) refused (see above)", BAD_INPUT)
     return 0
 
 
@@ -367,15 +375,15 @@ async def _prune(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     policy = args.keep_last is not None or args.older_than is not None
     if not policy and not args.orphans:
-        raise InvalidRequestError(
+        raise UsageError(
             "prune needs --keep-last N and/or --older-than DAYS (with a collection), or --orphans"
         )
     if policy and args.collection is None:
-        raise InvalidRequestError("name the collection to prune: snapshots prune C --keep-last N")
+        raise UsageError("name the collection to prune: snapshots prune C --keep-last N")
     if args.collection is not None:
         check_collection_id(args.collection)
     if args.grace_hours < 0:
-        raise InvalidRequestError("--grace-hours must be >= 0")
+        raise UsageError("--grace-hours must be >= 0")
     store = open_store(settings.store, settings.s3_options())
     lines: list[str] = []
     payload: dict[str, Any] = {"dry_run": args.dry_run, "collection_id": args.collection}

@@ -17,6 +17,7 @@ from daemon.cli_common import (
     labels_from,
     load_settings,
 )
+from daemon.exit_codes import CORRUPT
 from daemon.settings import Settings
 from handlers.catalog import Catalog
 from handlers.create import SnapshotCreator
@@ -140,7 +141,7 @@ async def _verify(args: argparse.Namespace, settings: Settings, store: ObjectSto
     )
     emit(args, payload, human + "".join(f"\n  {problem}" for problem in report.problems))
     if not report.ok:
-        return fail(f"snapshot {metadata.snapshot_id} is corrupt: {report.problems[0]}")
+        fail(f"snapshot {metadata.snapshot_id} is corrupt: {report.problems[0]}", CORRUPT)
     return 0
 
 

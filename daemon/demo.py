@@ -36,7 +36,8 @@ from daemon.dead_letter import H_ATTEMPTS, H_CLASS, H_MESSAGE, H_OFFSET, H_STAGE
 from daemon.events import REQUEST_SCHEMA, build_request
 from daemon.logging import configure_logging
 from daemon.results import Outcome, OutcomeWatcher, publish, topic_partitions
-from daemon.settings import Settings, SettingsError
+from daemon.settings import Settings
+from daemon.settings_error import SettingsError
 from handlers.job import InlineSource, UriSource
 from handlers.model import DocumentBatch
 

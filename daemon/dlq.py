@@ -249,7 +249,8 @@ async def _kafka(settings: Settings, action: str) -> AsyncIterator[None]:
     except KafkaError as err:
         reason = safe_message(f"{type(err).__name__}: {err}")
         raise KafkaUnavailableError(
-            f"{action}: Kafka at {settings.kafka_bootstrap} failed ({reason})"
+            f"{action}: Kafka at {settings.kafka_bootstrap} failed ({reason}); "
+            "set AKISNAP_KAFKA_BOOTSTRAP (or kafka_bootstrap in the --config file)"
         ) from None
 
 

@@ -20,25 +20,18 @@ from pydantic import Field, FilePath, SecretStr, ValidationError, field_validato
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from daemon.settings_error import SettingsError
 from handlers.stores import S3Options
 
 ENV_PREFIX = "AKISNAP_"
 MIB = 1024 * 1024
 REDACTED = "***"
+# Settings the CLI takes as flags (overrides of Settings.load): errors name the flag.
+CLI_FLAGS = {"store": "--store"}
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
-
-
-class SettingsError(ValueError):
-    """The settings are unusable. ``str()`` is a header plus one ``AKISNAP_FIELD: reason``
-    line per wrong field; ``problems`` holds the same as (variable, reason) pairs."""
-
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        self.problems = problems
-        lines = [f"{variable}: {reason}" for variable, reason in problems]
-        super().__init__("invalid settings:\n" + "\n".join(lines))
 
 
 def env_name(field_name: str) -> str:
@@ -179,7 +172,7 @@ class Settings(BaseSettings):
         try:
             return cls(**values)
         except ValidationError as exc:
-            raise SettingsError(_problems(exc, from_file, config_file)) from None
+            raise SettingsError(_problems(exc, from_file, config_file, overrides)) from None
 
     # -- views -------------------------------------------------------------------------------
 
@@ -257,7 +250,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _problems(
-    exc: ValidationError, from_file: dict[str, Any], config_file: Path | None
+    exc: ValidationError,
+    from_file: dict[str, Any],
+    config_file: Path | None,
+    overrides: dict[str, Any],
 ) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     for error in exc.errors(include_input=False, include_url=False):
@@ -267,11 +263,19 @@ def _problems(
                 problems.append((variable, reason))
             continue
         name = str(error["loc"][0])
-        reason = _reason(error)
-        if name in from_file and env_name(name) not in os.environ:
-            reason += f" (from {config_file}, key {name})"
-        problems.append((env_name(name), reason))
+        problems.append((_where(name, from_file, config_file, overrides), _reason(error)))
     return problems
+
+
+def _where(
+    name: str, from_file: dict[str, Any], config_file: Path | None, overrides: dict[str, Any]
+) -> str:
+    """What the user set: a CLI flag, an ``AKISNAP_*`` variable, or a key of the YAML file."""
+    if name in CLI_FLAGS and overrides.get(name) is not None:
+        return CLI_FLAGS[name]
+    if name in from_file and env_name(name) not in os.environ:
+        return f"--config {config_file}, key {name}"
+    return env_name(name)
 
 
 def _strip_prefix(message: str) -> str:

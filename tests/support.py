@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -87,3 +89,28 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main(argv)
     return code, out.getvalue(), err.getvalue()
+
+
+def akisnap_process(
+    *args: str,
+    store: Path | None = None,
+    env: dict[str, str] | None = None,
+    prefix: tuple[str, ...] = (),
+    **popen: Any,
+) -> subprocess.CompletedProcess[str]:
+    """`akisnap ARGS` as a separate process (for pipes, signals, terminals, other users), with
+    no AKISNAP_* variable of the caller's but those given."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AKISNAP_")}
+    if store is not None:
+        clean["AKISNAP_STORE"] = store.as_uri()
+    clean.update(env or {})
+    options: dict[str, Any] = {"capture_output": True, "cwd": REPO, "timeout": 120, **popen}
+    if "stdout" in popen or "stderr" in popen:
+        options.pop("capture_output")
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "daemon.cli", *args],
+        text=True,
+        env=clean,
+        check=False,
+        **options,
+    )

@@ -157,4 +157,4 @@ def test_migrate_cli(tmp_path: Path) -> None:
     assert code == 0 and [o["status"] for o in json.loads(out)] == ["already_migrated"]
     (folder / "q.json").write_text("[]")
     code, out, err = run_cli(["migrate", "--from", str(folder), "--store", root])
-    assert code == 1 and "refused" in out and "1 of 2 legacy file(s) refused" in err
+    assert code == 5 and "refused" in out and "1 of 2 legacy file(s) refused" in err

@@ -12,7 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from handlers.errors import ObjectMissingError, StoreConfigError, StoreUnavailableError
+from handlers.errors import (
+    ObjectMissingError,
+    StoreAccessDeniedError,
+    StoreConfigError,
+    StoreUnavailableError,
+)
 from handlers.stores.base import CHUNK_BYTES, ObjectInfo, check_key
 
 SPOOL_DIR_NAME = ".akisnap-tmp"
@@ -172,7 +177,7 @@ def local_store_from_uri(uri: str) -> LocalStore:
 
 def _store_error(exc: OSError, path: Path) -> Exception:
     if isinstance(exc, PermissionError):
-        return StoreConfigError(f"permission denied writing {path}")
+        return StoreAccessDeniedError(f"permission denied writing {path}")
     return StoreUnavailableError(f"local store I/O error on {path.name}: {exc.strerror or exc}")
 
 
