@@ -165,3 +165,12 @@ def test_kafka_verbs_without_broker_name_the_address(argv: list[str]) -> None:
     assert result.returncode == exit_codes.ENVIRONMENT, result.stderr
     (line,) = error_lines(result.stderr)
     assert CLOSED_PORT in line and "set AKISNAP_KAFKA_BOOTSTRAP" in line
+
+
+def test_exit_code_table_in_design_matches_the_code() -> None:
+    """DESIGN.md's exit-code table lists exactly the codes and kinds daemon/exit_codes uses."""
+    design = (Path(__file__).resolve().parents[1] / "docs" / "DESIGN.md").read_text("utf-8")
+    section = design.split("### Exit codes", 1)[1].split("\n\n", 3)[2]
+    rows = [line.split("|")[1:3] for line in section.splitlines()[2:]]
+    documented = {int(code): kind.strip() for code, kind in rows}
+    assert documented == {exit_codes.OK: "ok", **exit_codes.KINDS}
