@@ -35,6 +35,7 @@ from handlers.job import (
     snapshot_id_for,
     source_format_from_uri,
 )
+from handlers.uris import to_uri
 
 MAX_RANDOM_VALUES = 50_000_000
 
@@ -126,10 +127,9 @@ def parse_random(text: str) -> tuple[int, int]:
     return rows, dimension
 
 
-def source_from_uri(uri: str) -> UriSource:
-    """A --from argument: a URI, or a local path made into an absolute file:// URI."""
-    if "://" not in uri:
-        uri = Path(uri).resolve().as_uri()
+def source_from_uri(text: str) -> UriSource:
+    """A --from argument: a URI, or a plain, relative or ~ path (made an absolute URI)."""
+    uri = to_uri(text)
     return UriSource(uri=uri, format=source_format_from_uri(uri))
 
 

@@ -37,6 +37,7 @@ from handlers.metadata import SnapshotMetadata
 from handlers.migrate import MigrationOutcome, Migrator
 from handlers.retention import Orphan, OrphanResult, PruneResult, prune, remove_orphans
 from handlers.stores import open_store
+from handlers.uris import to_uri
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 MESSAGE_COLUMN_CHARS = 60
@@ -88,7 +89,11 @@ def register(commands: Subparsers) -> None:
     )
     add_common_options(migrate)
     migrate.add_argument(
-        "--from", dest="source", required=True, metavar="URI", help="file, folder or S3 prefix"
+        "--from",
+        dest="source",
+        required=True,
+        metavar="URI",
+        help="a file, folder or S3 prefix: a path, file:///… or s3://…",
     )
     migrate.add_argument(
         "--collection", help="collection of the new snapshots (default: each file's name)"
@@ -316,7 +321,7 @@ async def _migrate(args: argparse.Namespace) -> int:
     progress = Progress(args, unit="B", desc="migrate")
     outcomes: list[MigrationOutcome] = []
     try:
-        files = await migrator.discover(args.source)
+        files = await migrator.discover(to_uri(args.source))
         progress.start(sum(legacy.size for legacy in files))
         for legacy in files:
             outcome = await migrator(legacy)
@@ -330,7 +335,7 @@ async def _migrate(args: argparse.Namespace) -> int:
     if args.json:
         emit(args, [outcome.to_dict() for outcome in outcomes], "")
     else:
-        print(_migration_summary(outcomes))
+        print(f"{_migration_summary(outcomes)}; store {store.root_uri}")
     refused = sum(1 for outcome in outcomes if outcome.status == "refused")
     if refused:
         fail(f"{refused} of {len(outcomes)} legacy file(s) refused (see above)", BAD_INPUT)
@@ -384,7 +389,7 @@ async def _prune(args: argparse.Namespace) -> int:
         check_collection_id(args.collection)
     if args.grace_hours < 0:
         raise UsageError("--grace-hours must be >= 0")
-    store = open_store(settings.store, settings.s3_options())
+    store = open_store(settings.store, settings.s3_options(), create=False)
     lines: list[str] = []
     payload: dict[str, Any] = {"dry_run": args.dry_run, "collection_id": args.collection}
     try:
@@ -407,6 +412,8 @@ async def _prune(args: argparse.Namespace) -> int:
             )
             lines += _orphan_lines(orphans, args.grace_hours)
             payload["orphans"] = _orphan_payload(orphans)
+        payload["store"] = store.root_uri
+        lines.append(f"store {store.root_uri}")
     finally:
         await store.close()
     emit(args, payload, "\n".join(lines))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from daemon import cli_operator
@@ -28,10 +28,11 @@ from handlers.job import (
     new_request_id,
     source_format_from_uri,
 )
+from handlers.layout import metadata_key
 from handlers.metadata import SnapshotMetadata
 from handlers.restore import restore_snapshot
-from handlers.sources import parse_location
 from handlers.stores import ObjectStore, open_store
+from handlers.uris import parse_location, to_uri
 from handlers.verify import verify_snapshot
 
 Verb = Callable[[argparse.Namespace, Settings, ObjectStore], Awaitable[int]]
@@ -43,17 +44,36 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     cli_operator.register_prune(verbs)
 
     create = _verb(
-        verbs, "create", "encode → upload → verify an export, here, without Kafka", _create
+        verbs,
+        "create",
+        "encode → upload → verify an export, here, without Kafka",
+        _create,
+        writes=True,
     )
     create.add_argument("--collection", required=True, help="collection id")
-    create.add_argument("--from", dest="source", required=True, metavar="URI", help="export URI")
+    create.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="URI",
+        help="the export: a path, file:///… or s3://… (.parquet, .arrow, .npy or .json)",
+    )
     create.add_argument("--request-id", help="idempotency key (default: a new UUID)")
     create.add_argument("--format", choices=("parquet", "json"), default="parquet")
     create.add_argument("--compression", choices=COMPRESSIONS, default="zstd")
-    create.add_argument("--label", action="append", default=[], metavar="K=V")
+    create.add_argument(
+        "--label", action="append", default=[], metavar="K=V", help="a label (repeatable)"
+    )
 
     listing = _verb(verbs, "list", "committed snapshots, oldest first", _list)
     listing.add_argument("collection", nargs="?", help="only this collection")
+    listing.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="only snapshots with this label (repeatable: all must match)",
+    )
 
     show = _verb(verbs, "show", "one snapshot's metadata", _show)
     show.add_argument("snapshot_id")
@@ -67,21 +87,32 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     restore = _verb(verbs, "restore", "write a snapshot to .parquet/.arrow/.npy/.jsonl", _restore)
     restore.add_argument("snapshot_id")
-    restore.add_argument("--out", required=True, type=Path, metavar="FILE")
+    restore.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="a path or file:///… URI; the extension picks the format",
+    )
 
 
 def _verb(
-    verbs: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str, run: Verb
+    verbs: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    text: str,
+    run: Verb,
+    *,
+    writes: bool = False,
 ) -> argparse.ArgumentParser:
     parser = verbs.add_parser(name, help=text, description=text)
     add_common_options(parser)
-    parser.set_defaults(func=lambda args: asyncio.run(_with_store(args, run)))
+    parser.set_defaults(func=lambda args: asyncio.run(_with_store(args, run, writes)))
     return parser
 
 
-async def _with_store(args: argparse.Namespace, run: Verb) -> int:
+async def _with_store(args: argparse.Namespace, run: Verb, writes: bool) -> int:
     settings = load_settings(args)
-    store = open_store(settings.store, settings.s3_options())
+    # Only create makes a store; the other verbs refuse a path that holds none.
+    store = open_store(settings.store, settings.s3_options(), create=writes)
     try:
         return await run(args, settings, store)
     finally:
@@ -89,7 +120,9 @@ async def _with_store(args: argparse.Namespace, run: Verb) -> int:
 
 
 async def _create(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
-    source = UriSource(args.source, source_format_from_uri(args.source))
+    started = time.perf_counter()
+    uri = to_uri(args.source)
+    source = UriSource(uri, source_format_from_uri(uri))
     job = SnapshotJob(
         collection_id=args.collection,
         request_id=args.request_id or new_request_id(),
@@ -99,7 +132,7 @@ async def _create(args: argparse.Namespace, settings: Settings, store: ObjectSto
         labels=labels_from(args.label),
     )
     # The operator named this file on the command line: allow it, unlike requests from Kafka.
-    roots = [*settings.source_roots(), parse_location(args.source).display]
+    roots = [*settings.source_roots(), uri]
     creator = SnapshotCreator(
         store,
         source_roots=roots,
@@ -109,20 +142,35 @@ async def _create(args: argparse.Namespace, settings: Settings, store: ObjectSto
     existing = await creator.existing(job)
     outcome = "duplicate" if existing else "created"
     metadata = existing or (await creator(job)).metadata
-    emit(args, {**metadata.to_dict(), "outcome": outcome}, _describe(metadata, outcome))
+    seconds = time.perf_counter() - started
+    payload = {**_snapshot_json(metadata, store, outcome), "seconds": round(seconds, 3)}
+    emit(args, payload, describe(metadata, store, outcome, seconds=seconds))
     return 0
 
 
 async def _list(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
-    snapshots = await Catalog(store).list(args.collection)
+    wanted = labels_from(args.label)
+    snapshots = [
+        meta
+        for meta in await Catalog(store).list(args.collection)
+        if all(meta.labels.get(key) == value for key, value in wanted.items())
+    ]
     rows = [_row(meta) for meta in snapshots]
-    emit(args, [meta.to_dict() for meta in snapshots], _table(rows) if rows else "no snapshots")
+    where = f"in {store.root_uri}" + (f", collection {args.collection}" if args.collection else "")
+    if wanted:
+        where += ", labels " + ", ".join(f"{k}={v}" for k, v in sorted(wanted.items()))
+    human = (
+        f"{_table(rows)}\n{plural(len(rows), 'snapshot')} {where}"
+        if rows
+        else f"no snapshots {where}"
+    )
+    emit(args, [meta.to_dict() for meta in snapshots], human)
     return 0
 
 
 async def _show(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
     metadata = await Catalog(store).get(args.snapshot_id)
-    emit(args, {**metadata.to_dict(), "outcome": "found"}, _describe(metadata, "found"))
+    emit(args, _snapshot_json(metadata, store, "found"), describe(metadata, store, "found"))
     return 0
 
 
@@ -131,13 +179,14 @@ async def _verify(args: argparse.Namespace, settings: Settings, store: ObjectSto
     report = await verify_snapshot(store, metadata, full=args.full)
     outcome = "ok" if report.ok else "corrupt"
     payload = {
-        **metadata.to_dict(),
-        "outcome": outcome,
+        **_snapshot_json(metadata, store, outcome),
         "problems": report.problems,
         "full": report.full,
     }
-    human = f"{metadata.snapshot_id}: {outcome} ({report.parts_checked} parts, " + (
-        f"{human_bytes(report.bytes_checked)}{', decoded' if report.full else ''})"
+    human = (
+        f"{metadata.snapshot_id}: {outcome} ({plural(report.parts_checked, 'part')}, "
+        f"{human_bytes(report.bytes_checked)}{', every row decoded' if report.full else ''}) "
+        f"in {store.root_uri}"
     )
     emit(args, payload, human + "".join(f"\n  {problem}" for problem in report.problems))
     if not report.ok:
@@ -147,40 +196,90 @@ async def _verify(args: argparse.Namespace, settings: Settings, store: ObjectSto
 
 async def _delete(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
     metadata = await Catalog(store).delete(args.snapshot_id)
-    emit(args, {**metadata.to_dict(), "outcome": "deleted"}, f"deleted {metadata.snapshot_id}")
+    emit(
+        args,
+        _snapshot_json(metadata, store, "deleted"),
+        f"deleted snapshot {metadata.snapshot_id} of {metadata.collection_id} "
+        f"({human_bytes(metadata.total_bytes)}) from {store.root_uri}",
+    )
     return 0
 
 
 async def _restore(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
+    out = parse_location(args.out).local_path
     metadata = await Catalog(store).get(args.snapshot_id)
     progress = cli_operator.Progress(args, unit="rows", desc="restore")
     progress.start(metadata.vector_count)
     try:
-        result = await restore_snapshot(store, metadata, args.out, progress=progress.update)
+        result = await restore_snapshot(store, metadata, out, progress=progress.update)
     finally:
         progress.close()
     payload = {
-        **metadata.to_dict(),
-        "outcome": "restored",
+        **_snapshot_json(metadata, store, "restored"),
         "out": str(result.path),
         "rows": result.rows,
         "bytes_written": result.bytes_written,
     }
-    emit(args, payload, f"restored {result.rows} vectors to {result.path}")
+    emit(
+        args,
+        payload,
+        f"restored {result.rows} vectors of snapshot {metadata.snapshot_id} from "
+        f"{store.root_uri} to {result.path} ({human_bytes(result.bytes_written)})",
+    )
     return 0
 
 
-def _describe(metadata: SnapshotMetadata, outcome: str) -> str:
-    ratio = metadata.json_equivalent_bytes / metadata.total_bytes if metadata.total_bytes else 0
+def _snapshot_json(metadata: SnapshotMetadata, store: ObjectStore, outcome: str) -> dict[str, Any]:
+    return {
+        **metadata.to_dict(),
+        "outcome": outcome,
+        "store": store.root_uri,
+        "metadata_uri": metadata_uri(store, metadata),
+    }
+
+
+def metadata_uri(store: ObjectStore, metadata: SnapshotMetadata) -> str:
+    return f"{store.root_uri}/{metadata_key(metadata.collection_id, metadata.snapshot_id)}"
+
+
+def describe(
+    metadata: SnapshotMetadata, store: ObjectStore, outcome: str, *, seconds: float | None = None
+) -> str:
+    """What a person wants to know of a snapshot: where, how big, from which request."""
     raw = 4 * metadata.vector_count * metadata.dimension
-    return (
-        f"{outcome}: snapshot {metadata.snapshot_id} of {metadata.collection_id}\n"
-        f"  {metadata.vector_count} vectors × {metadata.dimension}, {len(metadata.parts)} part(s), "
-        f"{human_bytes(metadata.total_bytes)} ({metadata.format}/{metadata.compression})\n"
-        f"  {raw / metadata.total_bytes:.2f}× smaller than raw float32, "
-        f"{ratio:.2f}× smaller than JSON (estimated)\n"
-        f"  created {metadata.created_at}"
-    )
+    size = metadata.total_bytes
+    labels = ", ".join(f"{k}={v}" for k, v in sorted(metadata.labels.items())) or "none"
+    lines = [
+        f"{outcome}: snapshot {metadata.snapshot_id} of collection {metadata.collection_id}",
+        f"  where     {metadata_uri(store, metadata)} (+ {plural(len(metadata.parts), 'part')})",
+        f"  vectors   {metadata.vector_count:,} × {metadata.dimension}",
+        f"  size      {human_bytes(size)} ({metadata.format}/{metadata.compression}): "
+        f"{compared(size, raw)} raw float32 ({human_bytes(raw)})"
+        + (
+            f", {compared(size, metadata.json_equivalent_bytes)} JSON (estimated)"
+            if metadata.json_equivalent_bytes
+            else ""
+        ),
+        f"  request   {metadata.request_id}",
+        f"  labels    {labels}",
+        f"  created   {metadata.created_at}",
+    ]
+    if seconds is not None:
+        lines.append(f"  took      {seconds:.2f} s")
+    return "\n".join(lines)
+
+
+def compared(size: int, other: int) -> str:
+    """'1.12× smaller than' / '1.05× larger than' / 'the same size as': reads right both ways."""
+    if not size or not other or abs(size - other) < 0.005 * other:
+        return "the same size as"
+    if size < other:
+        return f"{other / size:.2f}× smaller than"
+    return f"{size / other:.2f}× larger than"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _row(meta: SnapshotMetadata) -> dict[str, Any]:
@@ -191,11 +290,14 @@ def _row(meta: SnapshotMetadata) -> dict[str, Any]:
         "DIM": str(meta.dimension),
         "SIZE": human_bytes(meta.total_bytes),
         "CREATED": meta.created_at[:19],
+        "LABELS": ",".join(f"{k}={v}" for k, v in sorted(meta.labels.items())),
     }
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
     widths = {key: max(len(key), *(len(row[key]) for row in rows)) for key in rows[0]}
-    lines = ["  ".join(key.ljust(width) for key, width in widths.items())]
-    lines += ["  ".join(row[key].ljust(width) for key, width in widths.items()) for row in rows]
+    lines = ["  ".join(key.ljust(width) for key, width in widths.items()).rstrip()]
+    lines += [
+        "  ".join(row[key].ljust(width) for key, width in widths.items()).rstrip() for row in rows
+    ]
     return "\n".join(lines)

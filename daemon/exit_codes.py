@@ -43,6 +43,7 @@ KINDS = {
 BY_CLASS: tuple[tuple[type[BaseException], int], ...] = (
     (SettingsError, USAGE),
     (errors.SnapshotNotFoundError, NOT_FOUND),
+    (errors.StoreNotFoundError, NOT_FOUND),
     (errors.CorruptSnapshotError, CORRUPT),
     (errors.ObjectMissingError, CORRUPT),
     (errors.WriteNotVerifiedError, CORRUPT),

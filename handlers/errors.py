@@ -85,6 +85,12 @@ class SnapshotNotFoundError(PermanentError):
     stage = "verify"
 
 
+class StoreNotFoundError(PermanentError):
+    """A read-only verb was pointed at a store that does not exist (it is not created)."""
+
+    stage = "verify"
+
+
 class ObjectMissingError(PermanentError):
     """An object the metadata names is not in the store."""
 

@@ -37,8 +37,8 @@ from handlers.job import COLLECTION_ID, InlineSource, SnapshotJob, snapshot_id_f
 from handlers.layout import METADATA_SUFFIX
 from handlers.metadata import SnapshotMetadata
 from handlers.model import DocumentBatch, vectors_bit_equal
-from handlers.sources import Location, parse_location
 from handlers.stores import ObjectStore, S3Options, open_store
+from handlers.uris import Location, parse_location
 from handlers.verify import checked_part_file
 
 MIGRATION_NAMESPACE = uuid.UUID("0b7f8f0e-3a51-5c55-9a9e-6d2f0c1e5a42")

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +38,7 @@ from handlers.errors import (
 from handlers.job import InlineSource, SnapshotJob, UriSource
 from handlers.model import MAX_DIMENSION, DocumentBatch, bytes_per_row_estimate
 from handlers.stores import S3Options, open_store
+from handlers.uris import Location, parse_location
 
 MIB = 1024 * 1024
 READ_BATCH_BYTES = 16 * MIB
@@ -124,52 +124,7 @@ class SourceReader:
 # -- locations and the allow-list -----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Location:
-    scheme: str
-    path: str
-    bucket: str = ""
-
-    @property
-    def key(self) -> str:
-        return self.path.lstrip("/")
-
-    @property
-    def display(self) -> str:
-        return f"s3://{self.bucket}/{self.key}" if self.scheme == "s3" else f"file://{self.path}"
-
-    def is_under(self, root: Location) -> bool:
-        if self.scheme != root.scheme or self.bucket != root.bucket:
-            return False
-        base = root.path.rstrip("/")
-        return self.path == base or self.path.startswith(base + "/") or base == ""
-
-
-def parse_location(uri: str) -> Location:
-    """A canonical location; local paths are resolved (symlinks, '..') before any check."""
-    if not isinstance(uri, str) or not uri:
-        raise SourceError("source URI is empty")
-    if "\x00" in uri or "%00" in uri:
-        raise SourceError(f"source {uri!r} holds a NUL byte")
-    parts = urlsplit(uri)
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost", "."):
-            raise SourceError(f"source {uri!r}: file URIs name no host")
-        raw = unquote(parts.path) if parts.netloc != "." else "./" + unquote(parts.path)
-        return Location("file", os.path.realpath(raw))
-    if parts.scheme == "s3":
-        key = unquote(parts.path).lstrip("/")
-        if not parts.netloc or any(seg in {".", ".."} for seg in key.split("/")):
-            raise SourceError(f"source {uri!r} is not a plain s3://bucket/key URI")
-        return Location("s3", "/" + key, bucket=parts.netloc)
-    raise SourceError(f"source {uri!r} has unsupported scheme {parts.scheme!r} (file or s3)")
-
-
 def normalise_root(root: str) -> Location:
-    if "://" not in root:
-        root = Path(root).resolve().as_uri()
-    if root.startswith("file://./"):
-        root = (Path.cwd() / root[len("file://./") :]).resolve().as_uri()
     location = parse_location(root)
     return Location(location.scheme, location.path.rstrip("/") or "/", location.bucket)
 

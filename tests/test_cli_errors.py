@@ -109,10 +109,12 @@ def test_not_found_and_not_a_directory(store_with_snapshot: Path) -> None:
     """An unknown id is 'not found' (3); a store under a file is an environment error (6)."""
     code, _, err = run_cli(["snapshots", "show", "feed", "--store", str(store_with_snapshot)])
     assert code == exit_codes.NOT_FOUND and len(error_lines(err)) == 1
-    code, _, err = run_cli(["snapshots", "list", "--store", "file:///dev/null/x"])
+    source = str(store_with_snapshot.parent / "v.npy")
+    create = ["snapshots", "create", "--collection", "c", "--from", source]
+    code, _, err = run_cli([*create, "--store", "file:///dev/null/x"])
     assert code == exit_codes.ENVIRONMENT
     assert error_lines(err) == ["not a directory: /dev/null/x"]
-    code, _, err = run_cli(["snapshots", "show", "feed", "--store", "file:///dev/null/x", "--json"])
+    code, _, err = run_cli([*create, "--store", "file:///dev/null/x", "--json"])
     assert json.loads(err)["error"] == {
         "exit_code": 6,
         "kind": "environment",

@@ -15,7 +15,7 @@ from typing import BinaryIO
 from handlers.errors import (
     ObjectMissingError,
     StoreAccessDeniedError,
-    StoreConfigError,
+    StoreNotFoundError,
     StoreUnavailableError,
 )
 from handlers.stores.base import CHUNK_BYTES, ObjectInfo, check_key
@@ -162,15 +162,12 @@ class LocalStore:
                         )
 
 
-def local_store_from_uri(uri: str) -> LocalStore:
-    """``file:///abs/dir``, ``file://./rel/dir`` or a plain path."""
-    if uri.startswith("file://"):
-        rest = uri[len("file://") :]
-        path = Path(rest) if rest.startswith("/") else Path.cwd() / rest
-    elif "://" in uri:
-        raise StoreConfigError(f"not a local store URI: {uri!r}")
-    else:
-        path = Path(uri)
+def local_store_at(path: Path, *, create: bool = True) -> LocalStore:
+    """The store in directory ``path`` (made when ``create``, else it must exist)."""
+    if not create and not path.is_dir():
+        raise StoreNotFoundError(
+            f"no store at {path} (check --store or AKISNAP_STORE; nothing was created)"
+        )
     path.mkdir(parents=True, exist_ok=True)
     return LocalStore(path)
 
