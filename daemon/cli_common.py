@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from daemon.exit_codes import CommandFailedError, UsageError
+from daemon.exit_codes import USAGE, CommandFailedError, UsageError
 from daemon.logging import configure_logging
 from daemon.settings import Settings
 
@@ -56,6 +57,26 @@ def labels_from(pairs: Sequence[str]) -> dict[str, str]:
             raise UsageError(f"--label wants K=V, not {pair!r}")
         labels[key] = value
     return labels
+
+
+def add_yes_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--yes", "-y", action="store_true", help="do not ask before removing (on a terminal)"
+    )
+
+
+def will_ask(args: argparse.Namespace) -> bool:
+    return not getattr(args, "yes", False) and sys.stdin.isatty()
+
+
+def confirm(args: argparse.Namespace, question: str) -> None:
+    """On a terminal, ask before removing anything unless --yes; scripts (stdin not a
+    terminal) are not asked. Anything but y/yes removes nothing."""
+    if not will_ask(args):
+        return
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise CommandFailedError("not confirmed: nothing was removed", USAGE)
 
 
 def fail(reason: str, code: int) -> NoReturn:

@@ -169,7 +169,7 @@ async def _publish_and_wait(
     sent: dict[str, Any] = {
         "request_id": request_id,
         "collection_id": args.collection,
-        "snapshot_id": snapshot_id_for(request_id),
+        "snapshot_id": snapshot_id_for(args.collection, request_id),
         "topic": settings.request_topic,
     }
     if args.wait is None:

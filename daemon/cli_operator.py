@@ -12,10 +12,20 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeAlias
 
-from daemon.cli_common import add_common_options, emit, fail, human_bytes, load_settings
+from daemon.cli_common import (
+    add_common_options,
+    add_yes_option,
+    confirm,
+    emit,
+    fail,
+    human_bytes,
+    load_settings,
+    will_ask,
+)
 from daemon.dlq import (
     DEFAULT_MAX_REPLAYS,
     DEFAULT_RATE_PER_SECOND,
@@ -31,12 +41,13 @@ from daemon.dlq import (
 )
 from daemon.exit_codes import BAD_INPUT, UsageError
 from handlers.catalog import Catalog
-from handlers.errors import InvalidRequestError
+from handlers.errors import InvalidRequestError, SnapshotNotFoundError
 from handlers.job import COMPRESSIONS, check_collection_id
+from handlers.layout import collection_prefix
 from handlers.metadata import SnapshotMetadata
 from handlers.migrate import MigrationOutcome, Migrator
 from handlers.retention import Orphan, OrphanResult, PruneResult, prune, remove_orphans
-from handlers.stores import open_store
+from handlers.stores import ObjectStore, open_store
 from handlers.uris import to_uri
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -128,6 +139,7 @@ def register_prune(verbs: Subparsers) -> None:
         help="orphans written less than H hours ago are left alone (default 1)",
     )
     parser.add_argument("--dry-run", action="store_true", help="say what would be deleted")
+    add_yes_option(parser)
     parser.set_defaults(func=lambda args: asyncio.run(_prune(args)))
 
 
@@ -390,34 +402,77 @@ async def _prune(args: argparse.Namespace) -> int:
     if args.grace_hours < 0:
         raise UsageError("--grace-hours must be >= 0")
     store = open_store(settings.store, settings.s3_options(), create=False)
-    lines: list[str] = []
-    payload: dict[str, Any] = {"dry_run": args.dry_run, "collection_id": args.collection}
     try:
-        if policy:
-            result = await prune(
-                Catalog(store),
-                args.collection,
-                keep_last=args.keep_last,
-                older_than_days=args.older_than,
-                dry_run=args.dry_run,
-            )
-            lines += _prune_lines(result)
-            payload.update(_prune_payload(result))
-        if args.orphans:
-            orphans = await remove_orphans(
-                store,
-                collection_id=args.collection,
-                grace=timedelta(hours=args.grace_hours),
-                dry_run=args.dry_run,
-            )
-            lines += _orphan_lines(orphans, args.grace_hours)
-            payload["orphans"] = _orphan_payload(orphans)
-        payload["store"] = store.root_uri
-        lines.append(f"store {store.root_uri}")
+        if args.collection is not None and not await _holds_collection(store, args.collection):
+            raise SnapshotNotFoundError(f"no collection {args.collection!r} in {store.root_uri}")
+        if not args.dry_run and will_ask(args):
+            preview = await _prune_once(args, store, policy, dry_run=True)
+            if preview.removes:
+                confirm(args, f"{preview.question} from {store.root_uri}?")
+        done = await _prune_once(args, store, policy, dry_run=args.dry_run)
     finally:
         await store.close()
-    emit(args, payload, "\n".join(lines))
+    payload = {"dry_run": args.dry_run, "collection_id": args.collection, **done.payload}
+    emit(
+        args,
+        {**payload, "store": store.root_uri},
+        "\n".join([*done.lines, f"store {store.root_uri}"]),
+    )
     return 0
+
+
+@dataclass
+class _Pruned:
+    lines: list[str] = field(default_factory=list)
+    payload: dict[str, Any] = field(default_factory=dict)
+    snapshots: int = 0
+    orphans: int = 0
+    size: int = 0
+
+    @property
+    def removes(self) -> bool:
+        return bool(self.snapshots or self.orphans)
+
+    @property
+    def question(self) -> str:
+        what = [f"{self.snapshots} snapshot(s)"] if self.snapshots else []
+        what += [f"{self.orphans} orphan(s)"] if self.orphans else []
+        return f"delete {' and '.join(what)} ({human_bytes(self.size)})"
+
+
+async def _prune_once(
+    args: argparse.Namespace, store: ObjectStore, policy: bool, *, dry_run: bool
+) -> _Pruned:
+    done = _Pruned()
+    if policy:
+        result = await prune(
+            Catalog(store),
+            args.collection,
+            keep_last=args.keep_last,
+            older_than_days=args.older_than,
+            dry_run=dry_run,
+        )
+        done.lines += _prune_lines(result)
+        done.payload.update(_prune_payload(result))
+        gone = result.plan.delete if dry_run else result.deleted
+        done.snapshots, done.size = len(gone), sum(meta.total_bytes for meta in gone)
+    if args.orphans:
+        orphans = await remove_orphans(
+            store,
+            collection_id=args.collection,
+            grace=timedelta(hours=args.grace_hours),
+            dry_run=dry_run,
+        )
+        done.lines += _orphan_lines(orphans, args.grace_hours)
+        done.payload["orphans"] = _orphan_payload(orphans)
+        done.orphans, done.size = len(orphans.removed), done.size + orphans.bytes_freed
+    return done
+
+
+async def _holds_collection(store: ObjectStore, collection_id: str) -> bool:
+    async for _ in store.list(collection_prefix(collection_id)):
+        return True
+    return False
 
 
 def _prune_lines(result: PruneResult) -> list[str]:

@@ -11,13 +11,15 @@ from typing import Any
 from daemon import cli_operator
 from daemon.cli_common import (
     add_common_options,
+    add_yes_option,
+    confirm,
     emit,
     fail,
     human_bytes,
     labels_from,
     load_settings,
 )
-from daemon.exit_codes import CORRUPT
+from daemon.exit_codes import CORRUPT, UsageError
 from daemon.settings import Settings
 from handlers.catalog import Catalog
 from handlers.create import SnapshotCreator
@@ -29,6 +31,7 @@ from handlers.job import (
     source_format_from_uri,
 )
 from handlers.layout import metadata_key
+from handlers.lookup import resolve_snapshot
 from handlers.metadata import SnapshotMetadata
 from handlers.restore import restore_snapshot
 from handlers.stores import ObjectStore, open_store
@@ -76,23 +79,32 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
 
     show = _verb(verbs, "show", "one snapshot's metadata", _show)
-    show.add_argument("snapshot_id")
+    _id_arguments(show)
 
     verify = _verb(verbs, "verify", "check every part's size and SHA-256", _verify)
-    verify.add_argument("snapshot_id")
+    _id_arguments(verify)
     verify.add_argument("--full", action="store_true", help="also decode and check every row")
 
     delete = _verb(verbs, "delete", "remove a snapshot (metadata first, then parts)", _delete)
-    delete.add_argument("snapshot_id")
+    _id_arguments(delete)
+    add_yes_option(delete)
 
     restore = _verb(verbs, "restore", "write a snapshot to .parquet/.arrow/.npy/.jsonl", _restore)
-    restore.add_argument("snapshot_id")
+    _id_arguments(restore)
+    restore.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     restore.add_argument(
         "--out",
         required=True,
         metavar="FILE",
         help="a path or file:///… URI; the extension picks the format",
     )
+
+
+def _id_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "snapshot_id", metavar="ID", help="a snapshot id, or a unique prefix of one"
+    )
+    parser.add_argument("--collection", metavar="C", help="look for the id in this collection only")
 
 
 def _verb(
@@ -168,14 +180,18 @@ async def _list(args: argparse.Namespace, settings: Settings, store: ObjectStore
     return 0
 
 
+async def _find(args: argparse.Namespace, store: ObjectStore) -> SnapshotMetadata:
+    return await resolve_snapshot(Catalog(store), args.snapshot_id, args.collection)
+
+
 async def _show(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
-    metadata = await Catalog(store).get(args.snapshot_id)
+    metadata = await _find(args, store)
     emit(args, _snapshot_json(metadata, store, "found"), describe(metadata, store, "found"))
     return 0
 
 
 async def _verify(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
-    metadata = await Catalog(store).get(args.snapshot_id)
+    metadata = await _find(args, store)
     report = await verify_snapshot(store, metadata, full=args.full)
     outcome = "ok" if report.ok else "corrupt"
     payload = {
@@ -195,7 +211,14 @@ async def _verify(args: argparse.Namespace, settings: Settings, store: ObjectSto
 
 
 async def _delete(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
-    metadata = await Catalog(store).delete(args.snapshot_id)
+    metadata = await _find(args, store)
+    confirm(
+        args,
+        f"delete snapshot {metadata.snapshot_id} of {metadata.collection_id} "
+        f"({metadata.vector_count:,} vectors, {human_bytes(metadata.total_bytes)}) "
+        f"from {store.root_uri}?",
+    )
+    await Catalog(store).delete(metadata.snapshot_id, metadata.collection_id)
     emit(
         args,
         _snapshot_json(metadata, store, "deleted"),
@@ -207,7 +230,9 @@ async def _delete(args: argparse.Namespace, settings: Settings, store: ObjectSto
 
 async def _restore(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
     out = parse_location(args.out).local_path
-    metadata = await Catalog(store).get(args.snapshot_id)
+    if out.exists() and not args.force:
+        raise UsageError(f"{out} exists: give --force to overwrite it")
+    metadata = await _find(args, store)
     progress = cli_operator.Progress(args, unit="rows", desc="restore")
     progress.start(metadata.vector_count)
     try:

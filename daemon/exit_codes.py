@@ -44,6 +44,7 @@ BY_CLASS: tuple[tuple[type[BaseException], int], ...] = (
     (SettingsError, USAGE),
     (errors.SnapshotNotFoundError, NOT_FOUND),
     (errors.StoreNotFoundError, NOT_FOUND),
+    (errors.AmbiguousSnapshotIdError, USAGE),
     (errors.CorruptSnapshotError, CORRUPT),
     (errors.ObjectMissingError, CORRUPT),
     (errors.WriteNotVerifiedError, CORRUPT),

@@ -85,6 +85,12 @@ class SnapshotNotFoundError(PermanentError):
     stage = "verify"
 
 
+class AmbiguousSnapshotIdError(PermanentError):
+    """An id prefix matches more than one snapshot: the message lists the candidates."""
+
+    stage = "verify"
+
+
 class StoreNotFoundError(PermanentError):
     """A read-only verb was pointed at a store that does not exist (it is not created)."""
 

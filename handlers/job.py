@@ -41,8 +41,8 @@ SourceSpec = InlineSource | UriSource
 
 @dataclass(frozen=True)
 class SnapshotJob:
-    """One snapshot to make. ``snapshot_id`` is derived from ``request_id``, so redoing a
-    request writes the same keys and never makes a second snapshot."""
+    """One snapshot to make. ``snapshot_id`` is derived from the collection and the request
+    id, so redoing a request writes the same keys and never makes a second snapshot."""
 
     collection_id: str
     request_id: str
@@ -68,11 +68,13 @@ class SnapshotJob:
 
     @property
     def snapshot_id(self) -> str:
-        return snapshot_id_for(self.request_id)
+        return snapshot_id_for(self.collection_id, self.request_id)
 
 
-def snapshot_id_for(request_id: str) -> str:
-    return str(uuid.uuid5(SNAPSHOT_NAMESPACE, request_id))
+def snapshot_id_for(collection_id: str, request_id: str) -> str:
+    """UUIDv5 of ``collection/request``: the same request id in two collections makes two
+    snapshots ('/' cannot occur in a collection id, so no two pairs share a name)."""
+    return str(uuid.uuid5(SNAPSHOT_NAMESPACE, f"{collection_id}/{request_id}"))
 
 
 def new_request_id() -> str:

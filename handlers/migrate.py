@@ -161,7 +161,7 @@ class Migrator:
                 reason="cannot derive a collection id from the file name: pass --collection",
             )
         job_id = migration_request_id(legacy.uri)
-        existing = await self._creator.catalog.find(collection, snapshot_id_for(job_id))
+        existing = await self._creator.catalog.find(collection, snapshot_id_for(collection, job_id))
         if existing is not None:
             return _outcome(legacy, "already_migrated", existing)
         try:

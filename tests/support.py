@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import pty
+import select
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -114,3 +117,37 @@ def akisnap_process(
         check=False,
         **options,
     )
+
+
+def akisnap_on_terminal(
+    *args: str, typed: str = "", env: dict[str, str] | None = None, timeout: float = 120
+) -> tuple[int, str]:
+    """`akisnap ARGS` with stdin, stdout and stderr on a pseudo-terminal, ``typed`` already
+    waiting in its input (the terminal buffers it until the prompt reads it); (exit code,
+    everything it showed)."""
+    leader, follower = pty.openpty()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AKISNAP_")}
+    clean.update(env or {}, COLUMNS="120")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", *args],
+        stdin=follower, stdout=follower, stderr=follower, cwd=REPO, env=clean,
+    )  # fmt: skip
+    os.close(follower)
+    if typed:
+        os.write(leader, typed.encode())
+    shown = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 1.0)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the process closed its side of the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    code = process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    os.close(leader)
+    return code, shown.decode("utf-8", "replace").replace("\r\n", "\n")

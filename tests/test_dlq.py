@@ -419,7 +419,7 @@ async def test_store_down_dead_letters_then_replay_makes_snapshots(
     assert await snapshot_ids(up) == []
 
     replay = ReplayOptions(where=DlqFilter(stage="upload"), rate_per_second=0)
-    expected = sorted(snapshot_id_for(rid) for rid, _, _ in requests)
+    expected = sorted(snapshot_id_for(key.decode(), rid) for rid, key, _ in requests)
     async with running(up):
         first = await Replayer(up, replay)()
         assert first.count("replayed") == 3
