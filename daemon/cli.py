@@ -7,11 +7,13 @@ the exit code of :mod:`daemon.exit_codes`.
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from daemon import cli_daemon, cli_operator, cli_snapshots, exit_codes
+from daemon import cli_parsers, exit_codes
 from handlers import __version__
 
 
@@ -33,9 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"akisnap {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    cli_daemon.register(commands)
-    cli_snapshots.register(commands)
-    cli_operator.register(commands)
+    cli_parsers.register(commands)
     return parser
 
 
@@ -56,11 +56,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(exc.usage, end="", file=sys.stderr)
         return exit_codes.report(exc, as_json=as_json)
     try:
-        code: int = args.func(args)
+        code = run_verb(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
     except (Exception, KeyboardInterrupt) as exc:
         return exit_codes.report(exc, as_json=as_json)
     return code
+
+
+def run_verb(args: argparse.Namespace) -> int:
+    """Import the verb's module only now (see daemon.cli_parsers) and run its function."""
+    module_name, _, function_name = args.run.partition(":")
+    function = getattr(importlib.import_module(module_name), function_name)
+    if inspect.iscoroutinefunction(function):
+        import asyncio  # noqa: PLC0415 (only verbs that run need an event loop)
+
+        return int(asyncio.run(function(args)))
+    return int(function(args))
 
 
 if __name__ == "__main__":

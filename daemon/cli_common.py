@@ -1,4 +1,4 @@
-"""What every CLI verb shares: --store/--json/--config, settings, output, one-line errors."""
+"""What every CLI verb shares when it runs: settings, output, labels, confirmation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
 from daemon.exit_codes import USAGE, CommandFailedError, UsageError
@@ -15,16 +14,6 @@ from daemon.logging import configure_logging
 from daemon.settings import Settings
 
 BOOTSTRAP_HINT = "set AKISNAP_KAFKA_BOOTSTRAP (or kafka_bootstrap in the --config file)"
-
-
-def add_common_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--store",
-        metavar="URI",
-        help="object-store root: file:///dir or s3://bucket/prefix (default: AKISNAP_STORE)",
-    )
-    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
-    parser.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
@@ -57,12 +46,6 @@ def labels_from(pairs: Sequence[str]) -> dict[str, str]:
             raise UsageError(f"--label wants K=V, not {pair!r}")
         labels[key] = value
     return labels
-
-
-def add_yes_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--yes", "-y", action="store_true", help="do not ask before removing (on a terminal)"
-    )
 
 
 def will_ask(args: argparse.Namespace) -> bool:

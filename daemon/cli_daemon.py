@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -14,7 +13,6 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from daemon.app import Daemon, explain_kafka_failure
 from daemon.cli_common import (
     BOOTSTRAP_HINT,
-    add_common_options,
     emit,
     fail,
     labels_from,
@@ -40,69 +38,10 @@ from handlers.uris import to_uri
 MAX_RANDOM_VALUES = 50_000_000
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    run = subparsers.add_parser(
-        "run",
-        help="the daemon: consume snapshot requests, publish results and dead letters",
-        description="Run the snapshot daemon until SIGTERM/SIGINT (settings: AKISNAP_* or "
-        "--config).",
-    )
-    add_common_options(run)
-    run.set_defaults(func=_run)
-
-    request = subparsers.add_parser(
-        "request",
-        help="publish a snapshot request",
-        description="Publish a snapshot request to the request topic (and optionally wait "
-        "for its result or dead letter).",
-    )
-    add_common_options(request)
-    request.add_argument("--collection", required=True, metavar="C", help="collection id")
-    source = request.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--from",
-        dest="source_uri",
-        metavar="URI",
-        help="an export: file:///… or s3://… (.parquet, .arrow, .npy or .json); "
-        "a plain path is made absolute",
-    )
-    source.add_argument(
-        "--random",
-        metavar="N,DIM",
-        help="N inline documents of DIM random unit-normal float32 values, random UUID ids",
-    )
-    request.add_argument("--request-id", metavar="ID", help="default: a new UUID")
-    request.add_argument(
-        "--label", action="append", default=[], metavar="K=V", help="a label (repeatable)"
-    )
-    request.add_argument("--format", choices=("parquet", "json"), default="parquet")
-    request.add_argument("--compression", choices=("zstd", "snappy", "lz4", "none"), default="zstd")
-    request.add_argument(
-        "--wait",
-        type=float,
-        metavar="SECONDS",
-        help="wait up to SECONDS for the result (or dead letter) and print it",
-    )
-    request.set_defaults(func=_request)
-
-    demo = subparsers.add_parser(
-        "demo",
-        help="the whole loop on this machine, end to end (needs `make services`)",
-        description="Run the daemon in-process against the local Kafka broker with a local "
-        "store under ./demo-output, publish a few requests (one bad) and summarise.",
-    )
-    add_common_options(demo)
-    demo.add_argument(
-        "--output", type=Path, default=Path("demo-output"), help="default: ./demo-output"
-    )
-    demo.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
-    demo.set_defaults(func=_demo)
-
-
 # -- run ------------------------------------------------------------------------------------
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     settings = Settings.load(getattr(args, "config", None), store=getattr(args, "store", None))
     configure_logging(settings.log_format, settings.log_level, secrets=settings.secret_values())
     try:
@@ -133,7 +72,7 @@ def source_from_uri(text: str) -> UriSource:
     return UriSource(uri=uri, format=source_format_from_uri(uri))
 
 
-def _request(args: argparse.Namespace) -> int:
+def request(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     source: SourceSpec
     if args.random:
@@ -240,5 +179,5 @@ def _headers_text(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, str]]
 # -- demo -----------------------------------------------------------------------------------
 
 
-def _demo(args: argparse.Namespace) -> int:
+def demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(args))

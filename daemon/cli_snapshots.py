@@ -8,10 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from daemon import cli_operator
 from daemon.cli_common import (
-    add_common_options,
-    add_yes_option,
     confirm,
     emit,
     fail,
@@ -20,11 +17,10 @@ from daemon.cli_common import (
     load_settings,
 )
 from daemon.exit_codes import CORRUPT, UsageError
+from daemon.progress import Progress
 from daemon.settings import Settings
 from handlers.catalog import Catalog
-from handlers.create import SnapshotCreator
 from handlers.job import (
-    COMPRESSIONS,
     SnapshotJob,
     UriSource,
     new_request_id,
@@ -33,92 +29,17 @@ from handlers.job import (
 from handlers.layout import metadata_key
 from handlers.lookup import resolve_snapshot
 from handlers.metadata import SnapshotMetadata
-from handlers.restore import restore_snapshot
+from handlers.spool import discard_process_spool
 from handlers.stores import ObjectStore, open_store
 from handlers.uris import parse_location, to_uri
-from handlers.verify import verify_snapshot
 
 Verb = Callable[[argparse.Namespace, Settings, ObjectStore], Awaitable[int]]
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    group = commands.add_parser("snapshots", help="create, list, show, verify, delete, restore")
-    verbs = group.add_subparsers(dest="verb", required=True, metavar="VERB")
-    cli_operator.register_prune(verbs)
-
-    create = _verb(
-        verbs,
-        "create",
-        "encode → upload → verify an export, here, without Kafka",
-        _create,
-        writes=True,
-    )
-    create.add_argument("--collection", required=True, help="collection id")
-    create.add_argument(
-        "--from",
-        dest="source",
-        required=True,
-        metavar="URI",
-        help="the export: a path, file:///… or s3://… (.parquet, .arrow, .npy or .json)",
-    )
-    create.add_argument("--request-id", help="idempotency key (default: a new UUID)")
-    create.add_argument("--format", choices=("parquet", "json"), default="parquet")
-    create.add_argument("--compression", choices=COMPRESSIONS, default="zstd")
-    create.add_argument(
-        "--label", action="append", default=[], metavar="K=V", help="a label (repeatable)"
-    )
-
-    listing = _verb(verbs, "list", "committed snapshots, oldest first", _list)
-    listing.add_argument("collection", nargs="?", help="only this collection")
-    listing.add_argument(
-        "--label",
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="only snapshots with this label (repeatable: all must match)",
-    )
-
-    show = _verb(verbs, "show", "one snapshot's metadata", _show)
-    _id_arguments(show)
-
-    verify = _verb(verbs, "verify", "check every part's size and SHA-256", _verify)
-    _id_arguments(verify)
-    verify.add_argument("--full", action="store_true", help="also decode and check every row")
-
-    delete = _verb(verbs, "delete", "remove a snapshot (metadata first, then parts)", _delete)
-    _id_arguments(delete)
-    add_yes_option(delete)
-
-    restore = _verb(verbs, "restore", "write a snapshot to .parquet/.arrow/.npy/.jsonl", _restore)
-    _id_arguments(restore)
-    restore.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
-    restore.add_argument(
-        "--out",
-        required=True,
-        metavar="FILE",
-        help="a path or file:///… URI; the extension picks the format",
-    )
-
-
-def _id_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "snapshot_id", metavar="ID", help="a snapshot id, or a unique prefix of one"
-    )
-    parser.add_argument("--collection", metavar="C", help="look for the id in this collection only")
-
-
-def _verb(
-    verbs: argparse._SubParsersAction[argparse.ArgumentParser],
-    name: str,
-    text: str,
-    run: Verb,
-    *,
-    writes: bool = False,
-) -> argparse.ArgumentParser:
-    parser = verbs.add_parser(name, help=text, description=text)
-    add_common_options(parser)
-    parser.set_defaults(func=lambda args: asyncio.run(_with_store(args, run, writes)))
-    return parser
+def main(args: argparse.Namespace) -> int:
+    """``snapshots VERB``: open the store (only create makes one), run the verb, close."""
+    run, writes = VERBS[args.verb]
+    return asyncio.run(_with_store(args, run, writes))
 
 
 async def _with_store(args: argparse.Namespace, run: Verb, writes: bool) -> int:
@@ -132,6 +53,9 @@ async def _with_store(args: argparse.Namespace, run: Verb, writes: bool) -> int:
 
 
 async def _create(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
+    # create, verify and restore import pyarrow; list, show and delete do not need it.
+    from handlers.create import SnapshotCreator  # noqa: PLC0415
+
     started = time.perf_counter()
     uri = to_uri(args.source)
     source = UriSource(uri, source_format_from_uri(uri))
@@ -151,9 +75,12 @@ async def _create(args: argparse.Namespace, settings: Settings, store: ObjectSto
         s3=settings.s3_options(),
         part_size_bytes=settings.part_size_bytes,
     )
-    existing = await creator.existing(job)
-    outcome = "duplicate" if existing else "created"
-    metadata = existing or (await creator(job)).metadata
+    try:
+        existing = await creator.existing(job)
+        outcome = "duplicate" if existing else "created"
+        metadata = existing or (await creator(job)).metadata
+    finally:  # Ctrl-C included: no half-written parts left in the spool
+        discard_process_spool(store.spool_dir())
     seconds = time.perf_counter() - started
     payload = {**_snapshot_json(metadata, store, outcome), "seconds": round(seconds, 3)}
     emit(args, payload, describe(metadata, store, outcome, seconds=seconds))
@@ -191,6 +118,8 @@ async def _show(args: argparse.Namespace, settings: Settings, store: ObjectStore
 
 
 async def _verify(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
+    from handlers.verify import verify_snapshot  # noqa: PLC0415 (pyarrow: see _create)
+
     metadata = await _find(args, store)
     report = await verify_snapshot(store, metadata, full=args.full)
     outcome = "ok" if report.ok else "corrupt"
@@ -229,11 +158,13 @@ async def _delete(args: argparse.Namespace, settings: Settings, store: ObjectSto
 
 
 async def _restore(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
+    from handlers.restore import restore_snapshot  # noqa: PLC0415 (pyarrow: see _create)
+
     out = parse_location(args.out).local_path
     if out.exists() and not args.force:
         raise UsageError(f"{out} exists: give --force to overwrite it")
     metadata = await _find(args, store)
-    progress = cli_operator.Progress(args, unit="rows", desc="restore")
+    progress = Progress(args, unit="rows", desc="restore")
     progress.start(metadata.vector_count)
     try:
         result = await restore_snapshot(store, metadata, out, progress=progress.update)
@@ -252,6 +183,16 @@ async def _restore(args: argparse.Namespace, settings: Settings, store: ObjectSt
         f"{store.root_uri} to {result.path} ({human_bytes(result.bytes_written)})",
     )
     return 0
+
+
+VERBS: dict[str, tuple[Verb, bool]] = {
+    "create": (_create, True),
+    "list": (_list, False),
+    "show": (_show, False),
+    "verify": (_verify, False),
+    "delete": (_delete, False),
+    "restore": (_restore, False),
+}
 
 
 def _snapshot_json(metadata: SnapshotMetadata, store: ObjectStore, outcome: str) -> dict[str, Any]:

@@ -43,12 +43,14 @@ from daemon.dead_letter import (
     safe_message,
 )
 from daemon.events import peek_ids
+from daemon.replay_defaults import (
+    DEFAULT_MAX_REPLAYS,
+    DEFAULT_RATE_PER_SECOND,
+    DEFAULT_REPLAY_GROUP,
+)
 from daemon.settings import Settings
 from handlers.errors import InvalidRequestError, PermanentError, TransientError
 
-DEFAULT_REPLAY_GROUP = "akisnap-dlq-replay"
-DEFAULT_MAX_REPLAYS = 3
-DEFAULT_RATE_PER_SECOND = 50.0
 PROGRESS_FORMAT = "akisnap-dlq/1"
 # Brokers refuse commit metadata above offset.metadata.max.bytes (default 4096).
 MAX_PROGRESS_CHARS = 3500

@@ -7,7 +7,6 @@ Kept light on purpose (no pydantic, aiokafka or pyarrow): ``akisnap --help`` imp
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import json
 import os
@@ -142,7 +141,10 @@ def root_cause(exc: BaseException) -> BaseException:
     if not isinstance(exc, BaseExceptionGroup):
         return exc
     leaves = [root_cause(inner) for inner in exc.exceptions]
-    real = [leaf for leaf in leaves if not isinstance(leaf, asyncio.CancelledError)]
+    # asyncio is not imported for --help; without it loaded nothing can be a CancelledError.
+    asyncio = sys.modules.get("asyncio")
+    cancelled = asyncio.CancelledError if asyncio is not None else ()
+    real = [leaf for leaf in leaves if not isinstance(leaf, cancelled)]
     return (real or leaves or [exc])[0]
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 import yaml
-from aiokafka.helpers import create_ssl_context
 from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -200,6 +199,9 @@ class Settings(BaseSettings):
             kwargs["sasl_plain_username"] = self.kafka_sasl_username
             kwargs["sasl_plain_password"] = _reveal(self.kafka_sasl_password)
         if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            # Only Kafka verbs get here: the store verbs never import aiokafka.
+            from aiokafka.helpers import create_ssl_context  # noqa: PLC0415
+
             kwargs["ssl_context"] = create_ssl_context(
                 cafile=self.kafka_ssl_cafile,
                 certfile=self.kafka_ssl_certfile,

@@ -8,14 +8,11 @@ redo overwrites under the same keys).
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 from handlers.catalog import Catalog
 from handlers.encode import EncodedSnapshot, Encoder
@@ -23,6 +20,7 @@ from handlers.errors import CorruptSnapshotError, WriteNotVerifiedError
 from handlers.job import SnapshotJob
 from handlers.metadata import PartInfo, SnapshotMetadata
 from handlers.sources import SourceReader
+from handlers.spool import process_spool
 from handlers.stores import ObjectStore, S3Options
 from handlers.upload import Uploader
 from handlers.verify import Verifier
@@ -95,28 +93,6 @@ class SnapshotCreator:
             metadata = _metadata(job, encoded, parts)
             await self._catalog.commit(metadata)
         return CreateOutcome(metadata, duplicate=False, stage_seconds=seconds)
-
-
-def process_spool(base: Path) -> Path:
-    """This process's own spool folder; folders of processes that died (SIGKILL leaves
-    half-written parts behind) are removed on the way."""
-    for folder in base.glob("pid-*"):
-        pid = folder.name.removeprefix("pid-")
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-    own = base / f"pid-{os.getpid()}"
-    own.mkdir(parents=True, exist_ok=True)
-    return own
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.asynccontextmanager

@@ -25,6 +25,7 @@ from handlers.codecs import read_part
 from handlers.codecs.json_legacy import batch_to_documents
 from handlers.codecs.parquet import file_schema, parquet_part_rows, writer_options
 from handlers.errors import CorruptSnapshotError, InvalidRequestError
+from handlers.filemode import new_file_mode
 from handlers.metadata import SnapshotMetadata
 from handlers.model import DocumentBatch, snapshot_schema
 from handlers.stores import ObjectStore
@@ -80,6 +81,7 @@ async def restore_snapshot(
             raise CorruptSnapshotError(
                 f"snapshot decodes to {rows} rows, metadata says {metadata.vector_count}"
             )
+        os.chmod(temp, new_file_mode())  # the temporary file was made 0600
         os.replace(temp, out)
     except BaseException:
         temp.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from handlers.errors import (
     StoreNotFoundError,
     StoreUnavailableError,
 )
+from handlers.filemode import new_file_mode
 from handlers.stores.base import CHUNK_BYTES, ObjectInfo, check_key
 
 SPOOL_DIR_NAME = ".akisnap-tmp"
@@ -111,6 +112,7 @@ class LocalStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, temp_name = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
         try:
+            os.fchmod(fd, new_file_mode())
             with os.fdopen(fd, "wb") as handle:
                 for chunk in chunks:
                     handle.write(chunk)
