@@ -75,11 +75,13 @@ async def _create(args: argparse.Namespace, settings: Settings, store: ObjectSto
         s3=settings.s3_options(),
         part_size_bytes=settings.part_size_bytes,
     )
+    progress = Progress(args, unit="rows", desc="create")
     try:
         existing = await creator.existing(job)
         outcome = "duplicate" if existing else "created"
-        metadata = existing or (await creator(job)).metadata
+        metadata = existing or (await creator(job, progress=progress)).metadata
     finally:  # Ctrl-C included: no half-written parts left in the spool
+        progress.close()
         discard_process_spool(store.spool_dir())
     seconds = time.perf_counter() - started
     payload = {**_snapshot_json(metadata, store, outcome), "seconds": round(seconds, 3)}
@@ -121,7 +123,13 @@ async def _verify(args: argparse.Namespace, settings: Settings, store: ObjectSto
     from handlers.verify import verify_snapshot  # noqa: PLC0415 (pyarrow: see _create)
 
     metadata = await _find(args, store)
-    report = await verify_snapshot(store, metadata, full=args.full)
+    progress = Progress(args, unit="rows", desc="verify")
+    if args.full:
+        progress.start(metadata.vector_count)
+    try:
+        report = await verify_snapshot(store, metadata, full=args.full, progress=progress.update)
+    finally:
+        progress.close()
     outcome = "ok" if report.ok else "corrupt"
     payload = {
         **_snapshot_json(metadata, store, outcome),

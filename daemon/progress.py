@@ -17,7 +17,7 @@ class Progress:
         self._desc = desc
         self._bar: Any = None
 
-    def start(self, total: int) -> None:
+    def start(self, total: int | None) -> None:
         if self._enabled and self._bar is None:
             try:
                 from tqdm import tqdm  # noqa: PLC0415 (only on a terminal)

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from handlers.catalog import Catalog
 from handlers.encode import EncodedSnapshot, Encoder
 from handlers.errors import CorruptSnapshotError, WriteNotVerifiedError
 from handlers.job import SnapshotJob
 from handlers.metadata import PartInfo, SnapshotMetadata
+from handlers.model import DocumentBatch
 from handlers.sources import SourceReader
 from handlers.spool import process_spool
 from handlers.stores import ObjectStore, S3Options
@@ -70,10 +72,15 @@ class SnapshotCreator:
         """The committed snapshot of this job's request id, if any (a duplicate)."""
         return await self._catalog.find(job.collection_id, job.snapshot_id)
 
-    async def __call__(self, job: SnapshotJob, timer: StageTimer = untimed) -> CreateOutcome:
+    async def __call__(
+        self, job: SnapshotJob, timer: StageTimer = untimed, progress: ProgressSink | None = None
+    ) -> CreateOutcome:
         seconds: dict[str, float] = {}
         async with _timed(timer, "source", seconds):
             source = await self._read_source(job)
+        if progress is not None:
+            progress.start(source.expected_rows)
+            source.batches = _counted(source.batches, progress)
         try:
             async with _timed(timer, "encode", seconds):
                 encoded = await self._encode(job, source)
@@ -103,6 +110,20 @@ async def _timed(timer: StageTimer, stage: str, seconds: dict[str, float]) -> As
             yield
     finally:
         seconds[stage] = time.perf_counter() - started
+
+
+class ProgressSink(Protocol):
+    """Told the rows to expect (None: unknown), then the rows read, from the encoder's thread."""
+
+    def start(self, total: int | None) -> None: ...
+
+    def update(self, amount: int = 1) -> None: ...
+
+
+def _counted(batches: Iterator[DocumentBatch], progress: ProgressSink) -> Iterator[DocumentBatch]:
+    for batch in batches:
+        yield batch
+        progress.update(batch.num_rows)
 
 
 def _metadata(

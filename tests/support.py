@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
 import pty
 import select
+import struct
 import subprocess
 import sys
+import termios
 import time
 import uuid
 from pathlib import Path
@@ -126,8 +129,10 @@ def akisnap_on_terminal(
     waiting in its input (the terminal buffers it until the prompt reads it); (exit code,
     everything it showed)."""
     leader, follower = pty.openpty()
+    # A real terminal has a size; a pty starts at 0×0, where progress bars draw nothing.
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
     clean = {k: v for k, v in os.environ.items() if not k.startswith("AKISNAP_")}
-    clean.update(env or {}, COLUMNS="120")
+    clean.update(env or {})
     process = subprocess.Popen(
         [sys.executable, "-m", "daemon.cli", *args],
         stdin=follower, stdout=follower, stderr=follower, cwd=REPO, env=clean,
