@@ -149,6 +149,12 @@ def _snapshot_verbs(commands: Subparsers) -> None:
         "--compression", choices=COMPRESSIONS, default="zstd", help="the parts' compression"
     )
     _labels(create, "a label (repeatable)")
+    create.add_argument(
+        "--exact",
+        action="store_true",
+        help="refuse an export whose vectors are not float32 (default: convert them, say so, "
+        "and record source_dtype in the metadata)",
+    )
 
     listing = _leaf(verbs, "list", "committed snapshots, oldest first", run)
     listing.add_argument("collection", nargs="?", help="only this collection")

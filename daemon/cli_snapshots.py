@@ -66,6 +66,7 @@ async def _create(args: argparse.Namespace, settings: Settings, store: ObjectSto
         format=args.format,
         compression=args.compression,
         labels=labels_from(args.label),
+        exact=args.exact,
     )
     # The operator named this file on the command line: allow it, unlike requests from Kafka.
     roots = [*settings.source_roots(), uri]
@@ -238,6 +239,11 @@ def describe(
         f"  labels    {labels}",
         f"  created   {metadata.created_at}",
     ]
+    if metadata.source_dtype is not None:
+        lines.append(
+            f"  note      vectors converted from {metadata.source_dtype} to float32 "
+            "(not bit for bit; --exact refuses such an export)"
+        )
     if seconds is not None:
         lines.append(f"  took      {seconds:.2f} s")
     return "\n".join(lines)

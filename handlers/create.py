@@ -17,7 +17,7 @@ from typing import Protocol
 
 from handlers.catalog import Catalog
 from handlers.encode import EncodedSnapshot, Encoder
-from handlers.errors import CorruptSnapshotError, WriteNotVerifiedError
+from handlers.errors import CorruptSnapshotError, InvalidDocumentsError, WriteNotVerifiedError
 from handlers.job import SnapshotJob
 from handlers.metadata import PartInfo, SnapshotMetadata
 from handlers.model import DocumentBatch
@@ -78,6 +78,12 @@ class SnapshotCreator:
         seconds: dict[str, float] = {}
         async with _timed(timer, "source", seconds):
             source = await self._read_source(job)
+            if job.exact and source.source_dtype is not None:
+                source.close()
+                raise InvalidDocumentsError(
+                    f"the export's vectors are {source.source_dtype}, not float32: --exact "
+                    "refuses to convert them"
+                )
         if progress is not None:
             progress.start(source.expected_rows)
             source.batches = _counted(source.batches, progress)
@@ -97,7 +103,7 @@ class SnapshotCreator:
             except CorruptSnapshotError as exc:
                 # Nothing is committed yet: a redo writes the same keys again.
                 raise WriteNotVerifiedError(exc.message) from None
-            metadata = _metadata(job, encoded, parts)
+            metadata = _metadata(job, encoded, parts, source.source_dtype)
             await self._catalog.commit(metadata)
         return CreateOutcome(metadata, duplicate=False, stage_seconds=seconds)
 
@@ -127,7 +133,10 @@ def _counted(batches: Iterator[DocumentBatch], progress: ProgressSink) -> Iterat
 
 
 def _metadata(
-    job: SnapshotJob, encoded: EncodedSnapshot, parts: tuple[PartInfo, ...]
+    job: SnapshotJob,
+    encoded: EncodedSnapshot,
+    parts: tuple[PartInfo, ...],
+    source_dtype: str | None = None,
 ) -> SnapshotMetadata:
     return SnapshotMetadata(
         snapshot_id=job.snapshot_id,
@@ -141,4 +150,5 @@ def _metadata(
         parts=parts,
         labels=dict(job.labels),
         json_equivalent_bytes=encoded.json_equivalent_bytes,
+        source_dtype=source_dtype,
     )

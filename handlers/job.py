@@ -50,6 +50,8 @@ class SnapshotJob:
     format: SnapshotFormat = "parquet"
     compression: str = "zstd"
     labels: Mapping[str, str] = field(default_factory=dict)
+    # Refuse an export whose vectors are not float32 rather than convert them.
+    exact: bool = False
 
     def __post_init__(self) -> None:
         check_collection_id(self.collection_id)

@@ -60,6 +60,9 @@ class OpenedSource:
     description: str
     cleanup_paths: list[Path] = field(default_factory=list)
     expected_rows: int | None = None
+    # The vectors' type in the export ("float64", "int32", …), when it is not float32: the
+    # snapshot stores float32, so such an export is converted (and says so) or refused.
+    source_dtype: str | None = None
 
     def close(self) -> None:
         for path in self.cleanup_paths:
@@ -141,11 +144,34 @@ def open_local(path: Path, fmt: str, *, seed: str, default_time: datetime) -> Op
         batches = openers[fmt](path, seed, default_time)
     except READ_ERRORS as exc:
         raise SourceError(f"cannot read {fmt} export {path.name}: {_reason(exc)}") from None
+    dtype = _vector_dtype(path, fmt)
     return OpenedSource(
         _guarded(batches, fmt, path.name),
         f"{fmt} export {path.name}",
         expected_rows=_expected_rows(path, fmt),
+        source_dtype=None if dtype == "float32" else dtype,
     )
+
+
+def _vector_dtype(path: Path, fmt: str) -> str | None:
+    """The numeric type the export's vectors are stored in (None: JSON text, or unknown)."""
+    try:
+        if fmt == "npy":
+            return _npy_header(path)[1].name
+        if fmt == "parquet":
+            kind = pq.read_schema(path).field("vector").type
+        elif fmt == "arrow":
+            with pa.memory_map(str(path)) as source:
+                try:
+                    kind = pa.ipc.open_file(source).schema.field("vector").type
+                except pa.ArrowInvalid:
+                    source.seek(0)
+                    kind = pa.ipc.open_stream(source).schema.field("vector").type
+        else:
+            return None
+        return str(np.dtype(kind.value_type.to_pandas_dtype()).name)
+    except (pa.ArrowException, OSError, ValueError, KeyError, AttributeError, TypeError):
+        return None  # the reader itself reports an unreadable export
 
 
 def _expected_rows(path: Path, fmt: str) -> int | None:
