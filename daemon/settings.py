@@ -3,7 +3,7 @@
 Every field has a default that works on a laptop, and its environment variable is
 ``AKISNAP_`` + the field name in upper case. :meth:`Settings.load` reads the YAML file first,
 lets the environment override it, then explicit overrides (the CLI's flags) override both. A
-wrong value stops the start with :class:`SettingsError`, one ``AKISNAP_FIELD: reason`` line
+wrong value stops the start with :class:`SettingsError`, one ``AKISNAP_<FIELD>: reason`` line
 per wrong field, never quoting the value (so never a secret).
 """
 
@@ -259,7 +259,7 @@ def _problems(
 ) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     for error in exc.errors(include_input=False, include_url=False):
-        if not error["loc"]:  # cross-field checks: already "AKISNAP_X: reason" lines
+        if not error["loc"]:  # cross-field checks: already "AKISNAP_<FIELD>: reason" lines
             for line in _strip_prefix(error["msg"]).splitlines():
                 variable, _, reason = line.partition(": ")
                 problems.append((variable, reason))
