@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
 import urllib.request
@@ -31,13 +32,13 @@ from aiokafka.errors import KafkaError
 
 from daemon import sample_data
 from daemon.app import Daemon
-from daemon.cli_common import human_bytes
+from daemon.cli_common import BOOTSTRAP_HINT, fail, human_bytes
 from daemon.dead_letter import H_ATTEMPTS, H_CLASS, H_MESSAGE, H_OFFSET, H_STAGE
 from daemon.events import REQUEST_SCHEMA, build_request
+from daemon.exit_codes import ENVIRONMENT
 from daemon.logging import configure_logging
 from daemon.results import Outcome, OutcomeWatcher, publish, topic_partitions
 from daemon.settings import Settings
-from daemon.settings_error import SettingsError
 from handlers.job import InlineSource, UriSource
 from handlers.model import DocumentBatch
 
@@ -60,33 +61,31 @@ class Sent:
 
 async def run_demo(args: argparse.Namespace) -> int:
     configure_logging("console", "error")
+    # An unreachable broker is reported below in one line naming the address.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     output: Path = args.output.resolve()
     snapshots, exports = output / "snapshots", output / "exports"
     snapshots.mkdir(parents=True, exist_ok=True)
     exports.mkdir(parents=True, exist_ok=True)
-    try:
-        settings = Settings.load(
-            getattr(args, "config", None),
-            store=snapshots.as_uri(),
-            exports_root=exports.as_uri(),
-            group_id=f"akisnap-demo-{uuid.uuid4().hex[:12]}",
-            log_format="console",
-            log_level="error",
-            retry_attempts=3,
-            retry_base_seconds=0.2,
-            retry_cap_seconds=2.0,
-            shutdown_grace_seconds=10.0,
-        )
-    except SettingsError as exc:
-        print(f"akisnap demo: {exc}")
-        return 2
+    settings = Settings.load(
+        getattr(args, "config", None),
+        store=snapshots.as_uri(),
+        exports_root=exports.as_uri(),
+        group_id=f"akisnap-demo-{uuid.uuid4().hex[:12]}",
+        log_format="console",
+        log_level="error",
+        retry_attempts=3,
+        retry_base_seconds=0.2,
+        retry_cap_seconds=2.0,
+        shutdown_grace_seconds=10.0,
+    )
     print(f"akisnap demo: Kafka at {settings.kafka_bootstrap}, store {snapshots}")
     if not await _kafka_answers(settings):
-        print(
-            f"akisnap demo: error: no Kafka broker answers at {settings.kafka_bootstrap} "
-            "(run `make services` and source .services.env, or just `make demo`)"
+        fail(
+            f"no Kafka broker answers at {settings.kafka_bootstrap}: {BOOTSTRAP_HINT}, or run "
+            "`make services` and source .services.env (or just `make demo`)",
+            ENVIRONMENT,
         )
-        return 1
     export_uri, export_note = _write_export(exports)
     print(f"  export: {export_note}")
     await _start_group_at_end(settings)
@@ -160,8 +159,7 @@ async def _kafka_answers(settings: Settings) -> bool:
             await probe.stop()
     missing = {settings.request_topic, settings.result_topic, settings.dlq_topic} - set(topics)
     if missing:
-        print(f"akisnap demo: error: topics missing on the broker: {', '.join(sorted(missing))}")
-        return False
+        fail(f"topics missing on the broker: {', '.join(sorted(missing))}", ENVIRONMENT)
     return True
 
 

@@ -176,3 +176,13 @@ def test_exit_code_table_in_design_matches_the_code() -> None:
     rows = [line.split("|")[1:3] for line in section.splitlines()[2:]]
     documented = {int(code): kind.strip() for code, kind in rows}
     assert documented == {exit_codes.OK: "ok", **exit_codes.KINDS}
+
+
+def test_demo_without_broker_names_the_address(tmp_path: Path) -> None:
+    """`akisnap demo` with no broker: one line naming the address and the setting; exit 6."""
+    result = akisnap_process(
+        "demo", "--output", str(tmp_path / "demo"), env={"AKISNAP_KAFKA_BOOTSTRAP": CLOSED_PORT}
+    )
+    assert result.returncode == exit_codes.ENVIRONMENT, result.stderr
+    (line,) = error_lines(result.stderr)
+    assert CLOSED_PORT in line and "set AKISNAP_KAFKA_BOOTSTRAP" in line
