@@ -24,9 +24,21 @@ def load_settings(args: argparse.Namespace) -> Settings:
     verbose = bool(getattr(args, "verbose", False))
     configure_logging("console", "info" if verbose else "warning", secrets=settings.secret_values())
     if not verbose:
-        # The verb reports a broker failure itself, in one line naming the address.
-        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+        hide_kafka_client_logs()
     return settings
+
+
+def hide_kafka_client_logs() -> None:
+    """Drop aiokafka's own log lines (below CRITICAL) from this run's output: a verb reports a
+    broker failure itself, in one line naming the address. A filter on the handler, not a
+    logger level, so the next configure_logging() starts clean."""
+    for handler in logging.getLogger().handlers:
+        if handler.get_name() == "akisnap":
+            handler.addFilter(_not_from_kafka_client)
+
+
+def _not_from_kafka_client(record: logging.LogRecord) -> bool:
+    return not record.name.startswith("aiokafka") or record.levelno >= logging.CRITICAL
 
 
 def emit(args: argparse.Namespace, payload: Any, human: str) -> None:

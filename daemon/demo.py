@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import math
 import os
 import urllib.request
@@ -32,7 +31,7 @@ from aiokafka.errors import KafkaError
 
 from daemon import sample_data
 from daemon.app import Daemon
-from daemon.cli_common import BOOTSTRAP_HINT, fail, human_bytes
+from daemon.cli_common import BOOTSTRAP_HINT, fail, hide_kafka_client_logs, human_bytes
 from daemon.dead_letter import H_ATTEMPTS, H_CLASS, H_MESSAGE, H_OFFSET, H_STAGE
 from daemon.events import REQUEST_SCHEMA, build_request
 from daemon.exit_codes import ENVIRONMENT
@@ -61,8 +60,7 @@ class Sent:
 
 async def run_demo(args: argparse.Namespace) -> int:
     configure_logging("console", "error")
-    # An unreachable broker is reported below in one line naming the address.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    hide_kafka_client_logs()  # an unreachable broker is reported below, in one line
     output: Path = args.output.resolve()
     snapshots, exports = output / "snapshots", output / "exports"
     snapshots.mkdir(parents=True, exist_ok=True)
