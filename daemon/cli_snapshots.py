@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from daemon.cli_common import (
@@ -39,13 +40,22 @@ Verb = Callable[[argparse.Namespace, Settings, ObjectStore], Awaitable[int]]
 def main(args: argparse.Namespace) -> int:
     """``snapshots VERB``: open the store (only create makes one), run the verb, close."""
     run, writes = VERBS[args.verb]
-    return asyncio.run(_with_store(args, run, writes))
+    spools: list[Path] = []
+    try:
+        return asyncio.run(_with_store(args, run, writes, spools))
+    finally:
+        # After the event loop is gone, hence after the encoder's threads (asyncio.run waits
+        # for them), Ctrl-C included: nothing half-written stays in the spool.
+        for spool in spools:
+            discard_process_spool(spool)
 
 
-async def _with_store(args: argparse.Namespace, run: Verb, writes: bool) -> int:
+async def _with_store(args: argparse.Namespace, run: Verb, writes: bool, spools: list[Path]) -> int:
     settings = load_settings(args)
     # Only create makes a store; the other verbs refuse a path that holds none.
     store = open_store(settings.store, settings.s3_options(), create=writes)
+    if writes:
+        spools.append(store.spool_dir())
     try:
         return await run(args, settings, store)
     finally:
@@ -81,9 +91,8 @@ async def _create(args: argparse.Namespace, settings: Settings, store: ObjectSto
         existing = await creator.existing(job)
         outcome = "duplicate" if existing else "created"
         metadata = existing or (await creator(job, progress=progress)).metadata
-    finally:  # Ctrl-C included: no half-written parts left in the spool
+    finally:
         progress.close()
-        discard_process_spool(store.spool_dir())
     seconds = time.perf_counter() - started
     payload = {**_snapshot_json(metadata, store, outcome), "seconds": round(seconds, 3)}
     emit(args, payload, describe(metadata, store, outcome, seconds=seconds))

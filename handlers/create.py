@@ -7,7 +7,9 @@ redo overwrites under the same keys).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -86,10 +88,14 @@ class SnapshotCreator:
                 )
         if progress is not None:
             progress.start(source.expected_rows)
-            source.batches = _counted(source.batches, progress)
+        stop = threading.Event()
+        source.batches = _watched(source.batches, stop, progress)
         try:
             async with _timed(timer, "encode", seconds):
                 encoded = await self._encode(job, source)
+        except asyncio.CancelledError:
+            stop.set()  # the encoder's thread ends at its next batch, not at the export's end
+            raise
         finally:
             source.close()
         try:
@@ -126,10 +132,19 @@ class ProgressSink(Protocol):
     def update(self, amount: int = 1) -> None: ...
 
 
-def _counted(batches: Iterator[DocumentBatch], progress: ProgressSink) -> Iterator[DocumentBatch]:
+class EncodeStoppedError(Exception):
+    """Raised in the encoder's thread once the create was cancelled (Ctrl-C, shutdown)."""
+
+
+def _watched(
+    batches: Iterator[DocumentBatch], stop: threading.Event, progress: ProgressSink | None
+) -> Iterator[DocumentBatch]:
     for batch in batches:
+        if stop.is_set():
+            raise EncodeStoppedError("the create was cancelled")
         yield batch
-        progress.update(batch.num_rows)
+        if progress is not None:
+            progress.update(batch.num_rows)
 
 
 def _metadata(

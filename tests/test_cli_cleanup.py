@@ -36,6 +36,16 @@ STALLED_CREATE = textwrap.dedent(
 )
 
 
+def ended(process: subprocess.Popen[str]) -> str:
+    """Its stderr once it exits; killed (and the test failed) if it does not within 60 s."""
+    try:
+        return process.communicate(timeout=60)[1]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise AssertionError("akisnap did not end within 60 s of SIGINT") from None
+
+
 def test_ctrl_c_removes_the_process_spool(tmp_path: Path) -> None:
     """SIGINT mid-create: exit 130, one 'interrupted' line, no pid-N folder left behind."""
     np.save(tmp_path / "v.npy", np.ones((100, 8), dtype=np.float32))
@@ -50,10 +60,57 @@ def test_ctrl_c_removes_the_process_spool(tmp_path: Path) -> None:
     spool = store / ".akisnap-tmp" / f"pid-{process.pid}"
     assert (spool / "half-written.parquet").is_file()
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    err = ended(process)
     assert process.returncode == exit_codes.INTERRUPTED
     assert err.strip() == "akisnap: error: interrupted"
     assert not spool.exists()
+
+
+# The same, with an export that never ends: the encoder's thread is reading batches when
+# Ctrl-C comes. Without a stop between batches the process would read on forever.
+ENDLESS_CREATE = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from handlers import sources
+    from handlers.model import DocumentBatch
+    from daemon import cli
+
+    def endless():
+        rng = np.random.default_rng(0)
+        for start in range(0, 10**12, 1000):
+            yield DocumentBatch.from_arrays(
+                rng.random((1000, 8), dtype=np.float32), id_seed="endless", first_position=start
+            )
+            if start == 1000:
+                print("ready", flush=True)
+
+    async def endless_source(self, job):
+        return sources.OpenedSource(endless(), "an endless export")
+
+    sources.SourceReader.__call__ = endless_source
+    sys.exit(cli.main(sys.argv[1:]))
+    """
+)
+
+
+def test_ctrl_c_stops_an_encode_that_is_reading(tmp_path: Path) -> None:
+    """SIGINT while the encoder's thread reads an export: it stops at the next batch; exit
+    130, one line, spool removed (asyncio.run waits for that thread before exiting)."""
+    np.save(tmp_path / "v.npy", np.ones((1, 8), dtype=np.float32))
+    store = tmp_path / "store"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AKISNAP_")}
+    argv = ["snapshots", "create", "--collection", "c", "--from", str(tmp_path / "v.npy")]
+    process = subprocess.Popen(
+        [sys.executable, "-c", ENDLESS_CREATE, *argv, "--store", str(store)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
+    )  # fmt: skip
+    assert process.stdout is not None and process.stdout.readline() == "ready\n"
+    process.send_signal(signal.SIGINT)
+    err = ended(process)
+    assert process.returncode == exit_codes.INTERRUPTED
+    assert err.strip() == "akisnap: error: interrupted"
+    assert not (store / ".akisnap-tmp" / f"pid-{process.pid}").exists()
 
 
 def test_prune_orphans_sweeps_dead_spools_and_empty_folders(tmp_path: Path) -> None:
