@@ -103,6 +103,8 @@ def code_for(exc: BaseException) -> int:
     for cls, code in BY_CLASS:
         if isinstance(exc, cls):
             return code
+    if isinstance(exc, errors.AkisnapError) and exc.retryable:
+        return ENVIRONMENT  # any other kind the daemon would wait out or retry
     return FAILURE
 
 

@@ -186,3 +186,29 @@ def test_demo_without_broker_names_the_address(tmp_path: Path) -> None:
     assert result.returncode == exit_codes.ENVIRONMENT, result.stderr
     (line,) = error_lines(result.stderr)
     assert CLOSED_PORT in line and "set AKISNAP_KAFKA_BOOTSTRAP" in line
+
+
+def test_every_error_class_has_its_exit_code() -> None:
+    """Each kind of handlers error maps to the documented code; a bug is 1."""
+    from handlers import errors
+
+    cases = {
+        errors.SnapshotNotFoundError("x"): exit_codes.NOT_FOUND,
+        errors.StoreNotFoundError("x"): exit_codes.NOT_FOUND,
+        errors.CorruptSnapshotError("x"): exit_codes.CORRUPT,
+        errors.InvalidDocumentsError("x"): exit_codes.BAD_INPUT,
+        errors.SourceError("x"): exit_codes.BAD_INPUT,
+        errors.AmbiguousSnapshotIdError("x"): exit_codes.USAGE,
+        errors.StoreConfigError("x"): exit_codes.USAGE,
+        errors.StoreAccessDeniedError("x"): exit_codes.ENVIRONMENT,
+        errors.StoreUnavailableError("x"): exit_codes.ENVIRONMENT,
+        PermissionError(13, "denied"): exit_codes.ENVIRONMENT,
+        FileNotFoundError(2, "none"): exit_codes.NOT_FOUND,
+        KeyboardInterrupt(): exit_codes.INTERRUPTED,
+        BrokenPipeError(): exit_codes.BROKEN_PIPE,
+        ExceptionGroup("g", [errors.CorruptSnapshotError("x")]): exit_codes.CORRUPT,
+        ValueError("a bug"): exit_codes.FAILURE,
+    }
+    assert {type(exc).__name__: exit_codes.describe(exc).code for exc in cases} == {
+        type(exc).__name__: code for exc, code in cases.items()
+    }
