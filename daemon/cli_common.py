@@ -13,8 +13,6 @@ from daemon.exit_codes import USAGE, CommandFailedError, UsageError
 from daemon.logging import configure_logging
 from daemon.settings import Settings
 
-BOOTSTRAP_HINT = "set AKISNAP_KAFKA_BOOTSTRAP (or kafka_bootstrap in the --config file)"
-
 
 def load_settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}

@@ -12,7 +12,6 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from daemon.app import Daemon, explain_kafka_failure
 from daemon.cli_common import (
-    BOOTSTRAP_HINT,
     emit,
     fail,
     labels_from,
@@ -24,7 +23,7 @@ from daemon.events import build_request
 from daemon.exit_codes import BAD_INPUT, ENVIRONMENT, UsageError, os_error_text
 from daemon.logging import configure_logging
 from daemon.results import Outcome, OutcomeWatcher, publish
-from daemon.settings import Settings
+from daemon.settings import BOOTSTRAP_HINT, Settings
 from handlers.job import (
     InlineSource,
     SourceSpec,

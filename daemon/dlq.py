@@ -48,7 +48,7 @@ from daemon.replay_defaults import (
     DEFAULT_RATE_PER_SECOND,
     DEFAULT_REPLAY_GROUP,
 )
-from daemon.settings import Settings
+from daemon.settings import BOOTSTRAP_HINT, Settings
 from handlers.errors import InvalidRequestError, PermanentError, TransientError
 
 PROGRESS_FORMAT = "akisnap-dlq/1"
@@ -251,8 +251,7 @@ async def _kafka(settings: Settings, action: str) -> AsyncIterator[None]:
     except KafkaError as err:
         reason = safe_message(f"{type(err).__name__}: {err}")
         raise KafkaUnavailableError(
-            f"{action}: Kafka at {settings.kafka_bootstrap} failed ({reason}); "
-            "set AKISNAP_KAFKA_BOOTSTRAP (or kafka_bootstrap in the --config file)"
+            f"{action}: Kafka at {settings.kafka_bootstrap} failed ({reason}); {BOOTSTRAP_HINT}"
         ) from None
 
 

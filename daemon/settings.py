@@ -25,6 +25,8 @@ from handlers.stores import S3Options
 ENV_PREFIX = "AKISNAP_"
 MIB = 1024 * 1024
 REDACTED = "***"
+# What a message about an unreachable broker tells the user to change.
+BOOTSTRAP_HINT = "set AKISNAP_KAFKA_BOOTSTRAP (or kafka_bootstrap in the --config file)"
 # Settings the CLI takes as flags (overrides of Settings.load): errors name the flag.
 CLI_FLAGS = {"store": "--store"}
 
