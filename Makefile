@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(HOME)/.cache/akisnap/bin:$(PATH)
 
-.PHONY: install lock tools services services-down lint typecheck test test-only bench demo clean
+.PHONY: install lock tools services services-down lint typecheck test test-only bench bench-startup demo clean
 
 # Exactly the versions in constraints.txt (the lock), so CI and the image run what was tested.
 install: $(BIN)/akisnap
@@ -53,6 +53,10 @@ test-only:
 
 bench: install services
 	set -a && source .services.env && set +a && $(BIN)/python -m bench
+
+# How fast the CLI answers (--help target: 0.3 s); needs no services.
+bench-startup: install
+	$(BIN)/python -m bench.startup
 
 demo: install services
 	set -a && source .services.env && set +a && $(BIN)/akisnap demo

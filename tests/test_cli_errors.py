@@ -212,3 +212,11 @@ def test_every_error_class_has_its_exit_code() -> None:
     assert {type(exc).__name__: exit_codes.describe(exc).code for exc in cases} == {
         type(exc).__name__: code for exc, code in cases.items()
     }
+
+
+def test_run_with_bad_settings_is_one_line_per_field(clean_env: pytest.MonkeyPatch) -> None:
+    """`akisnap run` with a wrong variable stops before starting anything: one line, exit 2."""
+    clean_env.setenv("AKISNAP_METRICS_PORT", "abc")
+    code, out, err = run_cli(["run"])
+    assert code == exit_codes.USAGE and out == ""
+    assert error_lines(err) == ["AKISNAP_METRICS_PORT: must be an integer"]
