@@ -79,7 +79,7 @@ def print_timings(
 
 
 def print_sizes(sizes: Sizes) -> None:
-    json_label = "legacy JSON format" + ("" if sizes.json_exact else " (est. from sample)")
+    json_label = "AkiDB 2.0 JSON format" + ("" if sizes.json_exact else " (est. from sample)")
     rows = [
         ("akisnap snapshot", sizes.akisnap),
         ("raw float32 (rows×dim×4)", sizes.raw),

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.ops import ScenarioBench
-from handlers.codecs.json_legacy import JsonPartWriter, documents_json_bytes
+from handlers.akidb.json_codec import AkidbJsonWriter
+from handlers.codecs.documents_json import documents_json_bytes
 from handlers.codecs.parquet import writer_options
 from handlers.model import DocumentBatch
 
@@ -72,14 +73,14 @@ def _parquet_size(table: pa.Table, work: Path, options: dict[str, Any]) -> int:
 
 
 def _json_size(table: pa.Table, work: Path, dim: int, *, exact: bool) -> int:
-    """The legacy JSON format's size: written whole (exact), or extrapolated from a sample."""
+    """AkiDB 2.0's JSON snapshot size: written whole (exact), or extrapolated from a sample."""
     if not exact:
         sample = table.slice(0, min(JSON_SAMPLE_ROWS, table.num_rows)).combine_chunks()
         sampled = documents_json_bytes(DocumentBatch(sample.to_batches()[0]))
         rows: int = table.num_rows
         return round(sampled * rows / int(sample.num_rows))
-    path = work / "legacy.json"
-    writer = JsonPartWriter(path, dim)
+    path = work / "akidb.json"
+    writer = AkidbJsonWriter(path, dim)
     for batch in table.to_batches():
         writer.write(DocumentBatch(batch))
     writer.close()

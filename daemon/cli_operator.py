@@ -31,7 +31,6 @@ from daemon.dlq import (
 from daemon.exit_codes import BAD_INPUT, UsageError
 from daemon.progress import Progress
 from handlers.errors import InvalidRequestError
-from handlers.job import check_collection_id
 from handlers.migrate import MigrationOutcome, Migrator
 from handlers.spool import discard_process_spool
 from handlers.stores import open_store
@@ -149,25 +148,22 @@ async def dlq_replay(args: argparse.Namespace) -> int:
 
 async def migrate(args: argparse.Namespace) -> int:
     settings = load_settings(args)
-    if args.collection is not None:
-        check_collection_id(args.collection)
     store = open_store(settings.store, settings.s3_options())
     migrator = Migrator(
         store,
         s3=settings.s3_options(),
-        collection_id=args.collection,
         compression=args.compression,
         part_size_bytes=settings.part_size_bytes,
     )
     progress = Progress(args, unit="B", desc="migrate")
     outcomes: list[MigrationOutcome] = []
     try:
-        files = await migrator.discover(to_uri(args.source))
-        progress.start(sum(legacy.size for legacy in files))
-        for legacy in files:
-            outcome = await migrator(legacy)
+        found = await migrator.discover(to_uri(args.source))
+        progress.start(sum(snapshot.size for snapshot in found))
+        for snapshot in found:
+            outcome = await migrator(snapshot)
             outcomes.append(outcome)
-            progress.update(legacy.size)
+            progress.update(snapshot.size)
             progress.line(_migration_line(outcome))
     finally:
         progress.close()
@@ -180,7 +176,7 @@ async def migrate(args: argparse.Namespace) -> int:
         print(f"{_migration_summary(outcomes)}; store {store.root_uri}")
     refused = sum(1 for outcome in outcomes if outcome.status == "refused")
     if refused:
-        fail(f"{refused} of {len(outcomes)} legacy file(s) refused (see above)", BAD_INPUT)
+        fail(f"{refused} of {len(outcomes)} AkiDB snapshot(s) refused (see above)", BAD_INPUT)
     return 0
 
 
@@ -193,6 +189,7 @@ def _migration_line(outcome: MigrationOutcome) -> str:
         f"{outcome.vectors} vectors × {outcome.dimension}, "
         f"{human_bytes(outcome.bytes_before)} -> {human_bytes(outcome.bytes_after)}"
         f"{_ratio(outcome.bytes_before, outcome.bytes_after)}"
+        + "".join(f"\n                  note: {note}" for note in outcome.notes)
     )
 
 
@@ -206,8 +203,8 @@ def _migration_summary(outcomes: list[MigrationOutcome]) -> str:
     }
     return (
         f"{counts['migrated']} migrated, {counts['already_migrated']} already migrated, "
-        f"{counts['refused']} refused; {human_bytes(before)} of JSON -> "
-        f"{human_bytes(after)} of Parquet{_ratio(before, after)}"
+        f"{counts['refused']} refused; {human_bytes(before)} in AkiDB 2.0 formats -> "
+        f"{human_bytes(after)} native{_ratio(before, after)}"
     )
 
 

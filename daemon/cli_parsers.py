@@ -143,7 +143,10 @@ def _snapshot_verbs(commands: Subparsers) -> None:
     )
     create.add_argument("--request-id", help="idempotency key (default: a new UUID)")
     create.add_argument(
-        "--format", choices=SNAPSHOT_FORMATS, default="parquet", help="the snapshot's format"
+        "--format",
+        choices=SNAPSHOT_FORMATS,
+        default="parquet",
+        help="parquet (native), or AkiDB 2.0's own akidb-parquet / akidb-json",
     )
     create.add_argument(
         "--compression", choices=COMPRESSIONS, default="zstd", help="the parts' compression"
@@ -272,10 +275,10 @@ def _filters(parser: argparse.ArgumentParser) -> None:
 def _migrate(commands: Subparsers) -> None:
     migrate = commands.add_parser(
         "migrate",
-        help="legacy JSON snapshots -> Parquet snapshots",
-        description="Convert a legacy JSON snapshot file, or every *.json under a folder or "
-        "S3 prefix, into verified Parquet snapshots. Idempotent: a file migrated before is "
-        "reported 'already migrated'.",
+        help="AkiDB 2.0 snapshots -> native snapshots",
+        description="Convert AkiDB 2.0 snapshots (both formats) under a store root, a prefix, "
+        "or one snapshot file into verified native snapshots of the same collection. "
+        "Idempotent: a snapshot migrated before is reported 'already migrated'.",
     )
     add_common_options(migrate)
     migrate.set_defaults(run="daemon.cli_operator:migrate")
@@ -284,10 +287,7 @@ def _migrate(commands: Subparsers) -> None:
         dest="source",
         required=True,
         metavar="URI",
-        help="a file, folder or S3 prefix: a path, file:///… or s3://…",
-    )
-    migrate.add_argument(
-        "--collection", help="collection of the new snapshots (default: each file's name)"
+        help="AkiDB store root, prefix, or snapshot file (a path, file:///… or s3://…)",
     )
     migrate.add_argument(
         "--compression", choices=COMPRESSIONS, default="zstd", help="the parts' compression"

@@ -64,6 +64,7 @@ async def _with_store(args: argparse.Namespace, run: Verb, writes: bool, spools:
 
 async def _create(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
     # create, verify and restore import pyarrow; list, show and delete do not need it.
+    from handlers.akidb.notes import precision_notes  # noqa: PLC0415
     from handlers.create import SnapshotCreator  # noqa: PLC0415
 
     started = time.perf_counter()
@@ -94,16 +95,23 @@ async def _create(args: argparse.Namespace, settings: Settings, store: ObjectSto
     finally:
         progress.close()
     seconds = time.perf_counter() - started
-    payload = {**_snapshot_json(metadata, store, outcome), "seconds": round(seconds, 3)}
-    emit(args, payload, describe(metadata, store, outcome, seconds=seconds))
+    notes = precision_notes(source.format, job.format)
+    payload = {
+        **_snapshot_json(metadata, store, outcome),
+        "seconds": round(seconds, 3),
+        "notes": notes,
+    }
+    human = describe(metadata, store, outcome, seconds=seconds)
+    emit(args, payload, human + "".join(f"\n  note: {note}" for note in notes))
     return 0
 
 
 async def _list(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
     wanted = labels_from(args.label)
+    scan = await Catalog(store).scan(args.collection)
     snapshots = [
         meta
-        for meta in await Catalog(store).list(args.collection)
+        for meta in scan.snapshots
         if all(meta.labels.get(key) == value for key, value in wanted.items())
     ]
     rows = [_row(meta) for meta in snapshots]
@@ -115,7 +123,9 @@ async def _list(args: argparse.Namespace, settings: Settings, store: ObjectStore
         if rows
         else f"no snapshots {where}"
     )
-    emit(args, [meta.to_dict() for meta in snapshots], human)
+    human += "".join(f"\nunreadable {entry.key}: {entry.reason}" for entry in scan.unreadable)
+    payload = [meta.to_dict() for meta in snapshots]
+    emit(args, payload + [entry.to_dict() for entry in scan.unreadable], human)
     return 0
 
 
@@ -145,12 +155,15 @@ async def _verify(args: argparse.Namespace, settings: Settings, store: ObjectSto
         **_snapshot_json(metadata, store, outcome),
         "problems": report.problems,
         "full": report.full,
+        "checksum": "none" if report.notes else "sha256",
+        "notes": report.notes,
     }
     human = (
         f"{metadata.snapshot_id}: {outcome} ({plural(report.parts_checked, 'part')}, "
         f"{human_bytes(report.bytes_checked)}{', every row decoded' if report.full else ''}) "
         f"in {store.root_uri}"
     )
+    human += "".join(f"\n  note: {note}" for note in report.notes)
     emit(args, payload, human + "".join(f"\n  {problem}" for problem in report.problems))
     if not report.ok:
         fail(f"snapshot {metadata.snapshot_id} is corrupt: {report.problems[0]}", CORRUPT)
@@ -176,6 +189,7 @@ async def _delete(args: argparse.Namespace, settings: Settings, store: ObjectSto
 
 
 async def _restore(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
+    from handlers.akidb.notes import precision_notes  # noqa: PLC0415 (pyarrow: see _create)
     from handlers.restore import restore_snapshot  # noqa: PLC0415 (pyarrow: see _create)
 
     out = parse_location(args.out).local_path
@@ -188,18 +202,19 @@ async def _restore(args: argparse.Namespace, settings: Settings, store: ObjectSt
         result = await restore_snapshot(store, metadata, out, progress=progress.update)
     finally:
         progress.close()
+    notes = precision_notes(metadata.format)
     payload = {
         **_snapshot_json(metadata, store, "restored"),
         "out": str(result.path),
         "rows": result.rows,
         "bytes_written": result.bytes_written,
+        "notes": notes,
     }
-    emit(
-        args,
-        payload,
+    human = (
         f"restored {result.rows} vectors of snapshot {metadata.snapshot_id} from "
-        f"{store.root_uri} to {result.path} ({human_bytes(result.bytes_written)})",
+        f"{store.root_uri} to {result.path} ({human_bytes(result.bytes_written)})"
     )
+    emit(args, payload, human + "".join(f"\n  note: {note}" for note in notes))
     return 0
 
 
@@ -275,6 +290,7 @@ def _row(meta: SnapshotMetadata) -> dict[str, Any]:
     return {
         "SNAPSHOT": meta.snapshot_id,
         "COLLECTION": meta.collection_id,
+        "FORMAT": meta.format,
         "VECTORS": str(meta.vector_count),
         "DIM": str(meta.dimension),
         "SIZE": human_bytes(meta.total_bytes),

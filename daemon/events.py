@@ -24,6 +24,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 from pydantic_core import ErrorDetails
 
+from handlers.catalog import commit_marker_key
 from handlers.create import CreateOutcome
 from handlers.errors import DecodeError, InvalidRequestError
 from handlers.job import (
@@ -34,7 +35,6 @@ from handlers.job import (
     UriSource,
     new_request_id,
 )
-from handlers.layout import metadata_key
 
 REQUEST_SCHEMA: Final = "akisnap.snapshot-request/v1"
 RESULT_SCHEMA: Final = "akisnap.snapshot-result/v1"
@@ -74,7 +74,7 @@ class UriSourceV1(_Strict):
     """A reference to an export (``file://`` or ``s3://``)."""
 
     uri: str = Field(min_length=1, max_length=4096)
-    format: Literal["parquet", "arrow", "npy", "json"]
+    format: Literal["parquet", "arrow", "npy", "akidb-json", "json"]
 
 
 def _source_kind(value: Any) -> str | None:
@@ -109,7 +109,7 @@ class SnapshotRequestV1(_Strict):
     request_id: str = Field(min_length=1, max_length=MAX_REQUEST_ID_CHARS)
     collection_id: str = Field(pattern=COLLECTION_ID.pattern)
     source: SourceV1
-    format: Literal["parquet", "json"] = "parquet"
+    format: Literal["parquet", "akidb-parquet", "akidb-json"] = "parquet"
     options: OptionsV1 = Field(default_factory=OptionsV1)
     labels: dict[str, str] = Field(default_factory=dict)
 
@@ -383,7 +383,7 @@ def build_result(
     ``durations_seconds`` is ``outcome.stage_seconds`` updated with ``durations`` (the
     daemon's own decode/validate timings, or its measurement of every stage)."""
     meta = outcome.metadata
-    key = metadata_key(meta.collection_id, meta.snapshot_id)
+    key = commit_marker_key(meta)
     result = SnapshotResultV1(
         schema=RESULT_SCHEMA,
         request_id=job.request_id,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
+from handlers.akidb.sidecar import akidb_records, is_akidb_format, to_metadata
 from handlers.catalog import Catalog
 from handlers.encode import EncodedSnapshot, Encoder
 from handlers.errors import CorruptSnapshotError, InvalidDocumentsError, WriteNotVerifiedError
@@ -72,7 +73,7 @@ class SnapshotCreator:
 
     async def existing(self, job: SnapshotJob) -> SnapshotMetadata | None:
         """The committed snapshot of this job's request id, if any (a duplicate)."""
-        return await self._catalog.find(job.collection_id, job.snapshot_id)
+        return await self._catalog.find(job.collection_id, job.snapshot_id, job.format)
 
     async def __call__(
         self, job: SnapshotJob, timer: StageTimer = untimed, progress: ProgressSink | None = None
@@ -109,9 +110,23 @@ class SnapshotCreator:
             except CorruptSnapshotError as exc:
                 # Nothing is committed yet: a redo writes the same keys again.
                 raise WriteNotVerifiedError(exc.message) from None
-            metadata = _metadata(job, encoded, parts, source.source_dtype)
-            await self._catalog.commit(metadata)
+            metadata = await self._commit(job, encoded, parts, source.source_dtype)
         return CreateOutcome(metadata, duplicate=False, stage_seconds=seconds)
+
+    async def _commit(
+        self,
+        job: SnapshotJob,
+        encoded: EncodedSnapshot,
+        parts: tuple[PartInfo, ...],
+        source_dtype: str | None,
+    ) -> SnapshotMetadata:
+        if is_akidb_format(job.format):
+            sidecar, integrity = akidb_records(job, parts[0], encoded.dimension)
+            await self._catalog.commit_akidb(sidecar, integrity)
+            return to_metadata(sidecar, integrity)
+        metadata = _metadata(job, encoded, parts, source_dtype)
+        await self._catalog.commit(metadata)
+        return metadata
 
 
 @contextlib.asynccontextmanager

@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from handlers.akidb.sidecar import is_akidb_format
 from handlers.codecs import PartWriter, open_part_writer, part_extension
-from handlers.codecs.json_legacy import documents_json_bytes
+from handlers.codecs.documents_json import documents_json_bytes
 from handlers.errors import InvalidDocumentsError
 from handlers.job import SnapshotJob
 from handlers.model import DocumentBatch, bytes_per_row_estimate, check_unique_ids, id_keys
@@ -32,6 +33,7 @@ from handlers.sources import OpenedSource
 JSON_SAMPLE_VALUES = 4096
 PREFETCH_DEPTH = 2
 SMALL_JOB_ROWS = 4096
+MAX_ROWS_ONE_FILE = 2**62
 T = TypeVar("T")
 
 
@@ -247,6 +249,9 @@ class _EncodeRun:
         self._json_per_row = _json_bytes_per_row(batch)
         row_bytes = bytes_per_row_estimate(self._dimension)
         self._part_rows = max(1, self._part_size // row_bytes)
+        if is_akidb_format(self._job.format):
+            self._part_rows = MAX_ROWS_ONE_FILE  # AkiDB 2.0 reads exactly one file
+            return
         if self._expected_rows and self._expected_rows > self._part_rows:
             # Already several parts: make their count a multiple of the cores, evenly sized,
             # so every core stays busy. A snapshot that fits one part stays one part (a

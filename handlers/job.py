@@ -13,12 +13,13 @@ from handlers.errors import InvalidRequestError
 # Fixed forever: snapshot ids of existing snapshots depend on it.
 SNAPSHOT_NAMESPACE = uuid.UUID("6f1c2a9e-0c4b-5d7e-9a31-2b8f4e6d0a17")
 COLLECTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-SNAPSHOT_FORMATS = ("parquet", "json")
-SOURCE_FORMATS = ("parquet", "arrow", "npy", "json")
+SNAPSHOT_FORMATS = ("parquet", "akidb-parquet", "akidb-json")
+# "json" is the older name of "akidb-json" (AkiDB 2.0's JSON snapshot), still accepted.
+SOURCE_FORMATS = ("parquet", "arrow", "npy", "akidb-json", "json")
 COMPRESSIONS = ("zstd", "snappy", "lz4", "none")
 
-SnapshotFormat = Literal["parquet", "json"]
-SourceFormat = Literal["parquet", "arrow", "npy", "json"]
+SnapshotFormat = Literal["parquet", "akidb-parquet", "akidb-json"]
+SourceFormat = Literal["parquet", "arrow", "npy", "akidb-json", "json"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class SnapshotJob:
             raise InvalidRequestError("request_id must be a non-empty string of at most 200 chars")
         if self.format not in SNAPSHOT_FORMATS:
             raise InvalidRequestError(f"format {self.format!r} is not one of {SNAPSHOT_FORMATS}")
+        if self.format.startswith("akidb-"):
+            check_uuid_collection(self.collection_id, self.format)
         if self.compression not in COMPRESSIONS:
             raise InvalidRequestError(
                 f"compression {self.compression!r} is not one of {COMPRESSIONS}"
@@ -91,6 +94,17 @@ def check_collection_id(collection_id: object) -> str:
     return collection_id
 
 
+def check_uuid_collection(collection_id: str, fmt: str) -> None:
+    """AkiDB 2.0 parses the collection id as a UUID: any other id would be unrestorable."""
+    try:
+        uuid.UUID(collection_id)
+    except ValueError:
+        raise InvalidRequestError(
+            f"format {fmt} needs a UUID collection id (AkiDB 2.0 names collections by UUID), "
+            f"not {collection_id!r}"
+        ) from None
+
+
 def source_format_from_uri(uri: str) -> SourceFormat:
     """Guess an export's format from its extension (for the CLI's --from)."""
     lowered = uri.lower()
@@ -101,7 +115,7 @@ def source_format_from_uri(uri: str) -> SourceFormat:
         (".ipc", "arrow"),
         (".feather", "arrow"),
         (".npy", "npy"),
-        (".json", "json"),
+        (".json", "akidb-json"),
     ):
         if lowered.endswith(suffix):
             return kind  # type: ignore[return-value]

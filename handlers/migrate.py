@@ -1,58 +1,56 @@
-"""Migrate legacy JSON snapshot files to Parquet snapshots, verified, idempotently.
+"""Migrate AkiDB 2.0 snapshots (docs/akidb-2.0.md) to native snapshots, verified, idempotently.
 
-``--from`` names one legacy file (``file:///…/x.json``, ``s3://bucket/…/x.json``) or a folder /
-prefix full of them (every ``*.json`` below it, metadata files excepted). Each file becomes one
-snapshot through the same :class:`~handlers.create.SnapshotCreator` as every other snapshot.
+``--from`` names an AkiDB store root, a prefix inside it (``…/snapshots/``, ``…/snapshots/C/``)
+or one snapshot file of either format (its data file or its sidecar). The snapshots are found
+the way the catalog finds them, so what ``snapshots list`` shows is what migrates.
 
-Idempotent: a file's request id is derived from its canonical URI, so its snapshot id is too;
-a file whose snapshot already exists is reported "already migrated" without being read. After
-a create, every part is read back and decoded, and its ids and vector bits compared with the
-source's; a mismatch removes the new snapshot again. A file that is not a readable legacy
-snapshot is refused with the reason, and the others go on.
+Each AkiDB snapshot becomes one native snapshot of the *same* collection id. The new one's
+request id is ``migrate-akidb-{AkiDB snapshot id}``, so its snapshot id is fixed: a second run
+finds it and reports "already migrated" without reading anything. AkiDB's snapshot id and
+created_at are kept as the labels ``akidb_snapshot_id`` and ``akidb_created_at`` (and the
+source as ``migrated_from``). Before success is reported: the file's rows and dimension are
+checked against its sidecar, and the new snapshot is read back and compared with the source
+column by column (ids, external ids, vector bits, metadata, inserted_at); a mismatch removes
+the new snapshot again. AkiDB JSON keeps nanoseconds, native snapshots microseconds: the
+outcome says so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
-import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
+import pyarrow as pa
 
+from handlers.akidb.notes import precision_notes
+from handlers.akidb.sidecar import is_akidb_format, sidecar_key
+from handlers.catalog import Catalog, UnreadableEntry
 from handlers.codecs import read_part
-from handlers.codecs.json_legacy import parse_legacy
 from handlers.create import DEFAULT_PART_SIZE_BYTES, SnapshotCreator
-from handlers.errors import (
-    CorruptSnapshotError,
-    InvalidDocumentsError,
-    ObjectMissingError,
-    PermanentError,
-    SourceError,
-)
-from handlers.job import COLLECTION_ID, InlineSource, SnapshotJob, snapshot_id_for
-from handlers.layout import METADATA_SUFFIX
+from handlers.errors import CorruptSnapshotError, PermanentError, SourceError
+from handlers.job import SnapshotJob, SourceFormat, UriSource, snapshot_id_for
+from handlers.layout import SNAPSHOTS_PREFIX
 from handlers.metadata import SnapshotMetadata
-from handlers.model import DocumentBatch, vectors_bit_equal
 from handlers.stores import ObjectStore, S3Options, open_store
-from handlers.uris import Location, parse_location
+from handlers.uris import parse_location
 from handlers.verify import checked_part_file
 
-MIGRATION_NAMESPACE = uuid.UUID("0b7f8f0e-3a51-5c55-9a9e-6d2f0c1e5a42")
-"""Fixed forever: the snapshot ids of migrated files depend on it."""
-
 Status = Literal["migrated", "already_migrated", "refused"]
+COMPARED_COLUMNS = ("document_id", "external_id", "vector", "metadata", "inserted_at")
 
 
 @dataclass(frozen=True)
-class LegacyFile:
-    """One legacy JSON snapshot to migrate."""
+class AkidbSnapshot:
+    """One AkiDB snapshot found at the source (or a file there that is none)."""
 
     uri: str
     size: int
+    metadata: SnapshotMetadata | None = None
+    unreadable: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,19 +59,21 @@ class MigrationOutcome:
     status: Status
     collection_id: str | None = None
     snapshot_id: str | None = None
+    akidb_snapshot_id: str | None = None
     vectors: int = 0
     dimension: int = 0
     bytes_before: int = 0
     bytes_after: int = 0
     reason: str = ""
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def migration_request_id(uri: str) -> str:
-    """The request id of a file's migration: the same URI always gives the same snapshot."""
-    return f"migrate-{uuid.uuid5(MIGRATION_NAMESPACE, uri)}"
+def migration_request_id(akidb_snapshot_id: str) -> str:
+    """The request id of a migration: the same AkiDB snapshot always gives the same one."""
+    return f"migrate-akidb-{akidb_snapshot_id}"
 
 
 def canonical_uri(uri: str) -> str:
@@ -83,28 +83,33 @@ def canonical_uri(uri: str) -> str:
     return parse_location(uri).display
 
 
-def default_collection(uri: str) -> str | None:
-    """A file's collection when none is given: its name without ``.json``."""
-    stem = uri.rstrip("/").rsplit("/", 1)[-1].removesuffix(".json")
-    return stem if COLLECTION_ID.fullmatch(stem) else None
+def split_source(uri: str) -> tuple[str, str]:
+    """(store root URI, the part of ``snapshots/…`` named, or "" for the whole root)."""
+    display = canonical_uri(uri)
+    marker = "/snapshots"
+    at = display.rfind(marker + "/")
+    if at < 0 and display.rstrip("/").endswith(marker):
+        at = display.rstrip("/").rfind(marker)
+    if at < 0:
+        return display.rstrip("/"), ""
+    return display[:at], display[at + len(marker) + 1 :]
 
 
 class Migrator:
-    """Migrates legacy files into one store; call :meth:`close` when done."""
+    """Migrates AkiDB snapshots into one store; call :meth:`close` when done."""
 
     def __init__(
         self,
         store: ObjectStore,
         *,
         s3: S3Options | None = None,
-        collection_id: str | None = None,
         compression: str = "zstd",
         part_size_bytes: int = DEFAULT_PART_SIZE_BYTES,
     ) -> None:
         self._store = store
         self._s3 = s3 or S3Options()
-        self._collection_id = collection_id
         self._compression = compression
+        self._part_size = part_size_bytes
         self._creator = SnapshotCreator(
             store, source_roots=[], s3=s3, part_size_bytes=part_size_bytes
         )
@@ -117,181 +122,183 @@ class Migrator:
 
     # -- discovery ------------------------------------------------------------------------------
 
-    async def discover(self, uri: str) -> list[LegacyFile]:
-        """The legacy files a URI names: the file itself, or every ``*.json`` below it."""
-        location = parse_location(canonical_uri(uri))
-        found = (
-            await self._discover_s3(location)
-            if location.scheme == "s3"
-            else await asyncio.to_thread(_discover_local, Path(location.path))
-        )
-        if not found:
-            raise SourceError(f"no legacy JSON snapshots (*.json) at {location.display}")
-        return found
-
-    async def _discover_s3(self, location: Location) -> list[LegacyFile]:
-        bucket = self._source_store(location.bucket)
-        if location.key.endswith(".json"):
-            info = await bucket.head(location.key)
-            if info is None:
-                raise SourceError(f"{location.display} does not exist")
-            return [LegacyFile(location.display, info.size)]
-        prefix = location.key.rstrip("/") + "/" if location.key.strip("/") else ""
+    async def discover(self, uri: str) -> list[AkidbSnapshot]:
+        """The AkiDB snapshots (and unreadable files) a URI names, in key order."""
+        root, within = split_source(uri)
+        source = self._source_store(root)
+        scan = await Catalog(source).scan()
         found = [
-            LegacyFile(f"s3://{location.bucket}/{info.key}", info.size)
-            async for info in bucket.list(prefix)
-            if _is_legacy_name(info.key)
+            AkidbSnapshot(_uri(root, meta.parts[0].key), meta.parts[0].size, meta)
+            for meta in scan.snapshots
+            if is_akidb_format(meta.format) and _selected(meta, within)
         ]
-        return sorted(found, key=lambda legacy: legacy.uri)
+        found += [
+            AkidbSnapshot(_uri(root, entry.key), 0, unreadable=entry.reason)
+            for entry in scan.unreadable
+            if _entry_selected(entry, within)
+        ]
+        if not found:
+            raise SourceError(f"no AkiDB 2.0 snapshots at {canonical_uri(uri)}")
+        return sorted(found, key=lambda snapshot: snapshot.uri)
 
-    def _source_store(self, bucket: str) -> ObjectStore:
-        if bucket not in self._sources:
-            self._sources[bucket] = open_store(f"s3://{bucket}", self._s3)
-        return self._sources[bucket]
+    def _source_store(self, root: str) -> ObjectStore:
+        if root not in self._sources:
+            self._sources[root] = open_store(root, self._s3)
+        return self._sources[root]
 
-    # -- one file -------------------------------------------------------------------------------
+    # -- one snapshot ---------------------------------------------------------------------------
 
-    async def __call__(self, legacy: LegacyFile) -> MigrationOutcome:
-        collection = self._collection_id or default_collection(legacy.uri)
-        if collection is None:
-            return MigrationOutcome(
-                legacy.uri,
-                "refused",
-                bytes_before=legacy.size,
-                reason="cannot derive a collection id from the file name: pass --collection",
-            )
-        job_id = migration_request_id(legacy.uri)
-        existing = await self._creator.catalog.find(collection, snapshot_id_for(collection, job_id))
+    async def __call__(self, found: AkidbSnapshot) -> MigrationOutcome:
+        meta = found.metadata
+        if meta is None:
+            return MigrationOutcome(found.uri, "refused", reason=found.unreadable)
+        job_id = migration_request_id(meta.snapshot_id)
+        existing = await self._creator.catalog.find(
+            meta.collection_id, snapshot_id_for(meta.collection_id, job_id), "parquet"
+        )
         if existing is not None:
-            return _outcome(legacy, "already_migrated", existing)
+            return _outcome(found, meta, "already_migrated", existing)
         try:
-            raw = await self._read(legacy)
-            batch, documents = _parse(raw)
-            job = SnapshotJob(
-                collection_id=collection,
-                request_id=job_id,
-                source=InlineSource(documents),
-                format="parquet",
-                compression=self._compression,
-                labels={"trigger": "migrate", "migrated_from": legacy.uri},
-            )
-            metadata = (await self._creator(job)).metadata
+            created = await self._migrate(found, meta, job_id)
         except PermanentError as exc:
             return MigrationOutcome(
-                legacy.uri,
+                found.uri,
                 "refused",
-                collection_id=collection,
-                bytes_before=legacy.size,
+                collection_id=meta.collection_id,
+                akidb_snapshot_id=meta.snapshot_id,
+                bytes_before=found.size,
                 reason=exc.message,
             )
-        try:
-            await self._check_round_trip(metadata, batch)
-        except CorruptSnapshotError as exc:
-            await self._creator.catalog.delete(metadata.snapshot_id, metadata.collection_id)
-            return MigrationOutcome(
-                legacy.uri,
-                "refused",
-                collection_id=collection,
-                bytes_before=legacy.size,
-                reason=f"verification failed, the new snapshot was removed: {exc.message}",
-            )
-        return _outcome(legacy, "migrated", metadata, bytes_before=len(raw))
+        return _outcome(found, meta, "migrated", created)
 
     async def migrate(
         self, uri: str, on_outcome: Callable[[MigrationOutcome], None] | None = None
     ) -> list[MigrationOutcome]:
-        """Every legacy file under ``uri``, one outcome each (in name order)."""
+        """Every AkiDB snapshot ``uri`` names, one outcome each (in key order)."""
         outcomes = []
-        for legacy in await self.discover(uri):
-            outcome = await self(legacy)
+        for found in await self.discover(uri):
+            outcome = await self(found)
             outcomes.append(outcome)
             if on_outcome is not None:
                 on_outcome(outcome)
         return outcomes
 
-    async def _read(self, legacy: LegacyFile) -> bytes:
-        location = parse_location(legacy.uri)
-        try:
-            if location.scheme == "s3":
-                return await self._source_store(location.bucket).get_bytes(location.key)
-            return await asyncio.to_thread(Path(location.path).read_bytes)
-        except (ObjectMissingError, FileNotFoundError):
-            raise SourceError(f"{legacy.uri} disappeared before it was read") from None
-        except OSError as exc:
-            raise SourceError(f"cannot read {legacy.uri}: {exc.strerror or exc}") from None
-
-    async def _check_round_trip(self, metadata: SnapshotMetadata, source: DocumentBatch) -> None:
-        """Decode every stored part; ids and vector bits must equal the source's, in order."""
+    async def _migrate(
+        self, found: AkidbSnapshot, meta: SnapshotMetadata, job_id: str
+    ) -> SnapshotMetadata:
+        root, _ = split_source(found.uri)
+        source = self._source_store(root)
         with tempfile.TemporaryDirectory(dir=self._store.spool_dir()) as scratch:
-            row = 0
-            for part in metadata.parts:
-                async with checked_part_file(self._store, part, Path(scratch)) as path:
-                    row = await asyncio.to_thread(_compare_part, path, metadata, source, row)
+            async with checked_part_file(source, meta.parts[0], Path(scratch)) as path:
+                documents = await asyncio.to_thread(_decode_checked, path, meta)
+                created = await self._create(path, meta, job_id, found.uri)
+            try:
+                await self._check_round_trip(created, documents, Path(scratch))
+            except CorruptSnapshotError as exc:
+                await self._creator.catalog.remove(created)
+                raise CorruptSnapshotError(
+                    f"verification failed, the new snapshot was removed: {exc.message}"
+                ) from None
+        return created
+
+    async def _create(
+        self, path: Path, meta: SnapshotMetadata, job_id: str, source_uri: str
+    ) -> SnapshotMetadata:
+        kind: SourceFormat = "akidb-json" if meta.format == "akidb-json" else "parquet"
+        creator = SnapshotCreator(
+            self._store,
+            source_roots=[path.parent.as_uri()],
+            s3=self._s3,
+            part_size_bytes=self._part_size,
+        )
+        job = SnapshotJob(
+            collection_id=meta.collection_id,
+            request_id=job_id,
+            source=UriSource(path.as_uri(), kind),
+            compression=self._compression,
+            labels={
+                "trigger": "migrate",
+                "migrated_from": source_uri,
+                "akidb_snapshot_id": meta.snapshot_id,
+                "akidb_created_at": meta.created_at,
+                "akidb_format": meta.format,
+            },
+        )
+        return (await creator(job)).metadata
+
+    async def _check_round_trip(
+        self, created: SnapshotMetadata, source: pa.Table, scratch: Path
+    ) -> None:
+        """Decode every stored part: each column must equal the source's, row for row."""
+        row = 0
+        for part in created.parts:
+            async with checked_part_file(self._store, part, scratch) as path:
+                row = await asyncio.to_thread(_compare_part, path, created, source, row)
         if row != source.num_rows:
             raise CorruptSnapshotError(f"snapshot holds {row} rows, the source {source.num_rows}")
 
 
-def _parse(raw: bytes) -> tuple[DocumentBatch, list[Any]]:
-    declared, documents = parse_legacy(raw)
-    batch = DocumentBatch.from_documents(documents)
-    if declared is not None and declared != batch.dimension:
-        raise InvalidDocumentsError(
-            f"legacy file declares dimension {declared}, its vectors have {batch.dimension}"
+def _decode_checked(path: Path, meta: SnapshotMetadata) -> pa.Table:
+    """The AkiDB file's documents, once its rows and dimension match its sidecar."""
+    table = pa.Table.from_batches(list(read_part(path, meta.format, meta.dimension)))
+    if table.num_rows != meta.vector_count:
+        raise CorruptSnapshotError(
+            f"the file holds {table.num_rows} documents, its sidecar says {meta.vector_count}"
         )
-    return batch, list(documents)
+    return table.combine_chunks()
 
 
-def _compare_part(
-    path: Path, metadata: SnapshotMetadata, source: DocumentBatch, first_row: int
-) -> int:
-    row = first_row
-    for record in read_part(path, metadata.format, metadata.dimension):
-        stored = DocumentBatch(record)
-        expected = source.slice(row, stored.num_rows) if row < source.num_rows else None
-        if expected is None or expected.num_rows != stored.num_rows:
-            raise CorruptSnapshotError("snapshot holds more rows than the source")
-        if not vectors_bit_equal(np.ascontiguousarray(stored.vectors), expected.vectors):
-            raise CorruptSnapshotError(f"vectors differ from the source near row {row}")
-        if not record.column("document_id").equals(expected.record_batch.column("document_id")):
-            raise CorruptSnapshotError(f"document ids differ from the source near row {row}")
-        row += stored.num_rows
+def _compare_part(path: Path, created: SnapshotMetadata, source: pa.Table, first: int) -> int:
+    row = first
+    for record in read_part(path, created.format, created.dimension):
+        expected = source.slice(row, record.num_rows)
+        if expected.num_rows != record.num_rows:
+            raise CorruptSnapshotError("the new snapshot holds more rows than the source")
+        for name in COMPARED_COLUMNS:
+            stored = record.column(name)
+            wanted = expected.column(name).combine_chunks()
+            if name == "vector":
+                stored, wanted = (
+                    stored.flatten().view(pa.uint32()),
+                    wanted.flatten().view(pa.uint32()),
+                )
+            if not stored.equals(wanted):
+                raise CorruptSnapshotError(f"{name} differs from the source near row {row}")
+        row += record.num_rows
     return row
 
 
 def _outcome(
-    legacy: LegacyFile, status: Status, metadata: SnapshotMetadata, bytes_before: int = 0
+    found: AkidbSnapshot, akidb: SnapshotMetadata, status: Status, native: SnapshotMetadata
 ) -> MigrationOutcome:
     return MigrationOutcome(
-        legacy.uri,
+        found.uri,
         status,
-        collection_id=metadata.collection_id,
-        snapshot_id=metadata.snapshot_id,
-        vectors=metadata.vector_count,
-        dimension=metadata.dimension,
-        bytes_before=bytes_before or legacy.size,
-        bytes_after=metadata.total_bytes,
+        collection_id=native.collection_id,
+        snapshot_id=native.snapshot_id,
+        akidb_snapshot_id=akidb.snapshot_id,
+        vectors=native.vector_count,
+        dimension=native.dimension,
+        bytes_before=found.size,
+        bytes_after=native.total_bytes,
+        notes=precision_notes(akidb.format),
     )
 
 
-def _is_legacy_name(key: str) -> bool:
-    name = key.rsplit("/", 1)[-1]
-    return name.endswith(".json") and not name.endswith(METADATA_SUFFIX)
+def _uri(root: str, key: str) -> str:
+    return f"{root.rstrip('/')}/{key}"
 
 
-def _discover_local(path: Path) -> list[LegacyFile]:
-    if path.is_file():
-        return [LegacyFile(_file_uri(path), path.stat().st_size)]
-    if not path.is_dir():
-        raise SourceError(f"{path.as_uri()} does not exist")
-    found = [
-        LegacyFile(_file_uri(child), child.stat().st_size)
-        for child in path.rglob("*.json")
-        if child.is_file()
-        and _is_legacy_name(child.name)
-        and not any(part.startswith(".") for part in child.relative_to(path).parts)
-    ]
-    return sorted(found, key=lambda legacy: legacy.uri)
+def _selected(meta: SnapshotMetadata, within: str) -> bool:
+    """Whether the part of ``snapshots/`` named (a file, or a folder) covers this snapshot."""
+    sidecar = sidecar_key(meta.format, meta.collection_id, meta.snapshot_id)
+    return _covers(within, meta.parts[0].key) or _covers(within, sidecar)
 
 
-def _file_uri(path: Path) -> str:
-    return parse_location(path.resolve().as_uri()).display
+def _entry_selected(entry: UnreadableEntry, within: str) -> bool:
+    return _covers(within, entry.key)
+
+
+def _covers(within: str, key: str) -> bool:
+    named = SNAPSHOTS_PREFIX + within.rstrip("/")
+    return not within or key == named or key.startswith(named + "/")

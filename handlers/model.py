@@ -24,7 +24,6 @@ import pyarrow.compute as pc
 from handlers.errors import InvalidDocumentsError
 
 MAX_DIMENSION = 65536
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 ID_TYPE = pa.binary(16)
 TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
@@ -122,7 +121,7 @@ class DocumentBatch:
             pa.array(external_ids if external_ids is not None else [None] * rows, type=pa.string()),
             matrix_to_fixed_size_list(matrix),
             pa.array(meta_text if meta_text is not None else [None] * rows, type=pa.string()),
-            pa.array(np.full(rows, _to_micros(stamp), dtype="int64"), type=pa.int64()).cast(
+            pa.array(np.full(rows, to_micros(stamp), dtype="int64"), type=pa.int64()).cast(
                 TIMESTAMP_TYPE
             ),
         ]
@@ -135,7 +134,7 @@ class DocumentBatch:
         if not documents:
             raise InvalidDocumentsError("source.documents is empty: a snapshot needs documents")
         ids = [_document_uuid(doc, i) for i, doc in enumerate(documents)]
-        vectors = _inline_vectors(documents)
+        vectors = inline_vectors(documents)
         external = [_optional_text(doc, "external_id", i) for i, doc in enumerate(documents)]
         meta = [_metadata_text(doc.get("metadata"), i) for i, doc in enumerate(documents)]
         stamps = [_inline_timestamp(doc, i) for i, doc in enumerate(documents)]
@@ -263,9 +262,10 @@ def _check_metadata(column: pa.Array, ids: pa.Array) -> None:
             raise InvalidDocumentsError(
                 f"document {_describe(ids, position)} has metadata that is not JSON: {exc}"
             ) from None
-        if not isinstance(parsed, dict):
+        if parsed is None:
             raise InvalidDocumentsError(
-                f"document {_describe(ids, position)} has metadata that is not a JSON object"
+                f"document {_describe(ids, position)} has metadata text 'null': "
+                "no metadata is a null, not the JSON text null"
             )
 
 
@@ -277,23 +277,55 @@ def _describe(ids: pa.Array, position: int) -> str:
 # -- normalising exports --------------------------------------------------------------------
 
 
+SNAPSHOT_COLUMNS = ("document_id", "external_id", "vector", "metadata", "inserted_at")
+AKIDB_COLUMNS = ("dimension", "metadata_json")
+"""AkiDB 2.0's own Parquet columns (docs/akidb-2.0.md), understood wherever Parquet is read."""
+
+
 def _normalise(batch: pa.RecordBatch, default_inserted_at: datetime) -> pa.RecordBatch:
     names = set(batch.schema.names)
-    if "vector" not in names:
-        raise InvalidDocumentsError("the export has no 'vector' column")
+    _check_columns(names)
     vector = _vector_column(batch.column("vector"))
     rows = batch.num_rows
-    ids = _id_column(batch.column("document_id")) if "document_id" in names else None
-    if ids is None:
-        raise InvalidDocumentsError("the export has no 'document_id' column")
+    if "dimension" in names:
+        _check_dimension_column(batch.column("dimension"), vector.type.list_size)
+    metadata_name = "metadata_json" if "metadata_json" in names else "metadata"
     arrays = [
-        ids,
+        _id_column(batch.column("document_id")),
         _cast(batch, "external_id", pa.string(), rows),
         vector,
-        _cast(batch, "metadata", pa.string(), rows),
+        _cast(batch, metadata_name, pa.string(), rows),
         _timestamps(batch, rows, default_inserted_at),
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=snapshot_schema(vector.type.list_size))
+
+
+def _check_columns(names: set[str]) -> None:
+    """A column akisnap does not know is refused by name: dropping it would lose data."""
+    for required in ("vector", "document_id"):
+        if required not in names:
+            raise InvalidDocumentsError(f"the export has no {required!r} column")
+    unknown = sorted(names - set(SNAPSHOT_COLUMNS) - set(AKIDB_COLUMNS))
+    if unknown:
+        raise InvalidDocumentsError(
+            f"the export has column(s) {', '.join(unknown)} that a snapshot cannot hold: "
+            "refused rather than dropped (remove them from the export first)"
+        )
+    if {"metadata", "metadata_json"} <= names:
+        raise InvalidDocumentsError("the export has both 'metadata' and 'metadata_json'")
+
+
+def _check_dimension_column(column: pa.Array, dimension: int) -> None:
+    """AkiDB's per-row ``dimension`` must agree with the vectors it describes."""
+    if not pa.types.is_integer(column.type) or column.null_count:
+        raise InvalidDocumentsError(f"dimension column has type {column.type} or nulls")
+    values = np.asarray(column.to_numpy(zero_copy_only=False))
+    wrong = np.flatnonzero(values != dimension)
+    if len(wrong):
+        raise InvalidDocumentsError(
+            f"document #{int(wrong[0])} has dimension {int(values[wrong[0]])}, "
+            f"its vector has {dimension} values"
+        )
 
 
 def _vector_column(column: pa.Array) -> pa.Array:
@@ -319,7 +351,7 @@ def _vector_column(column: pa.Array) -> pa.Array:
 
 def _checked_narrowing(values: pa.Array, dim: int, rows: int) -> pa.Array:
     wide = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
-    return matrix_to_fixed_size_list(_narrow(wide.reshape(rows, dim)))
+    return matrix_to_fixed_size_list(narrow_to_float32(wide.reshape(rows, dim)))
 
 
 def _id_column(column: pa.Array) -> pa.Array:
@@ -341,7 +373,7 @@ def _cast(batch: pa.RecordBatch, name: str, kind: pa.DataType, rows: int) -> pa.
     if name not in batch.schema.names:
         return pa.nulls(rows, type=kind)
     column = batch.column(name)
-    if name == "metadata" and pa.types.is_struct(column.type):
+    if name.startswith("metadata") and pa.types.is_struct(column.type):
         return pa.array([None if v is None else json.dumps(v) for v in column.to_pylist()])
     try:
         return column.cast(kind)
@@ -351,7 +383,7 @@ def _cast(batch: pa.RecordBatch, name: str, kind: pa.DataType, rows: int) -> pa.
 
 def _timestamps(batch: pa.RecordBatch, rows: int, default: datetime) -> pa.Array:
     if "inserted_at" not in batch.schema.names:
-        return pa.array(np.full(rows, _to_micros(default), dtype="int64")).cast(TIMESTAMP_TYPE)
+        return pa.array(np.full(rows, to_micros(default), dtype="int64")).cast(TIMESTAMP_TYPE)
     column = batch.column("inserted_at")
     if not pa.types.is_timestamp(column.type):
         raise InvalidDocumentsError(f"inserted_at has type {column.type}; expected a timestamp")
@@ -376,13 +408,18 @@ def _as_float32_matrix(vectors: npt.ArrayLike) -> FloatMatrix:
         return array
     if array.dtype.kind not in "fiu":
         raise InvalidDocumentsError(f"vector values must be numbers, not {array.dtype}")
-    return _narrow(array.astype(np.float64))
+    return narrow_to_float32(array.astype(np.float64))
 
 
-def _narrow(wide: npt.NDArray[np.float64]) -> FloatMatrix:
-    """float64 -> float32, refusing NaN/Inf and values that overflow float32."""
-    with np.errstate(invalid="ignore"):
-        bad = ~np.isfinite(wide) | (np.abs(wide) > FLOAT32_MAX)
+def narrow_to_float32(wide: npt.NDArray[np.float64]) -> FloatMatrix:
+    """float64 -> float32, refusing NaN/Inf and values that round to ±Inf as float32.
+
+    The test is on the rounded value, not the float64: AkiDB prints f32::MAX as
+    ``3.4028235e38``, a float64 just above f32::MAX that still rounds to it.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        narrow = wide.astype(np.float32)
+        bad = ~np.isfinite(narrow)
     if bad.any():
         row, col = (int(v) for v in np.argwhere(bad)[0])
         value = float(wide[row, col])
@@ -390,10 +427,10 @@ def _narrow(wide: npt.NDArray[np.float64]) -> FloatMatrix:
         raise InvalidDocumentsError(
             f"document #{row} has vector value {value!r} at index {col} that {reason}"
         )
-    return wide.astype(np.float32)
+    return narrow
 
 
-def _inline_vectors(documents: Sequence[Mapping[str, Any]]) -> FloatMatrix:
+def inline_vectors(documents: Sequence[Mapping[str, Any]]) -> FloatMatrix:
     rows: list[list[float]] = []
     dim: int | None = None
     for position, doc in enumerate(documents):
@@ -416,12 +453,21 @@ def _inline_vectors(documents: Sequence[Mapping[str, Any]]) -> FloatMatrix:
         wide = np.asarray(rows, dtype=np.float64)
     except OverflowError:
         raise InvalidDocumentsError("a vector value is too large for float32") from None
-    return _narrow(wide)
+    return narrow_to_float32(wide)
+
+
+INLINE_FIELDS = ("id", "external_id", "vector", "metadata", "inserted_at")
 
 
 def _document_uuid(doc: Mapping[str, Any], position: int) -> bytes:
     if not isinstance(doc, Mapping):
         raise InvalidDocumentsError(f"document #{position} is not a JSON object")
+    unknown = sorted(str(name) for name in doc if name not in INLINE_FIELDS)
+    if unknown:
+        raise InvalidDocumentsError(
+            f"document #{position} has field(s) {', '.join(unknown)} that a snapshot cannot "
+            "hold: refused rather than dropped"
+        )
     raw = doc.get("id")
     if not isinstance(raw, str):
         raise InvalidDocumentsError(f"document #{position} has no 'id' (a UUID string)")
@@ -462,7 +508,7 @@ def _metadata_text(value: object, position: int) -> str | None:
 def _inline_timestamp(doc: Mapping[str, Any], position: int) -> int:
     value = doc.get("inserted_at")
     if value is None:
-        return _to_micros(datetime.now(UTC))
+        return to_micros(datetime.now(UTC))
     if not isinstance(value, str):
         raise InvalidDocumentsError(f"document #{position} has inserted_at that is not a string")
     try:
@@ -471,10 +517,10 @@ def _inline_timestamp(doc: Mapping[str, Any], position: int) -> int:
         raise InvalidDocumentsError(
             f"document #{position} has inserted_at {value!r}, not an ISO-8601 time"
         ) from None
-    return _to_micros(stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC))
+    return to_micros(stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC))
 
 
-def _to_micros(stamp: datetime) -> int:
+def to_micros(stamp: datetime) -> int:
     aware = stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
     delta = aware - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from handlers.codecs import read_part
-from handlers.codecs.json_legacy import batch_to_documents
+from handlers.codecs.documents_json import batch_to_documents
 from handlers.codecs.parquet import file_schema, parquet_part_rows, writer_options
 from handlers.errors import CorruptSnapshotError, InvalidRequestError
 from handlers.filemode import new_file_mode

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from handlers.catalog import Catalog
+from handlers.catalog import Catalog, UnreadableEntry
 from handlers.errors import InvalidRequestError
 from handlers.layout import SNAPSHOTS_PREFIX, collection_prefix, is_metadata_key, metadata_key
 from handlers.metadata import SnapshotMetadata
@@ -48,6 +48,8 @@ class PruneResult:
     plan: PrunePlan
     dry_run: bool
     deleted: tuple[SnapshotMetadata, ...] = ()
+    unreadable: tuple[UnreadableEntry, ...] = ()
+    """Files under snapshots/ that are no readable snapshot: left alone, reported."""
 
 
 @dataclass(frozen=True)
@@ -129,23 +131,24 @@ async def prune(
     on_deleted: Callable[[SnapshotMetadata], None] | None = None,
 ) -> PruneResult:
     """Plan, then (unless ``dry_run``) delete: each snapshot's metadata first, then its parts."""
+    scan = await catalog.scan(collection_id)
     plan = plan_prune(
         collection_id,
-        await catalog.list(collection_id),
+        scan.snapshots,
         keep_last=keep_last,
         older_than_days=older_than_days,
         now=now,
     )
+    unreadable = tuple(scan.unreadable)
     if dry_run:
-        return PruneResult(plan, dry_run=True)
+        return PruneResult(plan, dry_run=True, unreadable=unreadable)
     deleted: list[SnapshotMetadata] = []
     for meta in plan.delete:
-        await catalog.store.delete(metadata_key(meta.collection_id, meta.snapshot_id))
-        await catalog.delete_parts(meta.collection_id, meta.snapshot_id)
+        await catalog.remove(meta)
         deleted.append(meta)
         if on_deleted is not None:
             on_deleted(meta)
-    return PruneResult(plan, dry_run=False, deleted=tuple(deleted))
+    return PruneResult(plan, dry_run=False, deleted=tuple(deleted), unreadable=unreadable)
 
 
 async def apply_retention(

@@ -8,7 +8,7 @@ What an export *declares* is checked before any of its data is read, so a small 
 make the service allocate what it claims (a decompression bomb): the dimension (at most the
 model's), the row count, a Parquet column chunk that expands more than ``BOMB_RATIO`` times
 past ``BOMB_MIN_BYTES``, an ``.npy`` header that promises more bytes than the file holds, and
-the size of a legacy JSON export (parsed whole). Parquet page checksums, where an export has
+the size of an AkiDB JSON export (parsed whole). Parquet page checksums, where an export has
 them, are verified.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from handlers.codecs.json_legacy import parse_legacy
+from handlers.akidb.json_codec import documents_to_batch, parse_documents
 from handlers.errors import (
     InvalidDocumentsError,
     ObjectMissingError,
@@ -139,7 +139,13 @@ def open_local(path: Path, fmt: str, *, seed: str, default_time: datetime) -> Op
     """Open an export, checking what it declares now; its batches are read lazily."""
     if not path.is_file():
         raise SourceError(f"source file {path} does not exist")
-    openers = {"parquet": _parquet, "arrow": _arrow, "npy": _npy, "json": _json}
+    openers = {
+        "parquet": _parquet,
+        "arrow": _arrow,
+        "npy": _npy,
+        "akidb-json": _json,
+        "json": _json,
+    }
     try:
         batches = openers[fmt](path, seed, default_time)
     except READ_ERRORS as exc:
@@ -320,14 +326,13 @@ def _json(path: Path, seed: str, default_time: datetime) -> Iterator[DocumentBat
     if size > MAX_JSON_EXPORT_BYTES:
         raise SourceError(
             f"json export {path.name} is {size} bytes, more than the {MAX_JSON_EXPORT_BYTES} "
-            "a legacy JSON export may have (it is parsed whole): export it as Parquet"
+            "an AkiDB JSON export may have (it is parsed whole): export it as Parquet"
         )
     return _json_batches(path)
 
 
 def _json_batches(path: Path) -> Iterator[DocumentBatch]:
-    _, documents = parse_legacy(path.read_bytes())
-    yield DocumentBatch.from_documents(documents)
+    yield documents_to_batch(parse_documents(path.read_bytes()))
 
 
 def _declared_dimension(schema: pa.Schema) -> int:

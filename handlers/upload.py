@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from handlers.akidb.sidecar import data_key, is_akidb_format
 from handlers.codecs import part_extension
 from handlers.encode import EncodedSnapshot
 from handlers.job import SnapshotJob
@@ -24,7 +25,7 @@ class Uploader:
         extension = part_extension(job.format)
         infos = tuple(
             PartInfo(
-                key=part_key(job.collection_id, job.snapshot_id, part.index, extension),
+                key=_key(job, part.index, extension),
                 size=part.size,
                 rows=part.rows,
                 sha256=part.sha256,
@@ -39,3 +40,10 @@ class Uploader:
     async def _put(self, info: PartInfo, path: Path) -> None:
         async with self._slots:
             await self._store.put_file(info.key, path, sha256_hex=info.sha256)
+
+
+def _key(job: SnapshotJob, index: int, extension: str) -> str:
+    """AkiDB formats are one file at AkiDB's own key; native snapshots are parts."""
+    if is_akidb_format(job.format):
+        return data_key(job.format, job.collection_id, job.snapshot_id)
+    return part_key(job.collection_id, job.snapshot_id, index, extension)

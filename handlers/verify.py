@@ -31,6 +31,7 @@ class VerifyReport:
     bytes_checked: int
     full: bool
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -66,8 +67,19 @@ class Verifier:
             digest, size = await sha256_stream(self._store.iter_chunks(part.key))
         except ObjectMissingError:
             raise CorruptSnapshotError(f"part {part.key} is missing") from None
-        if digest != part.sha256 or size != part.size:
+        if not _digest_ok(part, digest) or size != part.size:
             raise CorruptSnapshotError(f"part {part.key} fails its SHA-256 check")
+
+
+NO_CHECKSUM_NOTE = (
+    "no checksum was recorded (AkiDB 2.0 records none): checked that it decodes, its row "
+    "count against vector_count, its dimension and that every value is finite"
+)
+
+
+def _digest_ok(part: PartInfo, digest: str) -> bool:
+    """An empty ``sha256``: an AkiDB-written file, for which none was ever recorded."""
+    return not part.sha256 or digest == part.sha256
 
 
 async def verify_snapshot(
@@ -78,13 +90,17 @@ async def verify_snapshot(
     progress: Callable[[int], None] | None = None,
 ) -> VerifyReport:
     """Check every part; with full, decode them too (``progress`` gets rows as they are
-    decoded). Problems are collected, not raised."""
+    decoded). Problems are collected, not raised.
+
+    A part without a recorded SHA-256 (written by AkiDB 2.0) is always decoded: that is all
+    there is to check it with."""
     problems: list[str] = []
     verifier = Verifier(store)
+    unsummed = any(not part.sha256 for part in metadata.parts)
     for part in metadata.parts:
         try:
             await verifier.check_part(part)
-            if full:
+            if full or not part.sha256:
                 await _decode_check(store, metadata, part, progress)
         except CorruptSnapshotError as exc:
             problems.append(exc.message)
@@ -92,7 +108,12 @@ async def verify_snapshot(
     if rows != metadata.vector_count:
         problems.append(f"parts hold {rows} rows, metadata says {metadata.vector_count}")
     return VerifyReport(
-        metadata.snapshot_id, len(metadata.parts), metadata.total_bytes, full, problems
+        metadata.snapshot_id,
+        len(metadata.parts),
+        metadata.total_bytes,
+        full or unsummed,
+        problems,
+        notes=[NO_CHECKSUM_NOTE] if unsummed else [],
     )
 
 
@@ -120,11 +141,18 @@ async def checked_part_file(
 async def _check_in_place(path: Path, part: PartInfo) -> None:
     try:
         size = path.stat().st_size
-        digest = await asyncio.to_thread(sha256_file, path) if size == part.size else ""
+        hashed = size == part.size and part.sha256
+        digest = await asyncio.to_thread(sha256_file, path) if hashed else ""
     except FileNotFoundError:
         raise CorruptSnapshotError(f"part {part.key} is missing") from None
-    if size != part.size or digest != part.sha256:
-        raise CorruptSnapshotError(f"part {part.key} fails its SHA-256 check")
+    if size != part.size or not _digest_ok(part, digest):
+        raise CorruptSnapshotError(_mismatch(part, size))
+
+
+def _mismatch(part: PartInfo, size: int) -> str:
+    if not part.sha256:
+        return f"part {part.key} has {size} bytes, its sidecar says {part.size}"
+    return f"part {part.key} fails its SHA-256 check"
 
 
 async def _download_checked(store: ObjectStore, part: PartInfo, scratch: Path) -> Path:
@@ -138,8 +166,8 @@ async def _download_checked(store: ObjectStore, part: PartInfo, scratch: Path) -
                 await asyncio.to_thread(handle.write, chunk)
                 digest.update(chunk)
                 size += len(chunk)
-        if size != part.size or digest.hexdigest() != part.sha256:
-            raise CorruptSnapshotError(f"part {part.key} fails its SHA-256 check")
+        if size != part.size or not _digest_ok(part, digest.hexdigest()):
+            raise CorruptSnapshotError(_mismatch(part, size))
         return path
     except ObjectMissingError:
         path.unlink(missing_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
+import json
 import os
 import pty
 import select
@@ -156,3 +157,52 @@ def akisnap_on_terminal(
     code = process.wait(timeout=max(1.0, deadline - time.monotonic()))
     os.close(leader)
     return code, shown.decode("utf-8", "replace").replace("\r\n", "\n")
+
+
+# -- AkiDB 2.0 fixtures (tests/data/akidb-2.0/README.md) ------------------------------------
+
+AKIDB_DATA = REPO / "tests" / "data" / "akidb-2.0"
+AKIDB_COLLECTION = "019a802e-d0d3-7c82-975c-21cd020c8e8b"
+AKIDB_PARQUET_ID = "55af4fa8-94f0-406d-b6f4-967aca5dc4c9"
+AKIDB_JSON_ID = "e6c2a77d-0a7c-43d6-8675-e8f4e6d493c3"
+AKIDB_JSON_ROWS = 100
+# Row 0's first ten values, as float32 bit patterns: -0.0, the smallest subnormal,
+# f32::MIN_POSITIVE, f32::MAX, -f32::MAX, 0.1, 1/3, 2^24, 1e-38 (subnormal), -smallest.
+AKIDB_ROW0_BITS = [
+    0x80000000,
+    0x00000001,
+    0x00800000,
+    0x7F7FFFFF,
+    0xFF7FFFFF,
+    0x3DCCCCCD,
+    0x3EAAAAAB,
+    0x4B800000,
+    0x006CE3EE,
+    0x80000001,
+]
+
+
+async def put_akidb_store(store: ObjectStore, *names: str) -> list[str]:
+    """Upload the fixture store roots (``parquet-store``, ``json-store``) into ``store``."""
+    keys = []
+    for name in names or ("parquet-store", "json-store"):
+        base = AKIDB_DATA / name
+        for path in sorted(base.rglob("*")):
+            if path.is_file():
+                key = path.relative_to(base).as_posix()
+                await store.put_bytes(key, path.read_bytes())
+                keys.append(key)
+    return keys
+
+
+def akidb_expected(
+    rows: int | None = None,
+) -> tuple[np.ndarray[Any, Any], list[bytes], list[dict[str, Any]]]:
+    """(vectors, document ids, per-row facts) that AkiDB 2.0 wrote the fixtures from."""
+    vectors = np.load(AKIDB_DATA / "expected" / "vectors.npy")
+    raw_ids = (AKIDB_DATA / "expected" / "document_ids.bin").read_bytes()
+    ids = [raw_ids[i : i + 16] for i in range(0, len(raw_ids), 16)]
+    lines = (AKIDB_DATA / "expected" / "documents.jsonl").read_text(encoding="utf-8").splitlines()
+    facts = [json.loads(line) for line in lines]
+    end = rows if rows is not None else len(facts)
+    return vectors[:end], ids[:end], facts[:end]

@@ -53,7 +53,7 @@ def test_create_and_show_say_where_how_big_and_from_what(
     code, listed, _ = run_cli(["snapshots", "list", "--label", "team=ads", "--store", str(store)])
     assert code == 0 and "team=ads" in listed and "team=search" not in listed
     assert listed.splitlines()[0].split() == [
-        "SNAPSHOT", "COLLECTION", "VECTORS", "DIM", "SIZE", "CREATED", "LABELS"
+        "SNAPSHOT", "COLLECTION", "FORMAT", "VECTORS", "DIM", "SIZE", "CREATED", "LABELS"
     ]  # fmt: skip
     code, listed, _ = run_cli(
         ["snapshots", "list", "--label", "team=ads", "--store", str(store), "--json"]

@@ -16,7 +16,7 @@ from tests.support import documents_table
 
 
 def encode(tmp_path: Path, table: pa.Table, fmt: str, compression: str = "zstd") -> Path:
-    path = tmp_path / f"part.{fmt}"
+    path = tmp_path / f"part.{fmt}.bin"
     batch = DocumentBatch(table.to_batches()[0])
     writer = open_part_writer(path, fmt, batch.dimension, compression)
     writer.write(batch)
@@ -24,7 +24,7 @@ def encode(tmp_path: Path, table: pa.Table, fmt: str, compression: str = "zstd")
     return path
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "json"])
+@pytest.mark.parametrize("fmt", ["parquet", "akidb-json"])
 def test_round_trip_is_bit_for_bit(tmp_path: Path, fmt: str) -> None:
     """Every column comes back identical, vectors to the bit."""
     table = documents_table(300, 48, seed=3)
@@ -92,7 +92,7 @@ def test_foreign_parquet_is_refused(tmp_path: Path) -> None:
 
 def test_corrupt_json_part_is_refused(tmp_path: Path) -> None:
     """A JSON part that does not parse is CorruptSnapshotError."""
-    path = encode(tmp_path, documents_table(5, 4), "json")
+    path = encode(tmp_path, documents_table(5, 4), "akidb-json")
     path.write_text(path.read_text()[:-10])
     with pytest.raises(CorruptSnapshotError):
-        list(read_part(path, "json", 4))
+        list(read_part(path, "akidb-json", 4))

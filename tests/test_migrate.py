@@ -1,160 +1,185 @@
-"""`akisnap migrate`: legacy JSON snapshots (written by the legacy codec) → verified Parquet."""
+"""`akisnap migrate`: AkiDB 2.0 snapshots (written by AkiDB's own code) → verified native ones."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from handlers.catalog import Catalog
-from handlers.codecs.json_legacy import JsonPartWriter
 from handlers.errors import SourceError
-from handlers.migrate import Migrator, migration_request_id
-from handlers.model import DocumentBatch, vectors_bit_equal
+from handlers.migrate import Migrator, migration_request_id, split_source
 from handlers.restore import restore_snapshot
 from handlers.stores import ObjectStore
-from tests.support import open_test_store, run_cli, s3_options, s3_root, unit_vectors
+from tests.support import (
+    AKIDB_COLLECTION,
+    AKIDB_DATA,
+    AKIDB_JSON_ID,
+    AKIDB_JSON_ROWS,
+    AKIDB_PARQUET_ID,
+    akidb_expected,
+    open_test_store,
+    put_akidb_store,
+    run_cli,
+    s3_options,
+)
+from tests.test_akidb_read import restored_columns
 
 
-def tricky_batch(rows: int, dim: int, seed: int) -> DocumentBatch:
-    """Unit vectors plus the float32 values a decimal round trip most easily gets wrong."""
-    vectors = unit_vectors(rows, dim, seed)
-    specials = np.array(
-        [-0.0, 1e-45, -1e-45, 1.1754942e-38, 3.4028235e38, -3.4028235e38, 0.1, 1 / 3],
-        dtype=np.float32,
-    )
-    vectors[0, : min(dim, len(specials))] = specials[:dim]
-    return DocumentBatch.from_arrays(
-        vectors,
-        document_ids=[uuid.UUID(int=seed * 1_000_000 + i + 1).bytes for i in range(rows)],
-        external_ids=[f"doc-{i}" if i % 3 else None for i in range(rows)],
-        metadata=[{"i": i, "text": "ünïcode ✓"} if i % 2 else None for i in range(rows)],
-    )
+@pytest.fixture(params=["local", "s3"])
+async def stores(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[ObjectStore, ObjectStore]]:
+    """(an AkiDB store root holding both fixture snapshots, an empty native store)."""
+    source = open_test_store(request.param, tmp_path / "source")
+    target = open_test_store(request.param, tmp_path / "target")
+    await put_akidb_store(source)
+    yield source, target
+    await source.close()
+    await target.close()
 
 
-def write_legacy(path: Path, batch: DocumentBatch) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = JsonPartWriter(path, batch.dimension)
-    writer.write(batch)
-    writer.close()
-    return path
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[ObjectStore]:
-    opened = open_test_store("local", tmp_path)
-    yield opened
-    await opened.close()
-
-
-async def restored(store: ObjectStore, snapshot_id: str, tmp_path: Path) -> DocumentBatch:
+async def assert_restores_like_akidb(
+    store: ObjectStore, snapshot_id: str, rows: int | None, tmp_path: Path
+) -> None:
+    vectors, ids, facts = akidb_expected(rows)
     meta = await Catalog(store).get(snapshot_id)
     out = tmp_path / f"{uuid.uuid4().hex}.parquet"
     await restore_snapshot(store, meta, out)
-    return DocumentBatch(pq.read_table(out).combine_chunks().to_batches()[0])
+    got = restored_columns(out)
+    assert np.array_equal(got["vectors"].view(np.uint32), vectors.view(np.uint32))
+    assert got["ids"] == ids
+    assert got["external"] == [fact["external_id"] for fact in facts]
+    assert got["metadata"] == [fact["metadata"] for fact in facts]
+    if rows is None:  # the AkiDB Parquet snapshot: milliseconds
+        assert got["micros"] == [fact["inserted_at_ms"] * 1000 for fact in facts]
+    else:  # the AkiDB JSON snapshot: nanoseconds, kept to the microsecond
+        assert got["micros"] == [fact["inserted_at_ns"] // 1000 for fact in facts]
+    npy = tmp_path / f"{uuid.uuid4().hex}.npy"
+    await restore_snapshot(store, meta, npy)
+    assert np.array_equal(np.load(npy).view(np.uint32), vectors.view(np.uint32))
 
 
-def assert_same(left: DocumentBatch, right: DocumentBatch) -> None:
-    assert vectors_bit_equal(left.vectors, right.vectors)
-    for column in ("document_id", "external_id", "metadata", "inserted_at"):
-        assert left.record_batch.column(column).equals(right.record_batch.column(column)), column
-
-
-async def test_round_trip_bit_for_bit(store: ObjectStore, tmp_path: Path) -> None:
-    """A legacy JSON file becomes a Parquet snapshot whose restore equals the source exactly."""
-    batch = tricky_batch(300, 48, seed=1)
-    legacy = write_legacy(tmp_path / "legacy" / "products.json", batch)
-    migrator = Migrator(store)
-    [outcome] = await migrator.migrate(str(legacy))
-    assert outcome.status == "migrated", outcome.reason
-    assert outcome.collection_id == "products"
-    assert (outcome.vectors, outcome.dimension) == (300, 48)
-    assert outcome.bytes_before == legacy.stat().st_size
-    assert 0 < outcome.bytes_after < outcome.bytes_before
-    meta = await Catalog(store).get(str(outcome.snapshot_id))
-    assert (meta.format, meta.request_id) == ("parquet", migration_request_id(legacy.as_uri()))
-    assert_same(await restored(store, meta.snapshot_id, tmp_path), batch)
-    again = await migrator.migrate(legacy.as_uri())
-    assert [o.status for o in again] == ["already_migrated"]
-    assert again[0].snapshot_id == outcome.snapshot_id
-    await migrator.close()
-
-
-async def test_folder_idempotent_and_corrupt_refused(store: ObjectStore, tmp_path: Path) -> None:
-    """A folder migrates file by file; a rerun migrates nothing; broken files are refused."""
-    folder = tmp_path / "legacy"
-    batches = [tricky_batch(50, 16, seed=s) for s in range(3)]
-    write_legacy(folder / "a.json", batches[0])
-    write_legacy(folder / "b.json", batches[1])
-    write_legacy(folder / "nested" / "c.json", batches[2])
-    (folder / "d.json").write_text('{"format": "akidb.snapshot.json", "documents": [{"id": ')
-    nan = '{"documents": [{"id": "%s", "vector": [1.0, NaN]}]}' % uuid.uuid4()  # noqa: UP031
-    (folder / "e.json").write_text(nan)
-    (folder / "notes.txt").write_text("not a snapshot")
-    migrator = Migrator(store, collection_id="legacy")
-    first = await migrator.migrate(folder.as_uri())
-    status = {Path(o.source).name: o.status for o in first}
-    assert status == {
-        "a.json": "migrated",
-        "b.json": "migrated",
-        "c.json": "migrated",
-        "d.json": "refused",
-        "e.json": "refused",
-    }
-    reasons = {Path(o.source).name: o.reason for o in first if o.status == "refused"}
-    assert "not valid JSON" in reasons["d.json"]
-    assert "not finite" in reasons["e.json"]
-    snapshots = await Catalog(store).list("legacy")
-    assert len(snapshots) == 3
-    by_source = {Path(o.source).name: o.snapshot_id for o in first if o.status == "migrated"}
-    for name, batch in zip(("a.json", "b.json", "c.json"), batches, strict=True):
-        assert_same(await restored(store, str(by_source[name]), tmp_path), batch)
-    second = await migrator.migrate(str(folder))
-    assert sorted(o.status for o in second) == ["already_migrated"] * 3 + ["refused"] * 2
-    assert len(await Catalog(store).list("legacy")) == 3
-    with pytest.raises(SourceError):
-        await migrator.migrate(str(tmp_path / "nothing-here"))
-    await migrator.close()
-
-
-async def test_from_s3_prefix_to_s3_store(tmp_path: Path) -> None:
-    """Legacy files under an S3 prefix migrate into an S3 store, bit for bit."""
-    store = open_test_store("s3", tmp_path)
-    uploads = open_test_store("s3", tmp_path)
-    batch = tricky_batch(120, 24, seed=7)
-    legacy = write_legacy(tmp_path / "orders.json", batch)
-    await uploads.put_bytes("legacy/orders.json", legacy.read_bytes())
-    source = uploads.root_uri.rstrip("/") + "/legacy/"
-    migrator = Migrator(store, s3=s3_options())
+async def test_store_root_migrates_both_then_nothing(
+    stores: tuple[ObjectStore, ObjectStore], tmp_path: Path
+) -> None:
+    """Both AkiDB snapshots become native snapshots of the same collection, bit for bit,
+    with AkiDB's id and created_at kept as labels; a second run migrates nothing."""
+    source, target = stores
+    migrator = Migrator(target, s3=s3_options() if source.root_uri.startswith("s3") else None)
     try:
-        [outcome] = await migrator.migrate(source)
-        assert outcome.status == "migrated", outcome.reason
-        assert outcome.collection_id == "orders"
-        assert_same(await restored(store, str(outcome.snapshot_id), tmp_path), batch)
-        [again] = await migrator.migrate(source + "orders.json")
-        assert again.status == "already_migrated"
+        outcomes = await migrator.migrate(source.root_uri)
+        assert [o.status for o in outcomes] == ["migrated", "migrated"], outcomes
+        by_akidb = {o.akidb_snapshot_id: o for o in outcomes}
+        assert set(by_akidb) == {AKIDB_PARQUET_ID, AKIDB_JSON_ID}
+        parquet, json_one = by_akidb[AKIDB_PARQUET_ID], by_akidb[AKIDB_JSON_ID]
+        assert (
+            parquet.bytes_before
+            == (
+                AKIDB_DATA
+                / "parquet-store"
+                / "snapshots"
+                / AKIDB_COLLECTION
+                / f"{AKIDB_PARQUET_ID}.parquet"
+            )
+            .stat()
+            .st_size
+        )
+        assert parquet.bytes_after > 0 and (parquet.vectors, parquet.dimension) == (1000, 256)
+        assert json_one.notes and "nanoseconds" in json_one.notes[0] and not parquet.notes
+        listed = await Catalog(target).list()
+        assert {meta.collection_id for meta in listed} == {AKIDB_COLLECTION}
+        assert {meta.format for meta in listed} == {"parquet"}
+        for meta in listed:
+            akidb_id = meta.labels["akidb_snapshot_id"]
+            assert meta.request_id == migration_request_id(akidb_id)
+            assert meta.labels["akidb_created_at"] == "2025-11-15T02:43:24.111111110Z"
+            assert meta.labels["migrated_from"].endswith(
+                f"{akidb_id}.json" if akidb_id == AKIDB_JSON_ID else f"{akidb_id}.parquet"
+            )
+        await assert_restores_like_akidb(target, str(parquet.snapshot_id), None, tmp_path)
+        await assert_restores_like_akidb(
+            target, str(json_one.snapshot_id), AKIDB_JSON_ROWS, tmp_path
+        )
+        again = await migrator.migrate(source.root_uri)
+        assert [o.status for o in again] == ["already_migrated"] * 2
+        assert len(await Catalog(target).list()) == 2
+        [one] = await migrator.migrate(f"{source.root_uri}/snapshots/{AKIDB_JSON_ID}.meta.json")
+        assert (one.status, one.snapshot_id) == ("already_migrated", json_one.snapshot_id)
     finally:
         await migrator.close()
-        await store.close()
-        await uploads.close()
-    assert s3_root("x").startswith("s3://")
 
 
-def test_migrate_cli(tmp_path: Path) -> None:
-    """One line per file with sizes before/after; --json lists outcomes; refusals exit 1."""
-    folder = tmp_path / "legacy"
-    write_legacy(folder / "p.json", tricky_batch(20, 8, seed=3))
-    root = (tmp_path / "store").as_uri()
-    code, out, err = run_cli(["migrate", "--from", str(folder), "--store", root])
+async def test_sidecar_count_and_dimension_are_checked(
+    stores: tuple[ObjectStore, ObjectStore],
+) -> None:
+    """A sidecar whose vector_count or dimension disagrees with the file is refused, and
+    nothing is written; garbage beside it is refused with its reason; the rest migrates."""
+    source, target = stores
+    key = f"snapshots/{AKIDB_JSON_ID}.meta.json"
+    sidecar = json.loads(await source.get_bytes(key))
+    await source.put_bytes(key, json.dumps({**sidecar, "vector_count": 1000}).encode())
+    pkey = f"snapshots/{AKIDB_COLLECTION}/{AKIDB_PARQUET_ID}.metadata.json"
+    psidecar = json.loads(await source.get_bytes(pkey))
+    await source.put_bytes(pkey, json.dumps({**psidecar, "dimension": 255}).encode())
+    await source.put_bytes("snapshots/zz.meta.json", b"\x00garbage")
+    migrator = Migrator(target, s3=s3_options() if source.root_uri.startswith("s3") else None)
+    try:
+        outcomes = await migrator.migrate(source.root_uri + "/snapshots/")
+    finally:
+        await migrator.close()
+    assert [o.status for o in outcomes] == ["refused"] * 3
+    reasons = " | ".join(o.reason for o in outcomes)
+    assert "holds 100 documents, its sidecar says 1000" in reasons
+    assert "vector" in reasons and "255" in reasons
+    assert "not JSON" in reasons
+    assert await Catalog(target).list() == []
+
+
+async def test_one_file_and_prefix_forms(tmp_path: Path) -> None:
+    """--from names one data file, a collection prefix, or nothing AkiDB: each as expected."""
+    source = open_test_store("local", tmp_path / "source")
+    target = open_test_store("local", tmp_path / "target")
+    await put_akidb_store(source)
+    migrator = Migrator(target)
+    try:
+        prefix = f"{source.root_uri}/snapshots/{AKIDB_COLLECTION}/"
+        [only] = await migrator.migrate(prefix)
+        assert (only.status, only.akidb_snapshot_id) == ("migrated", AKIDB_PARQUET_ID)
+        file_path = tmp_path / "source" / "store" / "snapshots" / f"{AKIDB_JSON_ID}.json"
+        [single] = await migrator.migrate(str(file_path))
+        assert (single.status, single.akidb_snapshot_id) == ("migrated", AKIDB_JSON_ID)
+        with pytest.raises(SourceError, match=r"no AkiDB 2\.0 snapshots"):
+            await migrator.migrate(str(tmp_path / "target" / "store"))
+    finally:
+        await migrator.close()
+        await source.close()
+        await target.close()
+    assert split_source("s3://b/root/snapshots/C/x.parquet") == ("s3://b/root", "C/x.parquet")
+    assert split_source("s3://b/root") == ("s3://b/root", "")
+
+
+async def test_migrate_cli_lines_sizes_and_exit_codes(tmp_path: Path) -> None:
+    """One line per snapshot with sizes before/after; --json; a refusal exits non-zero."""
+    source = open_test_store("local", tmp_path / "source")
+    await put_akidb_store(source)
+    await source.close()
+    root, new = source.root_uri, (tmp_path / "new").as_uri()
+    code, out, err = await asyncio.to_thread(run_cli, ["migrate", "--from", root, "--store", new])
     assert code == 0, err
-    assert out.startswith("migrated ") and "p.json -> p/" in out and "1 migrated" in out
-    code, out, _ = run_cli(["migrate", "--from", folder.as_uri(), "--store", root, "--json"])
-    assert code == 0 and [o["status"] for o in json.loads(out)] == ["already_migrated"]
-    (folder / "q.json").write_text("[]")
-    code, out, err = run_cli(["migrate", "--from", str(folder), "--store", root])
-    assert code == 5 and "refused" in out and "1 of 2 legacy file(s) refused" in err
+    lines = [line for line in out.splitlines() if line.startswith("migrated")]
+    assert len(lines) == 2 and all(" -> " in line and "KiB" in line for line in lines)
+    assert "2 migrated, 0 already migrated, 0 refused" in out
+    assert "note: inserted_at: AkiDB JSON holds nanoseconds" in out
+    code, out, _ = await asyncio.to_thread(
+        run_cli, ["migrate", "--from", root, "--store", new, "--json"]
+    )
+    assert code == 0 and [o["status"] for o in json.loads(out)] == ["already_migrated"] * 2
+    (tmp_path / "source" / "store" / "snapshots" / "junk.meta.json").write_text("{")
+    code, out, err = await asyncio.to_thread(run_cli, ["migrate", "--from", root, "--store", new])
+    assert code == 5 and "refused" in out and "1 of 3 AkiDB snapshot(s) refused" in err

@@ -16,11 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from handlers.catalog import Catalog
 from handlers.create import SnapshotCreator
 from handlers.job import InlineSource, SnapshotJob
+from handlers.migrate import Migrator
 from handlers.model import DocumentBatch, vectors_bit_equal
 from handlers.restore import restore_snapshot
-from tests.support import open_test_store
+from tests.support import open_test_store, s3_options
 
 finite_float32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8)
@@ -53,22 +55,37 @@ def documents(draw: st.DrawFn) -> list[dict[str, Any]]:
     ]
 
 
-async def round_trip(kind: str, docs: list[dict[str, Any]], fmt: str, workdir: Path) -> pa.Table:
-    store = open_test_store(kind, workdir)
+FORMATS = ["parquet", "akidb-parquet", "akidb-json"]
+COLLECTION = "019a9000-0000-7000-8000-0000000f00d5"  # AkiDB formats need a UUID
+
+
+async def round_trip(
+    kind: str, docs: list[dict[str, Any]], fmt: str, workdir: Path, *, migrate: bool
+) -> pa.Table:
+    """create → restore; with ``migrate``, create (AkiDB format) → migrate → restore."""
+    store = open_test_store(kind, workdir / "a")
+    native = open_test_store(kind, workdir / "b")
+    migrator = Migrator(native, s3=s3_options() if kind == "s3" else None)
     try:
         creator = SnapshotCreator(store, source_roots=[store.root_uri], part_size_bytes=4096)
-        job = SnapshotJob("props", str(uuid.uuid4()), InlineSource(docs), format=fmt)  # type: ignore[arg-type]
+        job = SnapshotJob(COLLECTION, str(uuid.uuid4()), InlineSource(docs), format=fmt)  # type: ignore[arg-type]
         meta = (await creator(job)).metadata
+        if migrate:
+            [outcome] = await migrator.migrate(store.root_uri)
+            assert outcome.status == "migrated", outcome.reason
+            meta = await Catalog(native).get(str(outcome.snapshot_id))
         out = workdir / "out.parquet"
-        await restore_snapshot(store, meta, out)
+        await restore_snapshot(native if migrate else store, meta, out)
         return pq.read_table(out)
     finally:
+        await migrator.close()
         await store.close()
+        await native.close()
 
 
-def check(kind: str, docs: list[dict[str, Any]], fmt: str) -> None:
+def check(kind: str, docs: list[dict[str, Any]], fmt: str, *, migrate: bool = False) -> None:
     with tempfile.TemporaryDirectory() as workdir:
-        restored = asyncio.run(round_trip(kind, docs, fmt, Path(workdir)))
+        restored = asyncio.run(round_trip(kind, docs, fmt, Path(workdir), migrate=migrate))
     expected = DocumentBatch.from_documents(docs)
     got = DocumentBatch(restored.combine_chunks().to_batches()[0])
     assert vectors_bit_equal(got.vectors, expected.vectors)
@@ -81,17 +98,24 @@ def check(kind: str, docs: list[dict[str, Any]], fmt: str) -> None:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(docs=documents(), fmt=st.sampled_from(["parquet", "json"]))
+@given(docs=documents(), fmt=st.sampled_from(FORMATS))
 def test_round_trip_on_local_store(docs: list[dict[str, Any]], fmt: str) -> None:
-    """Any valid documents survive create → restore on the local store, in both formats."""
+    """Any valid documents survive create → restore on the local store, in every format."""
     check("local", docs, fmt)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(docs=documents(), fmt=st.sampled_from(["parquet", "json"]))
+@given(docs=documents(), fmt=st.sampled_from(FORMATS))
 def test_round_trip_on_s3(docs: list[dict[str, Any]], fmt: str) -> None:
-    """Any valid documents survive create → restore on the real S3 server, in both formats."""
+    """Any valid documents survive create → restore on the real S3 server, in every format."""
     check("s3", docs, fmt)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(docs=documents(), fmt=st.sampled_from(FORMATS[1:]), kind=st.sampled_from(["local", "s3"]))
+def test_native_to_akidb_to_native(docs: list[dict[str, Any]], fmt: str, kind: str) -> None:
+    """native documents → an AkiDB-format snapshot → migrate → native: nothing changes."""
+    check(kind, docs, fmt, migrate=True)
 
 
 @settings(max_examples=60, deadline=None)

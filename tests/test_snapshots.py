@@ -84,13 +84,14 @@ async def test_creator_opens_on_a_store(creator: SnapshotCreator) -> None:
     assert await creator.catalog.list() == []
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "json"])
+@pytest.mark.parametrize("fmt", ["parquet", "akidb-json"])
 async def test_round_trip_50x256(
     creator: SnapshotCreator, store: ObjectStore, exports: Path, tmp_path: Path, fmt: str
 ) -> None:
-    """50×256 vectors come back bit for bit with their ids, in both formats."""
+    """50×256 vectors come back bit for bit with their ids, native and as AkiDB JSON."""
     table = documents_table(50, 256, seed=1)
-    outcome = await creator(export_job(exports, table, fmt=fmt))
+    collection = str(uuid.uuid4()) if fmt.startswith("akidb-") else "products"
+    outcome = await creator(export_job(exports, table, collection, fmt=fmt))
     assert outcome.metadata.vector_count == 50 and outcome.metadata.dimension == 256
     assert_same_documents(await restored_table(store, outcome.metadata, tmp_path), table)
 

@@ -257,7 +257,8 @@ EOF
     -Dlog4j2.configurationFile="$HERE/log4j2.properties" -cp "$KAFKA_HOME/libs/*")
   local cluster_id
   cluster_id=$("$PY" -c 'import base64, uuid
-print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+ids = (base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=") for _ in iter(int, 1))
+print(next(i for i in ids if not i.startswith("-")))')  # a leading "-" reads as an option
   # C1 only: the formatter is short-lived, and this saves about a second of JIT work.
   if ! "$JAVA" -XX:TieredStopAtLevel=1 "${jvm[@]}" kafka.tools.StorageTool format --standalone \
     --cluster-id "$cluster_id" --config "$dir/server.properties" >"$dir/format.log" 2>&1; then

@@ -8,7 +8,8 @@ from typing import Protocol
 
 import pyarrow as pa
 
-from handlers.codecs.json_legacy import JsonPartWriter, read_json_part
+from handlers.akidb.json_codec import AkidbJsonWriter, read_akidb_json
+from handlers.akidb.parquet_codec import AkidbParquetWriter, read_akidb_parquet
 from handlers.codecs.parquet import ParquetPartWriter, read_parquet_part
 from handlers.errors import InvalidRequestError
 from handlers.model import DocumentBatch
@@ -34,19 +35,23 @@ class PartWriter(Protocol):
 def open_part_writer(path: Path, fmt: str, dimension: int, compression: str) -> PartWriter:
     if fmt == "parquet":
         return ParquetPartWriter(path, dimension, compression)
-    if fmt == "json":
-        return JsonPartWriter(path, dimension)
+    if fmt == "akidb-parquet":
+        return AkidbParquetWriter(path, dimension)
+    if fmt == "akidb-json":
+        return AkidbJsonWriter(path, dimension)
     raise InvalidRequestError(f"unknown snapshot format {fmt!r}")
 
 
 def part_extension(fmt: str) -> str:
-    return {"parquet": "parquet", "json": "json"}[fmt]
+    return {"parquet": "parquet", "akidb-parquet": "parquet", "akidb-json": "json"}[fmt]
 
 
 def read_part(path: Path, fmt: str, dimension: int) -> Iterator[pa.RecordBatch]:
     """Decode a part file; raises CorruptSnapshotError rather than return wrong data."""
     if fmt == "parquet":
         return read_parquet_part(path, dimension)
-    if fmt == "json":
-        return read_json_part(path, dimension)
+    if fmt == "akidb-parquet":
+        return read_akidb_parquet(path, dimension)
+    if fmt == "akidb-json":
+        return read_akidb_json(path, dimension)
     raise InvalidRequestError(f"unknown snapshot format {fmt!r}")

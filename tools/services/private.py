@@ -266,7 +266,10 @@ class KafkaBroker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "server.properties"
         config.write_text(self._properties())
-        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # Kafka's option parser reads an id that starts with "-" as an option: avoid those.
+        cluster = "-"
+        while cluster.startswith("-"):
+            cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         command = [
             *self._jvm(), "kafka.tools.StorageTool", "format", "--standalone",
             "--cluster-id", cluster, "--config", str(config),
