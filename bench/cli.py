@@ -24,8 +24,15 @@ from bench.ops import ScenarioBench
 from bench.procs import REPO_ROOT
 from bench.report import ScenarioResult, print_sizes, print_targets, print_timings
 from bench.report_scale import print_scale_targets
-from bench.scale import PROCESS_1M, PROCESS_200K, ScaleResult, run_scale
-from bench.scenarios import REAL_DATA, SCENARIOS, Scenario, check_real_data, prepare, real_data_note
+from bench.scale import PROCESS_1M, PROCESS_200K, PROCESS_200K_ONE_GROUP, ScaleResult, run_scale
+from bench.scenarios import (
+    REAL_DATA,
+    SCENARIOS,
+    Scenario,
+    check_real_data,
+    prepare,
+    real_data_note,
+)
 from bench.sizes import measure_sizes
 
 DEFAULT_REPEATS = 5
@@ -33,7 +40,7 @@ SCALE_REPEATS = 3
 HUGE_REPEATS = 1
 DAEMON = "daemon-e2e"
 SEED_NAMES = [s.name for s in SCENARIOS]
-SCALE_NAMES = [PROCESS_200K.name, PROCESS_1M.name]
+SCALE_NAMES = [PROCESS_200K.name, PROCESS_200K_ONE_GROUP.name, PROCESS_1M.name]
 ALL_NAMES = [*SEED_NAMES, *SCALE_NAMES, DAEMON]
 
 
@@ -149,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         results = [run_scenario(s, repeats, warmup, args.workdir, quick=args.quick) for s in chosen]
         met = print_targets(results)
     scale: list[ScaleResult] = []
-    for scenario, default in ((PROCESS_200K, SCALE_REPEATS), (PROCESS_1M, HUGE_REPEATS)):
+    for scenario, default in (
+        (PROCESS_200K, SCALE_REPEATS),
+        (PROCESS_200K_ONE_GROUP, SCALE_REPEATS),
+        (PROCESS_1M, HUGE_REPEATS),
+    ):
         if scenario.name in names:
             rounds = args.repeat or (1 if args.quick else default)
             result = run_scale(scenario, rounds, args.workdir, quick=args.quick)

@@ -23,6 +23,14 @@ def write_random_export(path: Path, rows: int, dim: int, *, seed: int) -> Path:
     return path
 
 
+def write_one_group_export(path: Path, rows: int, dim: int, *, seed: int) -> Path:
+    """The same kind of export as one row group, as pandas and many exporters write them
+    (made in memory once, untimed: the bench process holds the whole table here)."""
+    table = random_table(rows, dim, seed=seed)
+    pq.write_table(table, path, row_group_size=rows, **writer_options("zstd"))
+    return path
+
+
 def export_vectors(path: Path) -> np.ndarray:
     """The export's vectors as one float32 matrix (for the untimed round-trip check)."""
     column = pq.read_table(path, columns=["vector"]).column("vector").combine_chunks()

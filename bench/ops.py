@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from bench.scenarios import Prepared
 from handlers.codecs.parquet import writer_options
 from handlers.create import SnapshotCreator
+from handlers.hashing import sha256_file
 from handlers.job import SnapshotJob, UriSource
 from handlers.metadata import SnapshotMetadata
 from handlers.restore import restore_snapshot
@@ -28,6 +29,7 @@ from handlers.stores import open_store
 
 COLLECTION = "bench"
 WRITE, READ = "write", "read"
+READ_WRITE_SHA = "pq read export + write + SHA-256 (issue 14)"
 
 
 @dataclass
@@ -116,6 +118,12 @@ class ScenarioBench:
                 (work / "w-rw.parquet").unlink,
             ),
             Operation(
+                READ_WRITE_SHA,
+                WRITE,
+                lambda: _read_write_hash(export, work / "w-rws.parquet"),
+                (work / "w-rws.parquet").unlink,
+            ),
+            Operation(
                 "pq.read_table + np.save (restore→.npy's like)",
                 READ,
                 lambda: np.save(work / "w-rn.npy", _vectors(pq.read_table(self.pq_fixture))),
@@ -187,6 +195,13 @@ class ScenarioBench:
                 "document_id was cast to binary for Lance"
             )
             _lance_write(self.lance_table, self.lance_fixture)
+
+
+def _read_write_hash(export: Path, out: Path) -> None:
+    """What create does at its least: read the export, write it with akisnap's settings,
+    hash the result (the part's SHA-256)."""
+    pq.write_table(pq.read_table(export), out, **writer_options("zstd"))
+    sha256_file(out)
 
 
 def _read(path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from bench.ops import READ, WRITE, Operation
+from bench.ops import READ, READ_WRITE_SHA, WRITE, Operation
 from bench.scenarios import Scenario
 from bench.sizes import Sizes
 
@@ -14,6 +14,7 @@ CREATE_TARGET = 1.3
 RESTORE_TARGET = 1.2
 SIZE_TARGET = 0.02
 JSON_TARGET = 2.0
+CREATE_VS_READ_WRITE_SHA = 1.2  # issue 14
 BARE_WRITE = "pq.write_table zstd+BSS (akisnap settings)"
 BARE_READ = "pq.read_table (zstd+BSS file)"
 
@@ -149,6 +150,11 @@ def print_targets(results: list[ScenarioResult]) -> bool:
             )
             for r in results
         ],
+    )
+    yardstick = [r.medians[create] / r.medians[READ_WRITE_SHA] for r in results]
+    line(
+        f"create ≤ {CREATE_VS_READ_WRITE_SHA}× bare read export + write + SHA-256",
+        [(f"{ratio:.2f}×", ratio <= CREATE_VS_READ_WRITE_SHA) for ratio in yardstick],
     )
     like_create = "pq read export + write zstd+BSS (create's like)"
     like_restore = "pq.read_table + np.save (restore→.npy's like)"

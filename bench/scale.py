@@ -17,7 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.exports import export_vectors, vectors_equal, write_random_export
+from bench.exports import (
+    export_vectors,
+    vectors_equal,
+    write_one_group_export,
+    write_random_export,
+)
 from bench.procs import GIB, MIB, ProcessRun, akisnap_exe, bare_command, check_disk, run_measured
 from handlers.catalog import Catalog
 from handlers.stores import open_store
@@ -41,6 +46,7 @@ class ScaleScenario:
     rows: int
     dim: int
     restore: bool  # also time restores (and Lance); else create only
+    one_row_group: bool = False  # the export is one row group (as pandas writes them)
 
     @property
     def raw_bytes(self) -> int:
@@ -49,11 +55,17 @@ class ScaleScenario:
     @property
     def description(self) -> str:
         kind = "create and restore" if self.restore else "create"
-        return f"{self.rows:,} × {self.dim} random unit-normal vectors, whole-process {kind}"
+        layout = ", the export ONE row group" if self.one_row_group else ""
+        return (
+            f"{self.rows:,} × {self.dim} random unit-normal vectors{layout}, whole-process {kind}"
+        )
 
 
 PROCESS_200K = ScaleScenario("process-200k-768", 200_000, 768, restore=True)
 PROCESS_1M = ScaleScenario("process-1m-768", 1_000_000, 768, restore=False)
+PROCESS_200K_ONE_GROUP = ScaleScenario(
+    "process-200k-768-one-row-group", 200_000, 768, restore=False, one_row_group=True
+)
 QUICK_ROWS_DIVISOR = 10  # --quick: a tenth of the rows
 
 
@@ -96,6 +108,7 @@ def run_scale(
             scenario.rows // QUICK_ROWS_DIVISOR,
             scenario.dim,
             scenario.restore,
+            scenario.one_row_group,
         )
     print()
     print(f"== {scenario.name}: {scenario.description} ==")
@@ -124,12 +137,14 @@ class _ScaleRun:
         self.work = work
         self.store_uri = (work / "store").as_uri()
         self.notes: list[str] = []
-        self.export = write_random_export(
+        write = write_one_group_export if scenario.one_row_group else write_random_export
+        self.export = write(
             work / "export.parquet", scenario.rows, scenario.dim, seed=scenario.rows + 7
         )
         size = self.export.stat().st_size
+        groups = "one row group" if scenario.one_row_group else "~32 MiB row groups"
         self.notes.append(
-            f"export: {size / MB:.0f} MB Parquet (zstd+BSS, ~32 MiB row groups), "
+            f"export: {size / MB:.0f} MB Parquet (zstd+BSS, {groups}), "
             f"raw float32 {scenario.raw_bytes / MB:.0f} MB"
         )
         self.fixture_id = ""
@@ -259,4 +274,11 @@ def print_scale(
         print(f"   note: {note}")
 
 
-__all__ = ["GIB", "PROCESS_1M", "PROCESS_200K", "ScaleResult", "run_scale"]
+__all__ = [
+    "GIB",
+    "PROCESS_1M",
+    "PROCESS_200K",
+    "PROCESS_200K_ONE_GROUP",
+    "ScaleResult",
+    "run_scale",
+]

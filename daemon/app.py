@@ -41,6 +41,7 @@ from daemon.metrics import Metrics
 from daemon.results import Publisher
 from daemon.retry import Backoff, sleep_unless
 from daemon.settings import Settings
+from handlers.budget import ByteBudget
 from handlers.create import SnapshotCreator
 from handlers.stores import ObjectStore, open_store
 
@@ -53,6 +54,11 @@ STALL_SECONDS = 120.0
 PING_CACHE_SECONDS = 5.0
 # Longest wait between two attempts to reach the broker.
 CONNECT_BACKOFF_CAP_SECONDS = 30.0
+# The write path a store takes, by feature and whether the server has it.
+FEATURE_PATHS = {
+    "conditional_writes": {True: "put-if-none-match", False: "head-then-put"},
+    "checksums": {True: "server-checked-sha256", False: "read-back"},
+}
 
 
 def settle_seconds(grace: float) -> float:
@@ -122,11 +128,15 @@ class Daemon:
             await self._health.start()
             log.info("daemon.health_serving", port=self._health.bound_port)
             self._store = open_store(self.settings.store, self.settings.s3_options())
+            self._store.watch_features(self._store_feature)
             creator = SnapshotCreator(
                 self._store,
                 source_roots=self.settings.source_roots(),
                 s3=self.settings.s3_options(),
                 part_size_bytes=self.settings.part_size_bytes,
+                budget=ByteBudget(
+                    self.settings.max_in_flight_bytes, self.metrics.in_flight_bytes.set
+                ),
             )
             await self._serve(creator, self._store)
         finally:
@@ -138,6 +148,13 @@ class Daemon:
             await self._health.stop()
         log.info("daemon.stopped")
         return 0
+
+    def _store_feature(self, feature: str, supported: bool) -> None:
+        """Which write path runs, said once per feature (see handlers.stores.conditional)."""
+        self.metrics.store_feature.labels(feature=feature).set(1 if supported else 0)
+        path = FEATURE_PATHS[feature][supported]
+        log_at = log.info if supported else log.warning
+        log_at("store.write_path", feature=feature, supported=supported, path=path)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info(

@@ -75,7 +75,9 @@ def _record_bytes(record: SourceRecord) -> int:
 
 
 class InFlight:
-    """Records fetched and not yet settled: the bounds, and the in-flight gauges."""
+    """Records fetched and not yet settled: the bounds (count, and message bytes queued), and
+    the in-flight request gauge. The in-flight bytes gauge counts what requests being worked
+    on hold (export or decoded payload): the creator's byte budget keeps it."""
 
     def __init__(self, metrics: Metrics, max_requests: int, max_bytes: int) -> None:
         self._metrics = metrics
@@ -89,14 +91,12 @@ class InFlight:
         self.count += 1
         self.nbytes += size
         self._metrics.in_flight_requests.inc()
-        self._metrics.in_flight_bytes.inc(size)
 
     def remove(self, record: SourceRecord) -> None:
         size = _record_bytes(record)
         self.count -= 1
         self.nbytes -= size
         self._metrics.in_flight_requests.dec()
-        self._metrics.in_flight_bytes.dec(size)
 
     @property
     def full(self) -> bool:

@@ -119,7 +119,13 @@ class Metrics:
         )
         self.in_flight_bytes = Gauge(
             "akisnap_in_flight_bytes",
-            "Message bytes of the requests being processed now.",
+            "Bytes the requests being processed hold (export size or decoded inline payload).",
+            registry=r,
+        )
+        self.store_feature = Gauge(
+            "akisnap_store_feature",
+            "1 when the object store has the feature and akisnap uses it, 0 on the fallback.",
+            ["feature"],
             registry=r,
         )
         self.consumer_lag = Gauge(

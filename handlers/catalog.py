@@ -70,17 +70,22 @@ class Catalog:
     def store(self) -> ObjectStore:
         return self._store
 
-    async def commit(self, metadata: SnapshotMetadata) -> None:
-        """Write the metadata file: the last write of a create, which makes it visible."""
-        key = metadata_key(metadata.collection_id, metadata.snapshot_id)
-        await self._store.put_bytes(key, metadata.to_json())
+    async def commit(self, metadata: SnapshotMetadata) -> bool:
+        """Write the metadata file: the last write of a create, which makes it visible.
 
-    async def commit_akidb(self, sidecar: Sidecar, integrity: IntegrityRecord) -> None:
-        """akisnap's SHA-256 record first, then AkiDB's sidecar: the sidecar commits."""
+        False when the snapshot was already committed (by an earlier run of the same request):
+        a committed metadata file is never overwritten.
+        """
+        key = metadata_key(metadata.collection_id, metadata.snapshot_id)
+        return await self._store.put_if_absent(key, metadata.to_json())
+
+    async def commit_akidb(self, sidecar: Sidecar, integrity: IntegrityRecord) -> bool:
+        """akisnap's SHA-256 record first, then AkiDB's sidecar: the sidecar commits, and is
+        never overwritten (False when it was already there)."""
         fmt = sidecar.snapshot_format
         ids = (sidecar.collection_id, sidecar.snapshot_id)
         await self._store.put_bytes(integrity_key(fmt, *ids), integrity.to_json())
-        await self._store.put_bytes(sidecar_key(fmt, *ids), sidecar.to_json())
+        return await self._store.put_if_absent(sidecar_key(fmt, *ids), sidecar.to_json())
 
     async def find(
         self, collection_id: str, snapshot_id: str, fmt: str | None = None

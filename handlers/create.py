@@ -1,8 +1,10 @@
 """create = source → encode → upload → verify → commit: one snapshot from a job.
 
-The metadata file is written last, after every part was read back and checked, so a crash at
-any point leaves either a whole snapshot or nothing visible (orphan parts at worst, which a
-redo overwrites under the same keys).
+The metadata file is written last, after every part was checked, so a crash at any point
+leaves either a whole snapshot or nothing visible (orphan parts at worst, which a redo
+overwrites with the same bytes: part keys name their content). A part the store checked on
+upload (an S3 server validating its SHA-256) is not read back; any other part is. The commit
+never overwrites: if the snapshot got committed meanwhile, the outcome is a duplicate.
 """
 
 from __future__ import annotations
@@ -11,20 +13,22 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from handlers.akidb.sidecar import akidb_records, is_akidb_format, to_metadata
+from handlers.budget import ByteBudget
 from handlers.catalog import Catalog
 from handlers.encode import EncodedSnapshot, Encoder
 from handlers.errors import CorruptSnapshotError, InvalidDocumentsError, WriteNotVerifiedError
 from handlers.job import SnapshotJob
 from handlers.metadata import PartInfo, SnapshotMetadata
 from handlers.model import DocumentBatch
-from handlers.sources import SourceReader
+from handlers.overlap import Overlap
+from handlers.sources import OpenedSource, SourceReader
 from handlers.spool import process_spool
 from handlers.stores import ObjectStore, S3Options
 from handlers.upload import Uploader
@@ -35,6 +39,7 @@ StageTimer = Callable[[str], AbstractAsyncContextManager[None]]
 
 STAGES = ("source", "encode", "upload", "verify")
 DEFAULT_PART_SIZE_BYTES = 64 * 1024 * 1024
+UNBOUNDED = 1 << 62  # the CLI makes one snapshot at a time: no budget to share
 
 
 @contextlib.asynccontextmanager
@@ -59,7 +64,9 @@ class SnapshotCreator:
         source_roots: Sequence[str],
         s3: S3Options | None = None,
         part_size_bytes: int = DEFAULT_PART_SIZE_BYTES,
+        budget: ByteBudget | None = None,
     ) -> None:
+        self._budget = budget or ByteBudget(UNBOUNDED)
         spool = process_spool(store.spool_dir())
         self._catalog = Catalog(store)
         self._read_source = SourceReader(source_roots, s3=s3, spool_dir=spool)
@@ -92,25 +99,35 @@ class SnapshotCreator:
         stop = threading.Event()
         source.batches = _watched(source.batches, stop, progress)
         try:
-            async with _timed(timer, "encode", seconds):
-                encoded = await self._encode(job, source)
-        except asyncio.CancelledError:
-            stop.set()  # the encoder's thread ends at its next batch, not at the export's end
-            raise
+            async with self._budget.hold(source.nbytes):
+                return await _stopping(self._create(job, source, timer, seconds), stop)
         finally:
             source.close()
-        try:
-            async with _timed(timer, "upload", seconds):
-                parts = await self._upload(job, encoded)
-        finally:
-            encoded.discard()
+
+    async def _create(
+        self,
+        job: SnapshotJob,
+        source: OpenedSource,
+        timer: StageTimer,
+        seconds: dict[str, float],
+    ) -> CreateOutcome:
+        overlap = Overlap(self._encode, self._upload, job, source)
+        async with _timed(timer, "encode", seconds):  # uploads of finished parts run meanwhile
+            encoded = await overlap.encoded()
+        source.close()  # the export's spool copy is no longer needed
+        async with _timed(timer, "upload", seconds):  # what is left of the uploads
+            uploaded = await overlap.uploaded(encoded)
         async with _timed(timer, "verify", seconds):
             try:
-                await self._verify(parts)
+                await self._verify(uploaded.unvouched)
             except CorruptSnapshotError as exc:
                 # Nothing is committed yet: a redo writes the same keys again.
                 raise WriteNotVerifiedError(exc.message) from None
-            metadata = await self._commit(job, encoded, parts, source.source_dtype)
+            metadata, committed = await self._commit(
+                job, encoded, uploaded.parts, source.source_dtype
+            )
+        if not committed:
+            return await self._committed_meanwhile(job, seconds)
         return CreateOutcome(metadata, duplicate=False, stage_seconds=seconds)
 
     async def _commit(
@@ -119,14 +136,25 @@ class SnapshotCreator:
         encoded: EncodedSnapshot,
         parts: tuple[PartInfo, ...],
         source_dtype: str | None,
-    ) -> SnapshotMetadata:
+    ) -> tuple[SnapshotMetadata, bool]:
+        """The snapshot's metadata, and False when another run had committed it first."""
         if is_akidb_format(job.format):
             sidecar, integrity = akidb_records(job, parts[0], encoded.dimension)
-            await self._catalog.commit_akidb(sidecar, integrity)
-            return to_metadata(sidecar, integrity)
+            committed = await self._catalog.commit_akidb(sidecar, integrity)
+            return to_metadata(sidecar, integrity), committed
         metadata = _metadata(job, encoded, parts, source_dtype)
-        await self._catalog.commit(metadata)
-        return metadata
+        return metadata, await self._catalog.commit(metadata)
+
+    async def _committed_meanwhile(
+        self, job: SnapshotJob, seconds: dict[str, float]
+    ) -> CreateOutcome:
+        """Another run of this request committed first: report its snapshot, untouched."""
+        existing = await self._catalog.find(job.collection_id, job.snapshot_id, job.format)
+        if existing is None:  # deleted between the refused commit and this read
+            raise WriteNotVerifiedError(
+                f"snapshot {job.snapshot_id} was committed and removed while being written"
+            )
+        return CreateOutcome(existing, duplicate=True, stage_seconds=seconds)
 
 
 @contextlib.asynccontextmanager
@@ -137,6 +165,23 @@ async def _timed(timer: StageTimer, stage: str, seconds: dict[str, float]) -> As
             yield
     finally:
         seconds[stage] = time.perf_counter() - started
+
+
+async def _stopping(
+    work: Coroutine[Any, Any, CreateOutcome], stop: threading.Event
+) -> CreateOutcome:
+    """Run ``work``; when cancelled, set ``stop`` first, then cancel it and wait for it. The
+    encoder's thread cannot be interrupted and the clean-up waits for it: with ``stop`` set it
+    ends at its next batch rather than after reading the whole export."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        stop.set()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise
 
 
 class ProgressSink(Protocol):

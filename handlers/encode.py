@@ -1,20 +1,21 @@
 """Stage 'encode': documents → part files of bounded size in the spool directory.
 
 Runs in worker threads (pyarrow, zstd and hashlib release the GIL), so the event loop stays
-free: one thread reads and validates the next batch while another compresses this one.
-Memory holds a couple of read batches and one row group at most; parts go to disk as they
-fill, hashed as they are written.
+free: one thread reads and validates the next batch while the process's bounded encode pool
+compresses parts. Memory holds a couple of read batches and one row group per part being
+written; parts go to disk as they fill, hashed as they are written. The part layout (count
+and boundaries) depends only on the data and the part size, never on the machine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import queue
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,11 +27,12 @@ from handlers.akidb.sidecar import is_akidb_format
 from handlers.codecs import PartWriter, open_part_writer, part_extension
 from handlers.codecs.documents_json import documents_json_bytes
 from handlers.errors import InvalidDocumentsError
+from handlers.executor import encode_pool, usable_cpus
 from handlers.job import SnapshotJob
 from handlers.model import DocumentBatch, bytes_per_row_estimate, check_unique_ids, id_keys
 from handlers.sources import OpenedSource
 
-JSON_SAMPLE_VALUES = 4096
+JSON_SAMPLE_VALUES = 1024
 PREFETCH_DEPTH = 2
 SMALL_JOB_ROWS = 4096
 MAX_ROWS_ONE_FILE = 2**62
@@ -63,6 +65,13 @@ class EncodedSnapshot:
                 part.path.unlink()
 
 
+PartDone = Callable[[EncodedPart], None]
+
+
+def ignore_part(part: EncodedPart) -> None:
+    return None
+
+
 class Encoder:
     """Encodes a job's source into parts of about ``part_size_bytes`` (uncompressed) each."""
 
@@ -70,9 +79,11 @@ class Encoder:
         self._spool = spool_dir
         self._part_size = part_size_bytes
 
-    async def __call__(self, job: SnapshotJob, source: OpenedSource) -> EncodedSnapshot:
+    async def __call__(
+        self, job: SnapshotJob, source: OpenedSource, on_part: PartDone = ignore_part
+    ) -> EncodedSnapshot:
         return await asyncio.to_thread(
-            self.encode_blocking, job, source.batches, source.expected_rows
+            self.encode_blocking, job, source.batches, source.expected_rows, on_part
         )
 
     def encode_blocking(
@@ -80,10 +91,14 @@ class Encoder:
         job: SnapshotJob,
         batches: Iterator[DocumentBatch],
         expected_rows: int | None = None,
+        on_part: PartDone = ignore_part,
     ) -> EncodedSnapshot:
+        """``on_part`` is told of each finished part (from this thread), in index order, so
+        its upload can start while the next parts are still being encoded."""
         # Threads cost more than they save on a small job: encode it right here.
         small = expected_rows is not None and expected_rows <= SMALL_JOB_ROWS
         run = _EncodeRun(job, self._spool, self._part_size, expected_rows, threaded=not small)
+        run.on_part = on_part
         try:
             for batch in batches if small else prefetched(batches, PREFETCH_DEPTH):
                 run.add(batch)
@@ -130,7 +145,11 @@ def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
 
 
 class _PartWorker:
-    """Writes one part in its own thread, fed batches through a short queue."""
+    """Writes one part on the encode pool, fed batches through a short queue.
+
+    A part is sealed (its queue closed) as soon as it is full, so a pool thread never waits
+    on a feeder that has moved on to the next part: jobs sharing the pool cannot deadlock.
+    """
 
     def __init__(self, index: int, path: Path, writer: PartWriter, *, threaded: bool) -> None:
         self.index = index
@@ -139,25 +158,31 @@ class _PartWorker:
         self._writer = writer
         self._inbox: queue.Queue[DocumentBatch | None] = queue.Queue(maxsize=PREFETCH_DEPTH)
         self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
+        self._sealed = False
+        self._done: Future[None] | None = None
         if threaded:
-            self._thread = threading.Thread(target=self._run, name=f"akisnap-part-{index}")
-            self._thread.start()
+            self._done = encode_pool().submit(self._run)
 
     def feed(self, batch: DocumentBatch) -> None:
         self.rows += batch.num_rows
-        if self._thread is None:
+        if self._done is None:
             self._writer.write(batch)
         else:
             self._inbox.put(batch)
 
+    def seal(self) -> None:
+        """No more batches: the writer closes the part on its own thread."""
+        if self._done is not None and not self._sealed:
+            self._sealed = True
+            self._inbox.put(None)
+
     def finish(self) -> EncodedPart:
         """Close the part and wait for it; re-raises whatever the writer thread hit."""
-        if self._thread is None:
+        if self._done is None:
             self._writer.close()
         else:
-            self._inbox.put(None)
-            self._thread.join()
+            self.seal()
+            self._done.result()
         if self._error is not None:
             raise self._error
         return EncodedPart(
@@ -194,7 +219,7 @@ class _EncodeRun:
         self._spool = spool
         self._part_size = part_size
         self._expected_rows = expected_rows
-        self._workers = max(1, os.cpu_count() or 1) if threaded else 1
+        self._workers = usable_cpus() if threaded else 1
         self._token = uuid.uuid4().hex[:8]
         self._active: list[_PartWorker] = []
         self._parts: list[EncodedPart] = []
@@ -204,6 +229,7 @@ class _EncodeRun:
         self._part_rows = 0
         self._rows = 0
         self._json_per_row = 0.0
+        self.on_part: PartDone = ignore_part
 
     def add(self, batch: DocumentBatch) -> None:
         if self._dimension == 0:
@@ -219,13 +245,15 @@ class _EncodeRun:
             worker = self._current_part()
             take = min(batch.num_rows - start, self._part_rows - worker.rows)
             worker.feed(batch if take == batch.num_rows else batch.slice(start, take))
+            if worker.rows >= self._part_rows:
+                worker.seal()
             start += take
 
     def finish(self) -> EncodedSnapshot:
         if self._rows == 0:
             raise InvalidDocumentsError("the source holds no documents")
         while self._active:
-            self._parts.append(self._active.pop(0).finish())
+            self._finished(self._active.pop(0).finish())
         check_unique_ids(np.concatenate(self._ids) if len(self._ids) > 1 else self._ids[0])
         return EncodedSnapshot(
             tuple(sorted(self._parts, key=lambda part: part.index)),
@@ -233,6 +261,10 @@ class _EncodeRun:
             self._rows,
             round(self._json_per_row * self._rows),
         )
+
+    def _finished(self, part: EncodedPart) -> None:
+        self._parts.append(part)
+        self.on_part(part)
 
     def abandon(self) -> None:
         paths = [part.path for part in self._parts]
@@ -253,18 +285,17 @@ class _EncodeRun:
             self._part_rows = MAX_ROWS_ONE_FILE  # AkiDB 2.0 reads exactly one file
             return
         if self._expected_rows and self._expected_rows > self._part_rows:
-            # Already several parts: make their count a multiple of the cores, evenly sized,
-            # so every core stays busy. A snapshot that fits one part stays one part (a
-            # restore to .parquet is then a plain copy).
+            # Several parts: evenly sized, their count from the data and the part size only
+            # (never the cores), so the same request writes the same parts everywhere. A
+            # snapshot that fits one part stays one part (a restore to .parquet is a copy).
             parts = -(-self._expected_rows // self._part_rows)
-            parts = -(-parts // self._workers) * self._workers
             self._part_rows = -(-self._expected_rows // parts)
 
     def _current_part(self) -> _PartWorker:
         if self._active and self._active[-1].rows < self._part_rows:
             return self._active[-1]
         while len(self._active) >= self._workers:
-            self._parts.append(self._active.pop(0).finish())
+            self._finished(self._active.pop(0).finish())
         extension = part_extension(self._job.format)
         index = self._started
         path = self._spool / f"{self._job.snapshot_id}-{self._token}-{index:05d}.{extension}"

@@ -10,8 +10,16 @@ def snapshot_prefix(collection_id: str, snapshot_id: str) -> str:
     return f"{SNAPSHOTS_PREFIX}{collection_id}/{snapshot_id}/"
 
 
-def part_key(collection_id: str, snapshot_id: str, index: int, extension: str) -> str:
-    return f"{snapshot_prefix(collection_id, snapshot_id)}part-{index:05d}.{extension}"
+PART_DIGEST_CHARS = 32
+
+
+def part_key(
+    collection_id: str, snapshot_id: str, index: int, extension: str, sha256: str = ""
+) -> str:
+    """``part-00000-<sha256 prefix>.parquet``: a part's key names its content, so a redo with
+    other settings can never overwrite a part of a committed snapshot with other bytes."""
+    digest = f"-{sha256[:PART_DIGEST_CHARS]}" if sha256 else ""
+    return f"{snapshot_prefix(collection_id, snapshot_id)}part-{index:05d}{digest}.{extension}"
 
 
 def metadata_key(collection_id: str, snapshot_id: str) -> str:

@@ -7,9 +7,12 @@ leaves an orphan, never a snapshot with missing parts.
 
 An orphan is a set of objects under ``snapshots/C/ID/`` with no ``snapshots/C/ID.metadata.json``:
 what a create leaves when it crashes before its commit, or a prune after deleting the metadata.
-Only orphans whose newest object is older than a grace period are removed, so a create still
-uploading its parts is never touched; the metadata file is checked once more right before
-deleting, in case that create committed meanwhile.
+Part keys name their content, so a redo that encodes other bytes (a new default ``inserted_at``,
+other settings) writes other keys: the parts an interrupted run left beside a snapshot that a
+later run committed are orphans too (*leftovers*: under a committed prefix, not in its
+metadata, which is never rewritten). Only orphans whose newest object is older than a grace
+period are removed, so a create still uploading its parts is never touched; the metadata file
+is checked once more right before deleting, in case that create committed meanwhile.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ class Orphan:
     keys: tuple[str, ...]
     size: int
     newest: datetime
+    leftover: bool = False
+    """Objects beside a committed snapshot that its metadata does not list."""
 
     @property
     def prefix(self) -> str:
@@ -187,8 +192,12 @@ async def find_orphans(
     cutoff = (now or datetime.now(UTC)) - grace
     old: list[Orphan] = []
     young: list[Orphan] = []
-    for (collection, snapshot), objects in sorted(groups.items()):
-        if (collection, snapshot) in committed:
+    catalog = Catalog(store)
+    for (collection, snapshot), found in sorted(groups.items()):
+        leftover = (collection, snapshot) in committed
+        listed = await _listed_parts(catalog, collection, snapshot) if leftover else set()
+        objects = [item for item in found if item[0] not in listed]
+        if not objects:
             continue
         orphan = Orphan(
             collection_id=collection,
@@ -196,9 +205,16 @@ async def find_orphans(
             keys=tuple(sorted(key for key, _, _ in objects)),
             size=sum(size for _, size, _ in objects),
             newest=max(stamp for _, _, stamp in objects),
+            leftover=leftover,
         )
         (old if orphan.newest < cutoff else young).append(orphan)
     return old, young
+
+
+async def _listed_parts(catalog: Catalog, collection_id: str, snapshot_id: str) -> set[str]:
+    """The part keys a committed snapshot's metadata lists (none if it is gone by now)."""
+    metadata = await catalog.find(collection_id, snapshot_id)
+    return set() if metadata is None else {part.key for part in metadata.parts}
 
 
 async def remove_orphans(
@@ -218,8 +234,14 @@ async def remove_orphans(
         return OrphanResult(tuple(old), tuple(young), dry_run=True)
     removed: list[Orphan] = []
     committed: list[Orphan] = []
+    catalog = Catalog(store)
     for orphan in old:
-        if await store.head(metadata_key(orphan.collection_id, orphan.snapshot_id)) is not None:
+        if orphan.leftover:
+            listed = await _listed_parts(catalog, orphan.collection_id, orphan.snapshot_id)
+            if listed.intersection(orphan.keys):  # never a committed snapshot's own part
+                committed.append(orphan)
+                continue
+        elif await store.head(metadata_key(orphan.collection_id, orphan.snapshot_id)) is not None:
             committed.append(orphan)
             continue
         for key in orphan.keys:

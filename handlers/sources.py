@@ -42,6 +42,7 @@ from handlers.uris import Location, parse_location
 
 MIB = 1024 * 1024
 READ_BATCH_BYTES = 16 * MIB
+READ_BUFFER_BYTES = 4 * MIB
 # Bounds on what one request may make the service read (checked before reading any data).
 MAX_EXPORT_ROWS = 1_000_000_000
 BOMB_MIN_BYTES = 64 * MIB
@@ -63,6 +64,8 @@ class OpenedSource:
     # The vectors' type in the export ("float64", "int32", …), when it is not float32: the
     # snapshot stores float32, so such an export is converted (and says so) or refused.
     source_dtype: str | None = None
+    nbytes: int = 0
+    """What encoding it will hold: the export's size, or the decoded inline documents."""
 
     def close(self) -> None:
         for path in self.cleanup_paths:
@@ -84,7 +87,12 @@ class SourceReader:
         started = datetime.now(UTC)
         if isinstance(job.source, InlineSource):
             batch = DocumentBatch.from_documents(job.source.documents)
-            return OpenedSource(iter([batch]), "inline documents", expected_rows=batch.num_rows)
+            return OpenedSource(
+                iter([batch]),
+                "inline documents",
+                expected_rows=batch.num_rows,
+                nbytes=batch.nbytes,
+            )
         source: UriSource = job.source
         location = self.check_allowed(source.uri)
         if location.scheme == "s3":
@@ -147,14 +155,15 @@ def open_local(path: Path, fmt: str, *, seed: str, default_time: datetime) -> Op
         "json": _json,
     }
     try:
-        batches = openers[fmt](path, seed, default_time)
+        batches, expected_rows = openers[fmt](path, seed, default_time)
     except READ_ERRORS as exc:
         raise SourceError(f"cannot read {fmt} export {path.name}: {_reason(exc)}") from None
     dtype = _vector_dtype(path, fmt)
     return OpenedSource(
         _guarded(batches, fmt, path.name),
         f"{fmt} export {path.name}",
-        expected_rows=_expected_rows(path, fmt),
+        expected_rows=expected_rows,
+        nbytes=path.stat().st_size,
         source_dtype=None if dtype == "float32" else dtype,
     )
 
@@ -180,16 +189,9 @@ def _vector_dtype(path: Path, fmt: str) -> str | None:
         return None  # the reader itself reports an unreadable export
 
 
-def _expected_rows(path: Path, fmt: str) -> int | None:
-    """What the file's header says it holds, to size parts for parallel encoding."""
-    try:
-        if fmt == "parquet":
-            return int(pq.read_metadata(path).num_rows)
-        if fmt == "npy":
-            return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
-    except (pa.ArrowException, OSError, ValueError, IndexError):
-        return None  # the reader itself reports the problem with its own message
-    return None
+Opened = tuple[Iterator[DocumentBatch], int | None]
+"""An export's batches (read lazily) and the rows its header declares, when it does (to
+size parts for parallel encoding)."""
 
 
 def _guarded(batches: Iterator[DocumentBatch], fmt: str, name: str) -> Iterator[DocumentBatch]:
@@ -208,13 +210,17 @@ def _rows_per_batch(dimension: int) -> int:
     return max(1, READ_BATCH_BYTES // bytes_per_row_estimate(dimension))
 
 
-def _parquet(path: Path, seed: str, default_time: datetime) -> Iterator[DocumentBatch]:
+def _parquet(path: Path, seed: str, default_time: datetime) -> Opened:
     # Pages that carry a CRC are checked: a corrupt export fails, not decodes to garbage.
-    # pre_buffer would read the whole file into memory up front: stream it instead.
-    export = pq.ParquetFile(path, page_checksum_verification=True, pre_buffer=False)
+    # pre_buffer would read whole row groups into memory up front, and without buffer_size
+    # each column chunk is read whole: a single-row-group export of 600 MB would be held at
+    # once. With both, column chunks stream through a small buffer, page by page.
+    export = pq.ParquetFile(
+        path, page_checksum_verification=True, pre_buffer=False, buffer_size=READ_BUFFER_BYTES
+    )
     dimension = _declared_dimension(export.schema_arrow)
     _check_parquet_bounds(export.metadata, path.name)
-    return _parquet_batches(export, dimension, default_time)
+    return _parquet_batches(export, dimension, default_time), int(export.metadata.num_rows)
 
 
 def _parquet_batches(
@@ -257,7 +263,7 @@ def _check_dimension(dimension: int) -> None:
         raise InvalidDocumentsError(f"dimension {dimension} is outside 1..{MAX_DIMENSION}")
 
 
-def _arrow(path: Path, seed: str, default_time: datetime) -> Iterator[DocumentBatch]:
+def _arrow(path: Path, seed: str, default_time: datetime) -> Opened:
     source = pa.memory_map(str(path))
     try:
         reader: pa.ipc.RecordBatchFileReader | pa.ipc.RecordBatchStreamReader
@@ -270,7 +276,7 @@ def _arrow(path: Path, seed: str, default_time: datetime) -> Iterator[DocumentBa
         reader = pa.ipc.open_stream(source)
         batches = iter(reader)
     _declared_dimension(reader.schema)
-    return _arrow_batches(batches, default_time)
+    return _arrow_batches(batches, default_time), None
 
 
 def _arrow_batches(
@@ -280,7 +286,7 @@ def _arrow_batches(
         yield DocumentBatch.from_arrow(batch, default_inserted_at=default_time, unique_ids=False)
 
 
-def _npy(path: Path, seed: str, default_time: datetime) -> Iterator[DocumentBatch]:
+def _npy(path: Path, seed: str, default_time: datetime) -> Opened:
     shape, dtype, offset = _npy_header(path)
     if len(shape) != 2 or dtype.kind not in "fiu":
         raise SourceError(f"npy export must be a 2-D numeric array, got {dtype}{shape}")
@@ -294,7 +300,7 @@ def _npy(path: Path, seed: str, default_time: datetime) -> Iterator[DocumentBatc
             f"{held} bytes of data"
         )
     matrix = np.load(path, mmap_mode="r", allow_pickle=False)
-    return _npy_batches(matrix, seed, default_time)
+    return _npy_batches(matrix, seed, default_time), int(shape[0])
 
 
 def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype[Any], int]:
@@ -321,14 +327,14 @@ def _npy_batches(
         )
 
 
-def _json(path: Path, seed: str, default_time: datetime) -> Iterator[DocumentBatch]:
+def _json(path: Path, seed: str, default_time: datetime) -> Opened:
     size = path.stat().st_size
     if size > MAX_JSON_EXPORT_BYTES:
         raise SourceError(
             f"json export {path.name} is {size} bytes, more than the {MAX_JSON_EXPORT_BYTES} "
             "an AkiDB JSON export may have (it is parsed whole): export it as Parquet"
         )
-    return _json_batches(path)
+    return _json_batches(path), None
 
 
 def _json_batches(path: Path) -> Iterator[DocumentBatch]:

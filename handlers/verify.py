@@ -1,7 +1,9 @@
 """Stage 'verify': what the store holds is byte for byte what the metadata promises.
 
-The quick check reads every part back and compares size and SHA-256; the full check also
-decodes each part and checks rows, dimension, schema and finiteness.
+The quick check compares each part's size and SHA-256: the SHA-256 the server reports (one
+HEAD) where it checked the bytes itself on upload, else by reading the bytes back. The full
+check reads every byte back whatever the server says, and decodes each part (rows, dimension,
+schema, finiteness).
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ class Verifier:
             checked += part.size
         return checked
 
-    async def check_part(self, part: PartInfo) -> None:
+    async def check_part(self, part: PartInfo, *, read_back: bool = False) -> None:
+        """Size and SHA-256; the bytes are read only when the server cannot vouch for them
+        (or ``read_back`` asks for it)."""
         info = await self._store.head(part.key)
         if info is None:
             raise CorruptSnapshotError(f"part {part.key} is missing")
@@ -59,6 +63,10 @@ class Verifier:
             raise CorruptSnapshotError(
                 f"part {part.key} has {info.size} bytes, metadata says {part.size}"
             )
+        if info.sha256 is not None and part.sha256 and not read_back:
+            if info.sha256 != part.sha256:
+                raise CorruptSnapshotError(f"part {part.key} fails its SHA-256 check")
+            return
         in_place = self._store.local_path(part.key)
         if in_place is not None:
             await _check_in_place(in_place, part)
@@ -99,9 +107,11 @@ async def verify_snapshot(
     unsummed = any(not part.sha256 for part in metadata.parts)
     for part in metadata.parts:
         try:
-            await verifier.check_part(part)
+            # The decode reads every byte back and checks its SHA-256 first (when recorded).
             if full or not part.sha256:
                 await _decode_check(store, metadata, part, progress)
+            else:
+                await verifier.check_part(part)
         except CorruptSnapshotError as exc:
             problems.append(exc.message)
     rows = sum(part.rows for part in metadata.parts)

@@ -43,6 +43,7 @@ DESIGN_COUNTERS_AND_GAUGES = {
     "akisnap_consumer_lag",
     "akisnap_last_success_timestamp_seconds",
     "akisnap_build_info",
+    "akisnap_store_feature",
 }
 DESIGN_HISTOGRAMS = {
     "akisnap_request_duration_seconds",

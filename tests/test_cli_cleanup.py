@@ -16,25 +16,6 @@ import numpy as np
 from daemon import exit_codes
 from tests.support import REPO, akisnap_process, run_cli
 
-# `akisnap snapshots create` through the real entry point, with the encoder replaced by one
-# that leaves a half-written part in the process spool, says "ready" and waits forever:
-# the test interrupts it at exactly that moment.
-STALLED_CREATE = textwrap.dedent(
-    """
-    import asyncio, sys
-    from handlers import encode
-    from daemon import cli
-
-    async def stalled(self, job, source):
-        (self._spool / "half-written.parquet").write_bytes(b"x" * 1_000_000)
-        print("ready", flush=True)
-        await asyncio.Event().wait()
-
-    encode.Encoder.__call__ = stalled
-    sys.exit(cli.main(sys.argv[1:]))
-    """
-)
-
 
 def ended(process: subprocess.Popen[str]) -> str:
     """Its stderr once it exits; killed (and the test failed) if it does not within 60 s."""
@@ -46,31 +27,14 @@ def ended(process: subprocess.Popen[str]) -> str:
         raise AssertionError("akisnap did not end within 60 s of SIGINT") from None
 
 
-def test_ctrl_c_removes_the_process_spool(tmp_path: Path) -> None:
-    """SIGINT mid-create: exit 130, one 'interrupted' line, no pid-N folder left behind."""
-    np.save(tmp_path / "v.npy", np.ones((100, 8), dtype=np.float32))
-    store = tmp_path / "store"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AKISNAP_")}
-    argv = ["snapshots", "create", "--collection", "c", "--from", str(tmp_path / "v.npy")]
-    process = subprocess.Popen(
-        [sys.executable, "-c", STALLED_CREATE, *argv, "--store", str(store)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
-    )  # fmt: skip
-    assert process.stdout is not None and process.stdout.readline() == "ready\n"
-    spool = store / ".akisnap-tmp" / f"pid-{process.pid}"
-    assert (spool / "half-written.parquet").is_file()
-    process.send_signal(signal.SIGINT)
-    err = ended(process)
-    assert process.returncode == exit_codes.INTERRUPTED
-    assert err.strip() == "akisnap: error: interrupted"
-    assert not spool.exists()
-
-
-# The same, with an export that never ends: the encoder's thread is reading batches when
-# Ctrl-C comes. Without a stop between batches the process would read on forever.
+# `akisnap snapshots create` through the real entry point, reading an export that never ends:
+# once the encoder's thread is reading, the export leaves a half-written file in the process
+# spool and says "ready"; the test interrupts it at exactly that moment. Without a stop
+# between batches the process would read on forever.
 ENDLESS_CREATE = textwrap.dedent(
     """
-    import sys
+    import os, sys
+    from pathlib import Path
     import numpy as np
     from handlers import sources
     from handlers.model import DocumentBatch
@@ -83,6 +47,8 @@ ENDLESS_CREATE = textwrap.dedent(
                 rng.random((1000, 8), dtype=np.float32), id_seed="endless", first_position=start
             )
             if start == 1000:
+                spool = Path(sys.argv[-1]) / ".akisnap-tmp" / f"pid-{os.getpid()}"
+                (spool / "half-written.parquet").write_bytes(b"x" * 1_000_000)
                 print("ready", flush=True)
 
     async def endless_source(self, job):
@@ -94,9 +60,9 @@ ENDLESS_CREATE = textwrap.dedent(
 )
 
 
-def test_ctrl_c_stops_an_encode_that_is_reading(tmp_path: Path) -> None:
+def test_ctrl_c_stops_the_encoder_and_removes_the_spool(tmp_path: Path) -> None:
     """SIGINT while the encoder's thread reads an export: it stops at the next batch; exit
-    130, one line, spool removed (asyncio.run waits for that thread before exiting)."""
+    130, one 'interrupted' line, and the process spool (half-written file included) is gone."""
     np.save(tmp_path / "v.npy", np.ones((1, 8), dtype=np.float32))
     store = tmp_path / "store"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AKISNAP_")}
@@ -106,11 +72,13 @@ def test_ctrl_c_stops_an_encode_that_is_reading(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
     )  # fmt: skip
     assert process.stdout is not None and process.stdout.readline() == "ready\n"
+    spool = store / ".akisnap-tmp" / f"pid-{process.pid}"
+    assert (spool / "half-written.parquet").is_file()
     process.send_signal(signal.SIGINT)
     err = ended(process)
     assert process.returncode == exit_codes.INTERRUPTED
     assert err.strip() == "akisnap: error: interrupted"
-    assert not (store / ".akisnap-tmp" / f"pid-{process.pid}").exists()
+    assert not spool.exists()
 
 
 def test_prune_orphans_sweeps_dead_spools_and_empty_folders(tmp_path: Path) -> None:

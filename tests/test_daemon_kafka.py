@@ -47,13 +47,15 @@ from daemon.dead_letter import (
     headers_dict,
 )
 from daemon.demo import random_documents
-from daemon.events import REQUEST_SCHEMA, build_request, parse_result
+from daemon.events import REQUEST_SCHEMA, build_request, parse_request, parse_result
 from daemon.fate import Settled, Verdict
 from daemon.metrics import Metrics
 from daemon.results import OutcomeWatcher
 from daemon.settings import Settings
 from handlers.catalog import Catalog
-from handlers.job import InlineSource, UriSource, snapshot_id_for
+from handlers.create import SnapshotCreator
+from handlers.job import InlineSource, SnapshotJob, UriSource, snapshot_id_for
+from handlers.layout import metadata_key
 from handlers.stores import open_store
 from tests.conftest import REPO, S3Service, TopicFactory, Topics
 from tests.support import real_embeddings, write_export
@@ -609,6 +611,38 @@ async def test_replayed_request_is_a_duplicate_and_nothing_is_rewritten(
     )
     assert (metadata.stat().st_mtime_ns, metadata.read_bytes()) == before
     assert await snapshot_ids(settings) == [snapshot_id_for("replayed", rid)]
+
+
+async def test_snapshot_committed_after_the_check_is_a_duplicate_from_the_commit(
+    kafka_bootstrap: str, make_topics: TopicFactory, tmp_path: Path, s3_service: S3Service,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Another run commits between the daemon's existence check and its commit: the
+    conditional PUT (If-None-Match) refuses, the result is `duplicate`, the other run's
+    metadata stays byte for byte."""
+    topics = await make_topics()
+    settings = s3_settings(kafka_bootstrap, topics, tmp_path, s3_service, s3_service.endpoint)
+    rid, key, value = inline_request("raced", rows=20, dim=8)
+    store = open_store(settings.store, settings.s3_options())
+    try:
+        job = parse_request(value, max_bytes=len(value))
+        other = await SnapshotCreator(store, source_roots=[])(job)
+        committed = metadata_key("raced", other.metadata.snapshot_id)
+        before = await store.get_bytes(committed)
+
+        async def checked_too_early(self: SnapshotCreator, job: SnapshotJob) -> None:
+            return None  # the other run had not committed yet when this one looked
+
+        monkeypatch.setattr(SnapshotCreator, "existing", checked_too_early)
+        async with running(settings) as daemon, watcher(kafka_bootstrap, topics) as outcomes:
+            await send(kafka_bootstrap, topics.requests, [(key, value, [])])
+            found = (await outcomes.wait_for([rid], 30))[rid]
+            assert sample(daemon, "akisnap_requests_total", outcome="duplicate") == 1
+            assert sample(daemon, "akisnap_store_feature", feature="conditional_writes") == 1
+        assert found.status == "duplicate"
+        assert await store.get_bytes(committed) == before
+    finally:
+        await store.close()
 
 
 # -- lifecycle --------------------------------------------------------------------------------

@@ -27,11 +27,12 @@ def batches(count: int, rows: int, dim: int) -> list[DocumentBatch]:
     ]
 
 
-def test_parts_are_split_across_cores_and_hashed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("cores", [1, 2, 7])
+def test_part_layout_depends_on_the_data_not_the_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cores: int
 ) -> None:
-    """A multi-part snapshot gets a multiple of the cores in even parts; hashes are exact."""
-    monkeypatch.setattr(encode.os, "cpu_count", lambda: 3)
+    """Even parts, as many as the part size needs, the same bytes whatever the core count."""
+    monkeypatch.setattr(encode, "usable_cpus", lambda: cores)
     source = batches(6, 1000, 32)
     part_bytes = 2500 * bytes_per_row_estimate(32)
     encoded = Encoder(tmp_path, part_bytes).encode_blocking(JOB, iter(source), 6000)
@@ -39,7 +40,14 @@ def test_parts_are_split_across_cores_and_hashed(
     assert [part.index for part in encoded.parts] == [0, 1, 2]
     assert all(part.sha256 == sha256_file(part.path) for part in encoded.parts)
     assert all(part.size == part.path.stat().st_size for part in encoded.parts)
+    single = Encoder(tmp_path / "one", part_bytes)
+    (tmp_path / "one").mkdir()
+    monkeypatch.setattr(encode, "usable_cpus", lambda: 1)
+    again = single.encode_blocking(JOB, iter(source), 6000)
+    assert [p.sha256 for p in again.parts] == [p.sha256 for p in encoded.parts]
     encoded.discard()
+    again.discard()
+    (tmp_path / "one").rmdir()
     assert list(tmp_path.iterdir()) == []
 
 

@@ -27,6 +27,7 @@ DESIGN_FAMILIES = (
     "akisnap_consumer_lag",
     "akisnap_last_success_timestamp_seconds",
     "akisnap_build_info",
+    "akisnap_store_feature",
 )
 CHART = REPO / "helm" / "akisnap"
 METRIC_NAME = re.compile(r"\bakisnap_[a-z_]+\b")

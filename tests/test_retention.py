@@ -24,6 +24,7 @@ from handlers.layout import metadata_key, snapshot_prefix
 from handlers.metadata import SnapshotMetadata
 from handlers.retention import apply_retention, find_orphans, plan_prune, prune, remove_orphans
 from handlers.stores import ObjectStore
+from handlers.verify import verify_snapshot
 from tests.support import open_test_store, run_cli, unit_vectors
 
 
@@ -47,7 +48,6 @@ async def make_snapshots(
 ) -> list[SnapshotMetadata]:
     """``count`` small snapshots, oldest first; ``age_days`` backdates their created_at."""
     creator = SnapshotCreator(store, source_roots=[])
-    catalog = Catalog(store)
     made = []
     now = datetime.now(UTC)
     for i in range(count):
@@ -56,7 +56,8 @@ async def make_snapshots(
         if age_days is not None:
             stamp = now - timedelta(days=age_days[i])
             meta = replace(meta, created_at=stamp.isoformat(timespec="microseconds"))
-            await catalog.commit(meta)
+            # Backdated in place: a commit never overwrites, so write the file directly.
+            await store.put_bytes(metadata_key(collection, meta.snapshot_id), meta.to_json())
         made.append(meta)
     return made
 
@@ -140,6 +141,22 @@ async def test_orphans_removed_live_snapshots_untouched(store: ObjectStore) -> N
     after = [await keys_under(store, snapshot_prefix("c", m.snapshot_id)) for m in live]
     assert after == live_keys
     assert [m.snapshot_id for m in await Catalog(store).list("c")] == [m.snapshot_id for m in live]
+
+
+async def test_parts_left_beside_a_committed_snapshot_are_orphans(store: ObjectStore) -> None:
+    """A run killed after its upload left parts; the redo encoded other bytes (other keys) and
+    committed: the old parts go, the committed snapshot's own parts stay."""
+    (meta,) = await make_snapshots(store, "c", 1)
+    prefix = snapshot_prefix("c", meta.snapshot_id)
+    leftover = f"{prefix}part-00000-{'e' * 32}.parquet"
+    await store.put_bytes(leftover, b"an interrupted run's part")
+    later = datetime.now(UTC) + timedelta(hours=2)
+    old, young = await find_orphans(store, now=later)
+    assert [(o.keys, o.leftover) for o in old] == [((leftover,), True)] and young == []
+    done = await remove_orphans(store, now=later)
+    assert [o.keys for o in done.removed] == [(leftover,)]
+    assert await keys_under(store, prefix) == {part.key for part in meta.parts}
+    assert (await verify_snapshot(store, meta)).ok
 
 
 async def test_orphan_grace_uses_object_age(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from handlers.errors import (
     StoreAccessDeniedError,
     StoreConfigError,
     StoreUnavailableError,
+    WriteNotVerifiedError,
 )
 from handlers.stores import ObjectStore, S3Options, open_store
 from handlers.stores.s3 import S3Store, part_size
@@ -166,11 +167,12 @@ async def test_put_file_above_threshold_is_multipart(make_store: MakeStore, tmp_
     path = tmp_path / "big.bin"
     size = 12 * MIB + 12345
     sha = write_random(path, size)
-    await store.put_file("parts/big.bin", path, sha256_hex=sha)
+    assert await store.put_file("parts/big.bin", path, sha256_hex=sha) is True  # vouched
 
     info = await store.head("parts/big.bin")
     assert info is not None
     assert info.size == size
+    assert info.sha256 is None  # a checksum of part checksums: verify reads such parts back
     assert hashlib.sha256(await store.get_bytes("parts/big.bin")).hexdigest() == sha
     assert await stored_sha256(store, "parts/big.bin") == sha
     assert await open_uploads(store, "parts/big.bin") == []
@@ -180,19 +182,19 @@ async def test_failed_multipart_upload_is_aborted(
     make_store: MakeStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When a part fails, the error surfaces as ours and the upload is aborted, not left open."""
-    from handlers.stores import s3 as s3_module
+    from handlers.stores import multipart
 
     store = await make_store()
     path = tmp_path / "big.bin"
     sha = write_random(path, 11 * MIB)
-    real_read = s3_module._Part.read
+    real_read = multipart.read_part
 
-    def flaky_read(part: s3_module._Part) -> bytes:
-        if part.number == 2:
+    def flaky_read(path: Path, offset: int, size: int, whole: Any) -> tuple[bytes, bytes]:
+        if offset > 0:
             raise ConnectionResetError("disk went away")
-        return real_read(part)
+        return real_read(path, offset, size, whole)
 
-    monkeypatch.setattr(s3_module._Part, "read", flaky_read)
+    monkeypatch.setattr(multipart, "read_part", flaky_read)
     with pytest.raises(StoreUnavailableError, match="disk went away"):
         await store.put_file("parts/broken.bin", path, sha256_hex=sha)
     assert await open_uploads(store, "parts/broken.bin") == []
@@ -370,3 +372,45 @@ def test_part_size_respects_s3_limits() -> None:
     assert part_size(100 * MIB, 1 * MIB) == 5 * MIB
     assert part_size(100 * MIB, 16 * MIB) == 16 * MIB
     assert part_size(1_000_000 * MIB, 16 * MIB) * 10_000 >= 1_000_000 * MIB
+
+
+async def test_multipart_parts_carry_checksums_and_the_whole_file_is_checked(
+    make_store: MakeStore, tmp_path: Path
+) -> None:
+    """A file whose bytes do not hash to the encoder's digest is not stored (the upload is
+    aborted); the server checked every part of the one that is."""
+    store = await make_store()
+    path = tmp_path / "big.bin"
+    write_random(path, 11 * MIB)
+    with pytest.raises(WriteNotVerifiedError, match="changed between encoding and upload"):
+        await store.put_file("parts/changed.bin", path, sha256_hex=hashlib.sha256(b"x").hexdigest())
+    assert await store.head("parts/changed.bin") is None
+    assert await open_uploads(store, "parts/changed.bin") == []
+
+
+async def test_multipart_checksum_refusal_falls_back_to_plain_parts(
+    make_store: MakeStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that refuses ChecksumAlgorithm on a first (multipart) upload: the upload goes
+    again without checksums, the store remembers, and the part is not vouched for."""
+    store = await make_store()
+    client = await store._s3()
+    real_create = client.create_multipart_upload
+    asked: list[bool] = []
+
+    async def refusing_create(**request: Any) -> Any:
+        asked.append("ChecksumAlgorithm" in request)
+        if "ChecksumAlgorithm" in request:
+            error = {"Error": {"Code": "NotImplemented", "Message": "no checksums here"}}
+            raise ClientError(error, "CreateMultipartUpload")  # type: ignore[arg-type]
+        return await real_create(**request)
+
+    monkeypatch.setattr(client, "create_multipart_upload", refusing_create)
+    seen: list[tuple[str, bool]] = []
+    store.watch_features(lambda feature, supported: seen.append((feature, supported)))
+    path = tmp_path / "big.bin"
+    sha = write_random(path, 11 * MIB)
+    assert await store.put_file("parts/plain.bin", path, sha256_hex=sha) is False
+    assert asked == [True, False]
+    assert store.sends_checksum is False and seen == [("checksums", False)]
+    assert hashlib.sha256(await store.get_bytes("parts/plain.bin")).hexdigest() == sha

@@ -287,12 +287,13 @@ async def test_real_embeddings_restore_to_every_format(
 class _CorruptingStore(LocalStore):
     """A local store whose disk flips a bit in every part it is given."""
 
-    async def put_file(self, key: str, path: Path, *, sha256_hex: str) -> None:
+    async def put_file(self, key: str, path: Path, *, sha256_hex: str) -> bool:
         await super().put_file(key, path, sha256_hex=sha256_hex)
         target = self.path_of(key)
         data = bytearray(target.read_bytes())
         data[len(data) // 2] ^= 0x04
         target.write_bytes(bytes(data))
+        return False
 
 
 async def test_parts_that_do_not_read_back_are_retryable_and_not_committed(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +22,17 @@ class ObjectInfo:
     key: str
     size: int
     last_modified: datetime
+    sha256: str | None = None
+    """The SHA-256 the server computed and checked when the object was written (hex), when
+    it keeps one and says so; None otherwise (then only reading the bytes proves them)."""
+
+
+FeatureReport = Callable[[str, bool], None]
+"""Told once per feature ("conditional_writes", "checksums") whether the server has it."""
+
+
+def ignore_feature(feature: str, supported: bool) -> None:
+    return None
 
 
 @runtime_checkable
@@ -39,11 +50,24 @@ class ObjectStore(Protocol):
         """The object's file when the store is a local directory (read in place), else None."""
         ...
 
-    async def put_file(self, key: str, path: Path, *, sha256_hex: str) -> None:
-        """Store a finished local file under key (the file may be moved or removed)."""
+    async def put_file(self, key: str, path: Path, *, sha256_hex: str) -> bool:
+        """Store a finished local file under key (the file may be moved or removed).
+
+        True when the store itself checked the stored bytes against ``sha256_hex`` (an S3
+        server validating ChecksumSHA256), so reading them back would prove nothing more.
+        """
         ...
 
     async def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    async def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Write ``data`` unless an object is at ``key``; False (nothing written) if one is.
+        Never overwrites: this is the commit of a snapshot."""
+        ...
+
+    def watch_features(self, report: FeatureReport) -> None:
+        """Have ``report`` told which write path the store takes, once it knows."""
+        ...
 
     async def get_bytes(self, key: str) -> bytes: ...
 

@@ -28,6 +28,9 @@ class S3Options:
     connect_timeout_seconds: float = 10.0
     read_timeout_seconds: float = 60.0
     spool_dir: Path | None = None
+    conditional_writes: str = "auto"
+    """"auto": commit with If-None-Match once a probe showed the server honours it;
+    "off": never (HEAD, then PUT), for servers known to lack it."""
 
 
 def open_store(uri: str, s3: S3Options | None = None, *, create: bool = True) -> ObjectStore:

@@ -19,7 +19,7 @@ from handlers.errors import (
     StoreUnavailableError,
 )
 from handlers.filemode import new_file_mode
-from handlers.stores.base import CHUNK_BYTES, ObjectInfo, check_key
+from handlers.stores.base import CHUNK_BYTES, FeatureReport, ObjectInfo, check_key
 
 SPOOL_DIR_NAME = ".akisnap-tmp"
 
@@ -49,11 +49,18 @@ class LocalStore:
     def local_path(self, key: str) -> Path | None:
         return self.path_of(key)
 
-    async def put_file(self, key: str, path: Path, *, sha256_hex: str) -> None:
+    async def put_file(self, key: str, path: Path, *, sha256_hex: str) -> bool:
         await asyncio.to_thread(self._install, path, self.path_of(key))
+        return False  # a directory keeps no checksums: verify hashes the file in place
 
     async def put_bytes(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self._write_atomically, self.path_of(key), data)
+
+    async def put_if_absent(self, key: str, data: bytes) -> bool:
+        return await asyncio.to_thread(self._write_if_absent, self.path_of(key), data)
+
+    def watch_features(self, report: FeatureReport) -> None:
+        report("conditional_writes", True)  # link(2) never replaces an existing file
 
     async def get_bytes(self, key: str) -> bytes:
         return await asyncio.to_thread(self._read, self.path_of(key))
@@ -109,6 +116,16 @@ class LocalStore:
             raise _store_error(exc, target) from exc
 
     def _write_stream_atomically(self, target: Path, chunks: Iterator[bytes]) -> None:
+        self._write_stream(target, chunks, replace=True)
+
+    def _write_if_absent(self, target: Path, data: bytes) -> bool:
+        try:
+            return self._write_stream(target, iter([data]), replace=False)
+        except OSError as exc:
+            raise _store_error(exc, target) from exc
+
+    def _write_stream(self, target: Path, chunks: Iterator[bytes], *, replace: bool) -> bool:
+        """Temp file, fsync, then rename over the target, or link it (fails if it exists)."""
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, temp_name = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
         try:
@@ -118,11 +135,20 @@ class LocalStore:
                     handle.write(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(temp_name, target)
+            if replace:
+                os.replace(temp_name, target)
+            else:
+                try:
+                    os.link(temp_name, target)
+                except FileExistsError:
+                    return False
+                finally:
+                    _unlink_quietly(Path(temp_name))
         except BaseException:
             _unlink_quietly(Path(temp_name))
             raise
         _fsync(target.parent)
+        return True
 
     def _read(self, path: Path) -> bytes:
         try:
