@@ -7,8 +7,9 @@ consumer joined its group and the store answers. If Kafka cannot be reached, the
 off and tries again until it is told to stop.
 
 SIGTERM / SIGINT set the stop event: stop fetching, let each partition finish the request in
-hand within ``shutdown_grace_seconds`` (minus a reserve for committing and closing), commit,
-close producer and consumer, return 0.
+hand within ``shutdown_grace_seconds`` minus a reserve (then cancel it: an encoding stops at its
+next batch and deletes its spool parts), commit within half the reserve, close producer and
+consumer side by side within the other half, return 0: all within the grace period.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 
-from daemon.consumer import ConsumerOptions, RequestConsumer
+from daemon.consumer import CANCEL_WAIT_SECONDS, ConsumerOptions, RequestConsumer
 from daemon.dead_letter import safe_message
+from daemon.environment import EnvironmentGate
 from daemon.fate import Fate
 from daemon.health import HealthServer, Liveness
 from daemon.logging import get_logger
@@ -43,6 +45,8 @@ from daemon.retry import Backoff, sleep_unless
 from daemon.settings import Settings
 from handlers.budget import ByteBudget
 from handlers.create import SnapshotCreator
+from handlers.errors import BrokerUnavailableError
+from handlers.executor import start_process_worker
 from handlers.stores import ObjectStore, open_store
 
 log = get_logger("akisnap.daemon")
@@ -54,6 +58,25 @@ STALL_SECONDS = 120.0
 PING_CACHE_SECONDS = 5.0
 # Longest wait between two attempts to reach the broker.
 CONNECT_BACKOFF_CAP_SECONDS = 30.0
+# /healthz fails when a request in hand has worked this much longer than its deadline: the
+# deadline should have dead-lettered it, so its worker is wedged.
+STUCK_MARGIN_SECONDS = 60.0
+# How long one probe of the store or the broker may take.
+PROBE_TIMEOUT_SECONDS = 5.0
+
+
+def shutdown_reserve(grace: float) -> float:
+    """The end of the grace period kept for unwinding cancelled work (at most
+    CANCEL_WAIT_SECONDS), the final commit and closing the clients (half of the rest each,
+    all bounded), so that all of the shutdown fits in the grace period."""
+    return min(5.0 + CANCEL_WAIT_SECONDS, grace / 3)
+
+
+def _closing_seconds(grace: float) -> float:
+    """The final commit's share of the reserve, and the clients' closing's."""
+    return max(0.25, (shutdown_reserve(grace) - CANCEL_WAIT_SECONDS) / 2)
+
+
 # The write path a store takes, by feature and whether the server has it.
 FEATURE_PATHS = {
     "conditional_writes": {True: "put-if-none-match", False: "head-then-put"},
@@ -63,7 +86,7 @@ FEATURE_PATHS = {
 
 def settle_seconds(grace: float) -> float:
     """The part of the grace period workers get; the rest is kept to commit and close."""
-    return max(0.0, grace - min(5.0, grace / 4))
+    return max(0.0, grace - shutdown_reserve(grace))
 
 
 class Daemon:
@@ -91,6 +114,11 @@ class Daemon:
         self._consumer: RequestConsumer | None = None
         self._ping_cache: tuple[float, bool, str] | None = None
         self._secrets = settings.secret_values()
+        self.gate = EnvironmentGate(
+            self.metrics,
+            {"store": self._probe_store, "broker": self._probe_broker},
+            secrets=self._secrets,
+        )
 
     # -- control ----------------------------------------------------------------------------
 
@@ -127,6 +155,7 @@ class Daemon:
         try:
             await self._health.start()
             log.info("daemon.health_serving", port=self._health.bound_port)
+            await start_process_worker()
             self._store = open_store(self.settings.store, self.settings.s3_options())
             self._store.watch_features(self._store_feature)
             creator = SnapshotCreator(
@@ -140,6 +169,7 @@ class Daemon:
             )
             await self._serve(creator, self._store)
         finally:
+            await self.gate.close()
             for sig in signals:
                 loop.remove_signal_handler(sig)
             if self._store is not None:
@@ -254,15 +284,20 @@ class Daemon:
             metrics=self.metrics,
             max_message_bytes=s.max_message_bytes,
             secrets=self._secrets,
+            gate=self.gate,
+            deadline_seconds=s.request_deadline_seconds,
+            publish_attempts=s.publish_attempts,
         )  # fmt: skip
         options = ConsumerOptions(
             max_in_flight_requests=s.max_in_flight_requests,
             max_in_flight_bytes=s.max_in_flight_bytes,
             settle_seconds=settle_seconds(s.shutdown_grace_seconds),
+            final_commit_seconds=_closing_seconds(s.shutdown_grace_seconds),
+            fetch_error_unhealthy_seconds=s.fetch_error_unhealthy_seconds,
         )
         return RequestConsumer(
             consumer, fate, self.metrics, options, liveness=self.liveness,
-            on_joined=self._joined.set,
+            on_joined=self._joined.set, gate=self.gate,
         )  # fmt: skip
 
     async def _start(self, producer: Any, consumer: Any) -> bool:
@@ -286,13 +321,17 @@ class Daemon:
         return True
 
     async def _close(self, consumer: Any, producer: Any) -> None:
-        """Stop the consumer (leaves the group) and the producer; bounded, never raises."""
-        reserve = max(1.0, min(5.0, self.settings.shutdown_grace_seconds / 4))
-        for name, client in (("consumer", consumer), ("producer", producer)):
+        """Stop the consumer (leaves the group) and the producer side by side, within half the
+        shutdown reserve; never raises."""
+        within = _closing_seconds(self.settings.shutdown_grace_seconds)
+
+        async def close(name: str, client: Any) -> None:
             try:
-                await asyncio.wait_for(client.stop(), reserve)
+                await asyncio.wait_for(client.stop(), within)
             except Exception as err:  # closing must not stop the shutdown
                 log.warning("kafka.close_failed", client=name, error_class=type(err).__name__)
+
+        await asyncio.gather(close("consumer", consumer), close("producer", producer))
 
     # -- Kafka clients ----------------------------------------------------------------------
 
@@ -330,9 +369,25 @@ class Daemon:
     # -- health -----------------------------------------------------------------------------
 
     def _alive(self) -> tuple[bool, str]:
-        return self.liveness.check(STALL_SECONDS)
+        ok, reason = self.liveness.check(STALL_SECONDS)
+        requests = self._consumer
+        if not ok or requests is None:
+            return ok, reason
+        limit = self.settings.request_deadline_seconds + STUCK_MARGIN_SECONDS
+        oldest = requests.oldest_busy_seconds()
+        if oldest > limit:
+            return False, (
+                f"wedged: a request has been in hand for {oldest:.0f}s of working time "
+                f"(deadline {self.settings.request_deadline_seconds:g}s + margin)"
+            )
+        trouble = requests.fetch_trouble()
+        if trouble is not None:
+            return False, trouble
+        return ok, reason
 
     async def _ready(self) -> tuple[bool, str]:
+        if not self.gate.is_open:
+            return False, self.gate.reason
         requests = self._consumer
         if requests is None:
             return False, "not connected to Kafka yet"
@@ -355,6 +410,32 @@ class Daemon:
             answer = (False, reason)
         self._ping_cache = (now, *answer)
         return answer
+
+    # -- environment probes -------------------------------------------------------------------
+
+    async def _probe_store(self) -> None:
+        """HeadBucket: the endpoint answers, the credentials work, the bucket is there."""
+        if self._store is None:
+            return
+        self._ping_cache = None
+        await asyncio.wait_for(self._store.ping(), PROBE_TIMEOUT_SECONDS)
+
+    async def _probe_broker(self) -> None:
+        """A broker of the bootstrap list takes a TCP connection again."""
+        last: Exception | None = None
+        for address in self.settings.kafka_bootstrap.split(","):
+            host, _, port = address.strip().rpartition(":")
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host.strip("[]") or "localhost", int(port or 9092)),
+                    PROBE_TIMEOUT_SECONDS,
+                )
+            except (OSError, TimeoutError, ValueError) as err:
+                last = err
+                continue
+            writer.close()
+            return
+        raise BrokerUnavailableError(f"no bootstrap broker accepts a connection: {last}")
 
 
 def _no_bootstrap(err: KafkaError) -> bool:

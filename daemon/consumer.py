@@ -17,6 +17,15 @@ How offsets, order and backpressure work:
   The fetch loop never blocks on work: it keeps calling ``getmany`` (returning nothing for
   paused partitions), so aiokafka never sees the member idle past ``max_poll_interval_ms``
   (aiokafka #848, #929) however long a snapshot takes.
+- **Environment faults.** While the environment gate is shut (store or broker unusable, see
+  :mod:`daemon.environment`) every partition is paused; the workers wait at the gate with
+  their record in hand and go on when it opens.
+- **Failures surface.** A worker that hits an unexpected error or cannot publish within the
+  retry cap stops its partition (uncommitted) and marks the daemon unhealthy; so does a
+  background loop (committer, lag) that dies. A fetch error that persists is counted, logged
+  once when it starts and once when it ends, and turns ``/healthz`` unhealthy after
+  ``fetch_error_unhealthy_seconds``. After a failed fetch the partitions are fetched one by
+  one: one that fails alone is held paused for a while, so the others are served.
 - **Rebalance.** On revoke, the revoked partitions' workers stop taking records, finish the
   one in hand within a bound, the done offsets are committed, and the rest is dropped (the
   new owner fetches it again from the committed offset). ``CommitFailedError`` is logged and
@@ -42,7 +51,8 @@ from aiokafka.errors import (
 )
 
 from daemon.dead_letter import SourceRecord, describe
-from daemon.fate import AbandonedError, Settled
+from daemon.environment import EnvironmentGate
+from daemon.fate import AbandonedError, PublishStuckError, Settled
 from daemon.health import Liveness
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
@@ -53,9 +63,12 @@ log = get_logger("akisnap.consumer")
 Handler = Callable[[SourceRecord, asyncio.Event], Awaitable[Settled]]
 """Settle one record (``Fate``); the event tells it to give up waiting (shutdown, revoke)."""
 
-# After an unexpected error escaped the handler, wait this long before trying the record again.
-HANDLER_BUG_PAUSE_SECONDS = 1.0
 KAFKA_ERROR_PAUSE_SECONDS = 1.0
+# A partition whose fetch fails on its own (a batch it cannot read) stays paused this long
+# before it is tried again, so the other partitions are served meanwhile.
+QUARANTINE_SECONDS = 5.0
+# How long a cancelled record may take to unwind (see PartitionWorker.settle).
+CANCEL_WAIT_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -65,9 +78,13 @@ class ConsumerOptions:
     settle_seconds: float = 20.0
     """How long a revoked partition (or, on shutdown, every partition) may take to finish the
     record in hand before it is cancelled and left to be redone."""
+    final_commit_seconds: float = 2.5
+    """How long the commit at the end of :meth:`RequestConsumer.run` may take (shutdown)."""
     poll_timeout_ms: int = 1000
     commit_interval_seconds: float = 0.2
     lag_interval_seconds: float = 10.0
+    fetch_error_unhealthy_seconds: float = 300.0
+    """How long fetches may keep failing before /healthz turns unhealthy."""
 
 
 def _record_bytes(record: SourceRecord) -> int:
@@ -117,11 +134,17 @@ class PartitionWorker:
         handle: Handler,
         in_flight: InFlight,
         on_settled: Callable[[TopicPartition, int], None],
+        *,
+        liveness: Liveness,
+        working_clock: Callable[[], float],
     ) -> None:
         self.tp = tp
         self._handle = handle
         self._in_flight = in_flight
         self._on_settled = on_settled
+        self._liveness = liveness
+        self._clock = working_clock
+        self.busy_since: float | None = None
         self._queue: deque[SourceRecord] = deque()
         self._wake = asyncio.Event()
         self._closing = False
@@ -151,18 +174,27 @@ class PartitionWorker:
                 if self._closing:
                     return
                 record = self._queue[0]
+                self.busy_since = self._clock()
                 try:
                     await self._handle(record, self.stop)
+                except PublishStuckError as why:
+                    self._liveness.fail(f"partition {_tp_text(self.tp)}: {why}")
+                    return
                 except AbandonedError as why:
                     log.info("partition.abandoned", source=describe(record), reason=str(why))
                     return
-                except Exception:
-                    # Fate settles every failure itself; reaching here is a bug. Keep the
-                    # record (never skip it) and try again rather than stop consuming.
+                except Exception as err:
+                    # Fate settles every failure itself, even its own bugs; reaching here
+                    # means dead-lettering failed too. Never skip the record, never spin on
+                    # it: stop this partition, uncommitted, and let /healthz say so.
                     log.exception("partition.handler_failed", source=describe(record))
-                    if not await sleep_unless(self.stop, HANDLER_BUG_PAUSE_SECONDS):
-                        return
-                    continue
+                    self._liveness.fail(
+                        f"partition {_tp_text(self.tp)} stopped: {type(err).__name__} while "
+                        f"settling {describe(record)}"
+                    )
+                    return
+                finally:
+                    self.busy_since = None
                 self._queue.popleft()
                 self._in_flight.remove(record)
                 self._on_settled(self.tp, record.offset + 1)
@@ -188,8 +220,9 @@ class PartitionWorker:
                 within_seconds=within,
             )
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # A cancelled encoding stops at its next slice of rows; wait that long at most
+            # (the shutdown's budget is fixed), the thread finishes cleaning up by itself.
+            await asyncio.wait({self._task}, timeout=CANCEL_WAIT_SECONDS)
 
 
 class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -215,8 +248,16 @@ class RequestConsumer:
         *,
         liveness: Liveness | None = None,
         on_joined: Callable[[], None] | None = None,
+        gate: EnvironmentGate | None = None,
     ) -> None:
         self._consumer = consumer
+        self._gate = gate or EnvironmentGate(metrics, {})
+        self._fetch_failing: tuple[float, str] | None = None
+        # Per partition: the next offset after the last record enqueued (to rewind to after a
+        # failed fetch), since when and why its own fetch fails, until when it is held paused.
+        self._next_offsets: dict[TopicPartition, int] = {}
+        self._bad: dict[TopicPartition, tuple[float, str]] = {}
+        self._quarantined: dict[TopicPartition, float] = {}
         self._on_joined = on_joined
         self._handle = handle
         self._metrics = metrics
@@ -241,21 +282,59 @@ class RequestConsumer:
             asyncio.create_task(self._commit_loop(), name="akisnap-committer"),
             asyncio.create_task(self._lag_loop(), name="akisnap-lag"),
         ]
+        for task in helpers:
+            task.add_done_callback(self._helper_ended)
         try:
             await self._fetch_loop(stop)
         finally:
             self._pause(set(self._workers))
             await self._settle(set(self._workers), self._options.settle_seconds)
             for task in helpers:
+                task.remove_done_callback(self._helper_ended)
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            await self.commit()
+            try:
+                await asyncio.wait_for(self.commit(), self._options.final_commit_seconds)
+            except TimeoutError:
+                self._metrics.commit_failed("timeout")
+                log.warning(
+                    "consumer.final_commit_timeout",
+                    within_seconds=self._options.final_commit_seconds,
+                    note="the requests since the last commit will be redone (idempotently)",
+                )
+
+    def _helper_ended(self, task: asyncio.Task[None]) -> None:
+        """A background loop never ends on its own: if it did, say so loudly, and fail
+        /healthz (a dead committer means no offset moves again)."""
+        error = None if task.cancelled() else task.exception()
+        log.error("consumer.loop_died", loop=task.get_name(), exc_info=error)
+        reason = type(error).__name__ if error is not None else "ended"
+        self._liveness.fail(f"background loop {task.get_name()} died: {reason}")
+
+    def oldest_busy_seconds(self) -> float:
+        """Working time (environment pauses left out) of the oldest record in hand."""
+        started = [w.busy_since for w in self._workers.values() if w.busy_since is not None]
+        return self._gate.working_clock() - min(started) if started else 0.0
+
+    def fetch_trouble(self) -> str | None:
+        """Why /healthz should fail for fetching: errors (of every fetch, or of one partition's)
+        for longer than the setting."""
+        now = asyncio.get_running_loop().time()
+        limit = self._options.fetch_error_unhealthy_seconds
+        if self._fetch_failing is not None and now - self._fetch_failing[0] > limit:
+            since, kind = self._fetch_failing
+            return f"fetching has failed for {now - since:.0f}s ({kind})"
+        for tp, (since, kind) in sorted(self._bad.items()):
+            if now - since > limit:
+                return f"fetching {_tp_text(tp)} has failed for {now - since:.0f}s ({kind})"
+        return None
 
     async def _fetch_loop(self, stop: asyncio.Event) -> None:
         stopped = asyncio.create_task(stop.wait(), name="akisnap-stop-wait")
         try:
             while not stop.is_set():
                 self._apply_backpressure()
+                included = self._assigned() - self._consumer.paused()
                 fetch = asyncio.ensure_future(
                     self._consumer.getmany(
                         timeout_ms=self._options.poll_timeout_ms,
@@ -272,35 +351,109 @@ class RequestConsumer:
                     batches = fetch.result()
                 except ConsumerStoppedError:
                     return
-                except KafkaError as err:
-                    log.warning(
-                        "consumer.fetch_failed", error_class=type(err).__name__, error=str(err)
-                    )
-                    await sleep_unless(stop, KAFKA_ERROR_PAUSE_SECONDS)
-                    continue
+                except Exception as err:  # counted and logged; other partitions go on
+                    self._fetch_failed(err)
+                    batches = await self._isolate()
+                    if not batches:
+                        await sleep_unless(stop, KAFKA_ERROR_PAUSE_SECONDS)
+                        continue
+                else:
+                    self._fetch_worked(included)
                 self._liveness.beat()
                 for tp, records in batches.items():
                     worker = self._workers.get(tp)
-                    if worker is not None:
+                    if worker is not None and records:
                         worker.enqueue(records)
+                        self._next_offsets[tp] = records[-1].offset + 1
                 self._liveness.waiting(self._in_flight.count > 0)
         finally:
             stopped.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await stopped
 
+    def _fetch_failed(self, err: Exception) -> None:
+        """Count every failed fetch; log when failing starts (and its kind changes)."""
+        kind = type(err).__name__
+        self._metrics.fetch_failed(kind)
+        if self._fetch_failing is None or self._fetch_failing[1] != kind:
+            log.error("consumer.fetch_failing", error_class=kind, error=str(err))
+            since = asyncio.get_running_loop().time()
+            self._fetch_failing = (
+                since if self._fetch_failing is None else self._fetch_failing[0],
+                kind,
+            )
+
+    def _fetch_worked(self, included: set[TopicPartition]) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._fetch_failing is not None:
+            since, kind = self._fetch_failing
+            log.info("consumer.fetch_recovered", error_class=kind, seconds=round(now - since, 3))
+            self._fetch_failing = None
+        for tp in included & set(self._bad):
+            since, kind = self._bad.pop(tp)
+            self._quarantined.pop(tp, None)
+            log.info(
+                "consumer.partition_fetch_recovered",
+                partition=_tp_text(tp),
+                error_class=kind,
+                seconds=round(now - since, 3),
+            )
+
+    async def _isolate(self) -> dict[TopicPartition, list[Any]]:
+        """After a failed fetch: rewind (aiokafka may have dropped records it had drained for
+        other partitions when it raised), then fetch each partition alone. Partitions that
+        fail alone are held paused for a while, so the others are served; if all fail, it is
+        not one partition's doing and nothing is held."""
+        for tp, offset in self._next_offsets.items():
+            if tp in self._workers:
+                self._consumer.seek(tp, offset)
+        candidates = sorted((self._assigned() - self._consumer.paused()) & set(self._workers))
+        served: dict[TopicPartition, list[Any]] = {}
+        failed: dict[TopicPartition, Exception] = {}
+        for tp in candidates:
+            try:
+                served.update(
+                    await self._consumer.getmany(tp, timeout_ms=0, max_records=self._in_flight.room)
+                )
+            except ConsumerStoppedError:
+                raise
+            except Exception as err:  # this partition's own failure
+                failed[tp] = err
+        if failed and len(failed) < len(candidates):
+            for tp, error in failed.items():
+                self._quarantine(tp, error)
+        return served
+
+    def _quarantine(self, tp: TopicPartition, err: Exception) -> None:
+        now = asyncio.get_running_loop().time()
+        kind = type(err).__name__
+        if tp not in self._bad:
+            log.error(
+                "consumer.partition_fetch_failing",
+                partition=_tp_text(tp),
+                error_class=kind,
+                error=str(err),
+                note="paused for a while; the other partitions are served",
+            )
+            self._bad[tp] = (now, kind)
+        self._quarantined[tp] = now + QUARANTINE_SECONDS
+        self._pause({tp})
+
     # -- backpressure -----------------------------------------------------------------------
 
     def _apply_backpressure(self) -> None:
-        """Pause what is over its bound, resume what is below; never blocks."""
+        """Pause what is over its bound, resume what is below; never blocks. Everything is
+        paused while the environment gate is shut."""
         owned = set(self._workers)
         if not owned:
             return
-        if self._in_flight.full:
+        if self._in_flight.full or not self._gate.is_open:
             self._pause(owned)
             return
         share = max(1, math.ceil(self._in_flight.max_requests / len(owned)))
         busy = {tp for tp, worker in self._workers.items() if worker.backlog >= share}
+        now = asyncio.get_running_loop().time()
+        busy |= {tp for tp, until in self._quarantined.items() if until > now}
         self._pause(busy)
         self._resume(owned - busy)
 
@@ -395,6 +548,9 @@ class RequestConsumer:
             self._workers.pop(tp, None)
             self._done.pop(tp, None)
             self._committed.pop(tp, None)
+            self._next_offsets.pop(tp, None)
+            self._bad.pop(tp, None)
+            self._quarantined.pop(tp, None)
             self._metrics.clear_lag(tp.topic, tp.partition)
 
     def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -402,7 +558,12 @@ class RequestConsumer:
         for tp in assigned:
             if tp not in self._workers:
                 self._workers[tp] = PartitionWorker(
-                    tp, self._handle, self._in_flight, self._settled
+                    tp,
+                    self._handle,
+                    self._in_flight,
+                    self._settled,
+                    liveness=self._liveness,
+                    working_clock=self._gate.working_clock,
                 )
         self.joined = True
         if self._on_joined is not None:
@@ -435,6 +596,10 @@ class RequestConsumer:
             end = ends.get(tp)
             if end is not None and tp in self._workers:
                 self._metrics.set_lag(tp.topic, tp.partition, int(end) - int(base))
+
+
+def _tp_text(tp: TopicPartition) -> str:
+    return f"{tp.topic}[{tp.partition}]"
 
 
 def _tps_text(tps: Iterable[TopicPartition]) -> str:

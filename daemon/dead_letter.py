@@ -1,6 +1,6 @@
 """Dead letters: the original request, byte for byte, plus the headers that say why.
 
-DESIGN ("Events"): the dead letter keeps the original key and value untouched and adds
+DESIGN ("Events"): the dead letter keeps the original key, value and headers untouched and adds
 ``akisnap.error.*``, ``akisnap.attempts``, ``akisnap.original.*``, ``akisnap.failed_at`` and,
 on replays, ``akisnap.replay.count`` (copied from the original's headers). The error message is
 bounded and scrubbed of anything that looks like a credential.
@@ -27,6 +27,7 @@ H_OFFSET = "akisnap.original.offset"
 H_TIMESTAMP = "akisnap.original.timestamp"
 H_FAILED_AT = "akisnap.failed_at"
 H_REPLAY_COUNT = "akisnap.replay.count"
+AKISNAP_HEADER_PREFIX = "akisnap."
 
 Headers = list[tuple[str, bytes]]
 
@@ -114,7 +115,8 @@ def build_dead_letter(
 ) -> DeadLetter:
     """The dead letter of ``record``: its key and value untouched, plus the DESIGN headers."""
     stamp = (failed_at or datetime.now(UTC)).astimezone(UTC)
-    headers: Headers = [
+    headers: Headers = carried_headers(record.headers)
+    headers += [
         (H_STAGE, failure.stage.encode()),
         (H_CLASS, failure.error_class.encode()),
         (H_MESSAGE, safe_message(failure.message, secrets).encode()),
@@ -130,6 +132,12 @@ def build_dead_letter(
     if count is not None:
         headers.append((H_REPLAY_COUNT, count))
     return DeadLetter(key=record.key, value=record.value, headers=headers)
+
+
+def carried_headers(headers: Sequence[tuple[str, bytes]] | None) -> Headers:
+    """The request's own headers (``traceparent``, ``tracestate``, any other), in order:
+    copied onto its result and kept on its dead letter. ``akisnap.*`` ones are ours to set."""
+    return [(key, raw) for key, raw in headers or () if not key.startswith(AKISNAP_HEADER_PREFIX)]
 
 
 def without_value(letter: DeadLetter, size: int) -> DeadLetter:

@@ -48,7 +48,7 @@ BY_CLASS: tuple[tuple[type[BaseException], int], ...] = (
     (errors.ObjectMissingError, CORRUPT),
     (errors.WriteNotVerifiedError, CORRUPT),
     (errors.StoreConfigError, USAGE),
-    (errors.StoreAccessDeniedError, ENVIRONMENT),
+    (errors.EnvironmentFaultError, ENVIRONMENT),
     (errors.TransientError, ENVIRONMENT),
     (errors.PermanentError, BAD_INPUT),
     (KeyboardInterrupt, INTERRUPTED),
@@ -138,16 +138,8 @@ def os_error_text(exc: OSError) -> str:
 
 
 def root_cause(exc: BaseException) -> BaseException:
-    """The first real error inside a task group's exception group (a sibling's cancellation
-    is not a cause)."""
-    if not isinstance(exc, BaseExceptionGroup):
-        return exc
-    leaves = [root_cause(inner) for inner in exc.exceptions]
-    # asyncio is not imported for --help; without it loaded nothing can be a CancelledError.
-    asyncio = sys.modules.get("asyncio")
-    cancelled = asyncio.CancelledError if asyncio is not None else ()
-    real = [leaf for leaf in leaves if not isinstance(leaf, cancelled)]
-    return (real or leaves or [exc])[0]
+    """The first real error inside a task group's exception group."""
+    return errors.first_cause(exc) if isinstance(exc, BaseExceptionGroup) else exc
 
 
 def report(exc: BaseException, *, as_json: bool) -> int:

@@ -13,8 +13,22 @@ The rules, all here:
 - a :class:`~handlers.errors.TransientError`, or any other exception (a bug or an unknown
   failure, logged with its traceback), is retried with backoff; its stage is the stage whose
   timer was running. When the attempts run out it goes to the dead letters, ``retryable=true``;
+- an :class:`~handlers.errors.EnvironmentFaultError` (store unreachable, credentials refused,
+  broker unavailable, ...) is nobody's request's fault: it shuts the environment gate (every
+  partition pauses) and the request waits there and is tried again, without using up an
+  attempt and without its deadline running, however long that takes;
+- a request still unsettled ``deadline`` seconds of working time after it arrived goes to the
+  dead letters, ``retryable=true``;
 - a snapshot that already exists for the request id is not rewritten: result ``duplicate``;
-- publishing a result or a dead letter is retried until it succeeds or we are told to stop.
+- publishing a result or a dead letter is retried (a broker that cannot be reached shuts the
+  gate instead) up to ``publish_attempts`` times; then :class:`PublishStuckError`: the partition
+  stops, its offset uncommitted, and ``/healthz`` fails rather than the loop spinning;
+- anything unexpected while deciding (a result that cannot be built, ...) is caught by one
+  guard around the whole decision: dead letter with stage ``internal``, counted, and the
+  partition moves on.
+
+A request's headers (``traceparent``, ``tracestate``, any other) are copied onto its result,
+and kept on its dead letter beside the ``akisnap.*`` ones.
 """
 
 from __future__ import annotations
@@ -33,17 +47,20 @@ from daemon.dead_letter import (
     Failure,
     SourceRecord,
     build_dead_letter,
+    carried_headers,
     describe,
     safe_message,
     without_value,
 )
-from daemon.events import parse_request, peek_ids
+from daemon.environment import EnvironmentGate
+from daemon.events import parse_request, peek_ids, prepare_request
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
-from daemon.results import Publisher, TooLargeError
+from daemon.results import Publisher, TooLargeError, broker_fault
 from daemon.retry import Backoff, sleep_unless
 from handlers.create import CreateOutcome, StageTimer
-from handlers.errors import AkisnapError, PermanentError
+from handlers.errors import AkisnapError, EnvironmentFaultError, PermanentError
+from handlers.executor import run_in_process
 from handlers.job import SnapshotJob
 from handlers.metadata import SnapshotMetadata
 
@@ -53,8 +70,12 @@ log = get_logger("akisnap.fate")
 LOOKUP_STAGE = "upload"
 # Delays between attempts to publish stop growing after this many attempts.
 PUBLISH_BACKOFF_STEPS = 8
-# Requests bigger than this are parsed in a thread (JSON parsing holds the loop otherwise).
-PARSE_IN_THREAD_BYTES = 256 * 1024
+# Requests bigger than this are parsed off the loop (JSON parsing holds the loop otherwise).
+PARSE_OFF_LOOP_BYTES = 256 * 1024
+# The dead-letter stage of an unexpected error while deciding a request's outcome.
+INTERNAL_STAGE = "internal"
+DEFAULT_DEADLINE_SECONDS = 900.0
+DEFAULT_PUBLISH_ATTEMPTS = 10
 
 
 class Verdict(StrEnum):
@@ -78,6 +99,15 @@ class Settled:
 
 class AbandonedError(Exception):
     """Told to stop before the request reached a terminal state; do not commit its offset."""
+
+
+class PublishStuckError(AbandonedError):
+    """A result or dead letter could not be published within the attempts: the partition
+    stops here (its offset uncommitted) and the daemon reports itself unhealthy."""
+
+
+class DeadlineExceededError(Exception):
+    """The request was not settled within its deadline (working time, pauses left out)."""
 
 
 class Creator(Protocol):
@@ -122,6 +152,9 @@ class Fate:
         metrics: Metrics,
         max_message_bytes: int,
         secrets: Sequence[str] = (),
+        gate: EnvironmentGate | None = None,
+        deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
+        publish_attempts: int = DEFAULT_PUBLISH_ATTEMPTS,
     ) -> None:
         self._creator = creator
         self._publisher = publisher
@@ -129,34 +162,49 @@ class Fate:
         self._metrics = metrics
         self._max_message_bytes = max_message_bytes
         self._secrets = tuple(secret for secret in secrets if secret)
+        self._gate = gate or EnvironmentGate(metrics, {})
+        self._deadline = deadline_seconds
+        self._publish_attempts = publish_attempts
 
     async def __call__(self, record: SourceRecord, stop: asyncio.Event) -> Settled:
         """Settle ``record``; raise :class:`AbandonedError` if ``stop`` is set before it is."""
         started = time.perf_counter()
-        decode_seconds: dict[str, float] = {}
         with bound_contextvars(**_known_ids(record.value)):
             try:
-                async with self._metrics.stage_timer("decode", decode_seconds):
-                    job = await self._parse(record.value)
-            except PermanentError as err:
-                failure = Failure(err.stage, type(err).__name__, err.message, False, 1)
+                return await self._decide(record, stop, started)
+            except (AbandonedError, asyncio.CancelledError):
+                raise
+            except Exception as err:  # the one guard: a bug anywhere in deciding
+                self._metrics.internal_errors.inc()
+                log.error("request.internal_error", source=describe(record), exc_info=err)
+                failure = Failure(INTERNAL_STAGE, type(err).__name__, _describe_error(err), True, 1)
                 return await self._dead_letter(record, failure, stop, started)
-            except Exception as err:  # a bug in parsing: parsing again cannot help
-                log.error("request.unexpected_error", stage="decode", exc_info=err)
-                failure = Failure("decode", type(err).__name__, _describe_error(err), True, 1)
-                return await self._dead_letter(record, failure, stop, started)
-            with bound_contextvars(
-                request_id=job.request_id,
-                collection_id=job.collection_id,
-                snapshot_id=job.snapshot_id,
-            ):
-                log.debug("request.received", source=describe(record))
-                return await self._create(record, job, stop, started, decode_seconds)
+
+    async def _decide(self, record: SourceRecord, stop: asyncio.Event, started: float) -> Settled:
+        decode_seconds: dict[str, float] = {}
+        try:
+            async with self._metrics.stage_timer("decode", decode_seconds):
+                job = await self._parse(record.value)
+        except PermanentError as err:
+            failure = Failure(err.stage, type(err).__name__, err.message, False, 1)
+            return await self._dead_letter(record, failure, stop, started)
+        except Exception as err:  # a bug in parsing: parsing again cannot help
+            log.error("request.unexpected_error", stage="decode", exc_info=err)
+            failure = Failure("decode", type(err).__name__, _describe_error(err), True, 1)
+            return await self._dead_letter(record, failure, stop, started)
+        with bound_contextvars(
+            request_id=job.request_id,
+            collection_id=job.collection_id,
+            snapshot_id=job.snapshot_id,
+        ):
+            log.debug("request.received", source=describe(record))
+            return await self._create(record, job, stop, started, decode_seconds)
 
     async def _parse(self, value: bytes | None) -> SnapshotJob:
-        """Small messages on the loop; big ones in a thread, not to stall the loop."""
-        if value is not None and len(value) > PARSE_IN_THREAD_BYTES:
-            return await asyncio.to_thread(parse_request, value, max_bytes=self._max_message_bytes)
+        """Small messages on the loop; big ones (parsed and their inline documents built into
+        a batch) in the worker process: a thread would hold the GIL, and so the loop."""
+        if value is not None and len(value) > PARSE_OFF_LOOP_BYTES:
+            return await run_in_process(prepare_request, value, max_bytes=self._max_message_bytes)
         return parse_request(value, max_bytes=self._max_message_bytes)
 
     async def _create(
@@ -168,17 +216,26 @@ class Fate:
         durations: dict[str, float],
     ) -> Settled:
         attempt = 0
+        began = self._gate.working_clock()
         while True:
             attempt += 1
             clock = StageClock(self._metrics)
             try:
-                outcome = await self._attempt(job, clock)
+                outcome = await self._attempt_within(job, clock, began)
                 break
             except asyncio.CancelledError:
                 raise
+            except DeadlineExceededError as err:
+                stage = clock.active or LOOKUP_STAGE
+                failure = Failure(stage, "DeadlineExceeded", str(err), True, attempt)
+                return await self._dead_letter(record, failure, stop, started)
             except PermanentError as err:
                 failure = Failure(err.stage, type(err).__name__, err.message, False, attempt)
                 return await self._dead_letter(record, failure, stop, started)
+            except EnvironmentFaultError as err:
+                attempt -= 1  # not the request's fault: its attempts are kept for its own
+                await self._wait_environment(err, record, stop)
+                continue
             except Exception as err:
                 stage = clock.active or _own_stage(err) or LOOKUP_STAGE
                 message = _describe_error(err)
@@ -203,7 +260,38 @@ class Fate:
                     raise AbandonedError(
                         f"stopped while waiting to retry {describe(record)}"
                     ) from err
-        return await self._publish_result(job, outcome, stop, started, durations)
+        self._gate.worked()
+        return await self._publish_result(
+            record, job, outcome, stop=stop, started=started, durations=durations
+        )
+
+    async def _attempt_within(
+        self, job: SnapshotJob, clock: StageClock, began: float
+    ) -> CreateOutcome:
+        """One attempt, cut off at the request's deadline (counted in working time)."""
+        left = self._deadline - (self._gate.working_clock() - began)
+        if left <= 0:
+            raise DeadlineExceededError(f"not done within its deadline of {self._deadline:g}s")
+        try:
+            async with asyncio.timeout(left) as limit:
+                return await self._attempt(job, clock)
+        except TimeoutError:
+            if limit.expired():
+                raise DeadlineExceededError(
+                    f"not done within its deadline of {self._deadline:g}s"
+                ) from None
+            raise
+
+    async def _wait_environment(
+        self, fault: EnvironmentFaultError, record: SourceRecord, stop: asyncio.Event
+    ) -> None:
+        """Shut the gate (counted, logged once) and wait until it opens again."""
+        self._gate.trip(fault)
+        if not await self._gate.wait_open(stop):
+            raise AbandonedError(
+                f"stopped while waiting out an environment fault ({fault.kind}) for "
+                f"{describe(record)}"
+            ) from fault
 
     async def _attempt(self, job: SnapshotJob, clock: StageClock) -> CreateOutcome:
         with clock.attribute(LOOKUP_STAGE):
@@ -214,15 +302,20 @@ class Fate:
 
     async def _publish_result(
         self,
+        record: SourceRecord,
         job: SnapshotJob,
         outcome: CreateOutcome,
+        *,
         stop: asyncio.Event,
         started: float,
         durations: dict[str, float],
     ) -> Settled:
         durations = {**durations, "total": time.perf_counter() - started}
         value = self._publisher.result_value(job, outcome, durations)
-        await self._until_sent(lambda: self._publisher.result(job, value), "result", stop)
+        headers = carried_headers(record.headers)
+        await self._until_sent(
+            lambda: self._publisher.result(job, value, headers), "result", record, stop
+        )
         seconds = time.perf_counter() - started
         meta = outcome.metadata
         verdict = Verdict.DUPLICATE if outcome.duplicate else Verdict.CREATED
@@ -245,7 +338,11 @@ class Fate:
         letter = build_dead_letter(record, failure, secrets=self._secrets)
         try:
             await self._until_sent(
-                lambda: self._publisher.dead_letter(letter), "dead letter", stop, TooLargeError
+                lambda: self._publisher.dead_letter(letter),
+                "dead_letter",
+                record,
+                stop,
+                TooLargeError,
             )
         except TooLargeError as err:
             # A message that fitted the request topic compressed may not fit the producer's
@@ -255,7 +352,9 @@ class Fate:
                 "dead_letter.value_left_out", source=describe(record), bytes=size, error=str(err)
             )
             letter = without_value(letter, size)
-            await self._until_sent(lambda: self._publisher.dead_letter(letter), "dead letter", stop)
+            await self._until_sent(
+                lambda: self._publisher.dead_letter(letter), "dead_letter", record, stop
+            )
         seconds = time.perf_counter() - started
         self._metrics.dead_lettered(failure.stage)
         self._metrics.request_finished(Verdict.DEAD_LETTERED.value, seconds)
@@ -274,14 +373,16 @@ class Fate:
         self,
         send: Callable[[], Awaitable[None]],
         what: str,
+        record: SourceRecord,
         stop: asyncio.Event,
         final: type[Exception] | None = None,
     ) -> None:
-        """Publish, retrying with backoff until acknowledged; AbandonedError if told to stop.
-        An error of type ``final`` is raised at once (retrying cannot help)."""
+        """Publish, retrying with backoff until acknowledged; a broker that cannot be reached
+        shuts the environment gate instead of using up attempts. AbandonedError if told to
+        stop, PublishStuckError once the attempts run out. An error of type ``final`` is
+        raised at once (retrying cannot help)."""
         attempt = 0
         while True:
-            attempt += 1
             try:
                 await send()
                 return
@@ -290,6 +391,27 @@ class Fate:
             except Exception as err:
                 if final is not None and isinstance(err, final):
                     raise
+                fault = broker_fault(err)
+                if fault is not None:
+                    await self._wait_environment(fault, record, stop)
+                    continue
+                attempt += 1
+                self._metrics.publish_retried(what)
+                if attempt >= self._publish_attempts:
+                    self._metrics.publish_stuck.inc()
+                    log.error(
+                        "publish.stuck",
+                        what=what,
+                        source=describe(record),
+                        attempts=attempt,
+                        error_class=type(err).__name__,
+                        error=safe_message(str(err), self._secrets),
+                        note="this partition stops here, uncommitted; /healthz now fails",
+                    )
+                    raise PublishStuckError(
+                        f"the {what} of {describe(record)} could not be published in "
+                        f"{attempt} attempts: {type(err).__name__}"
+                    ) from err
                 delay = self._backoff.delay(min(attempt, PUBLISH_BACKOFF_STEPS))
                 log.warning(
                     "publish.retry",

@@ -36,6 +36,7 @@ class Liveness:
         self._last_beat = clock()
         self._waiting = False
         self._waiting_since = self._last_beat
+        self._failed: str | None = None
 
     def beat(self) -> None:
         self._last_beat = self._clock()
@@ -45,8 +46,18 @@ class Liveness:
             self._waiting_since = self._clock()
         self._waiting = is_waiting
 
+    def fail(self, reason: str) -> None:
+        """Something that does not come back by itself broke (a background loop died, a
+        partition stopped): unhealthy from now on, so the pod is restarted. The first reason
+        is kept."""
+        if self._failed is None:
+            self._failed = reason
+
     def check(self, stall_seconds: float) -> tuple[bool, str]:
-        """Unhealthy only when work has been waiting and no beat came for ``stall_seconds``."""
+        """Unhealthy once :meth:`fail` was called, or when work has been waiting and no beat
+        came for ``stall_seconds``."""
+        if self._failed is not None:
+            return False, f"failed: {self._failed}"
         if not self._waiting:
             return True, "ok: idle"
         now = self._clock()

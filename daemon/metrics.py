@@ -20,6 +20,17 @@ PREFIX = "akisnap_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OUTCOMES = ("created", "dead_lettered", "duplicate")
 STAGES = ("decode", "validate", "source", "encode", "upload", "verify")
+# Dead-letter stages beyond the pipeline's: a bug in deciding a request's outcome.
+DEAD_LETTER_STAGES = (*STAGES, "internal")
+ENVIRONMENT_KINDS = (
+    "store_unreachable",
+    "store_credentials_refused",
+    "store_permission_denied",
+    "store_bucket_missing",
+    "store_misconfigured",
+    "broker_unavailable",
+)
+PUBLISHED = ("result", "dead_letter")
 # From a few milliseconds (decode, validate) to minutes (a large upload).
 DURATION_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
@@ -58,6 +69,12 @@ DESIGN_METRIC_NAMES = (
     "akisnap_consumer_lag",
     "akisnap_last_success_timestamp_seconds",
     "akisnap_build_info",
+    "akisnap_environment_errors_total",
+    "akisnap_environment_paused",
+    "akisnap_publish_retries_total",
+    "akisnap_publish_stuck",
+    "akisnap_fetch_errors_total",
+    "akisnap_internal_errors_total",
 )
 """The exported metric family names (as in ``# TYPE`` lines; histograms add _bucket, _sum,
 _count to their samples)."""
@@ -141,6 +158,39 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.environment_errors = Counter(
+            "akisnap_environment_errors_total",
+            "Environment faults seen (store unreachable, credentials refused, ...), by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.environment_paused = Gauge(
+            "akisnap_environment_paused",
+            "1 while consumption is paused for an environment fault, else 0.",
+            registry=r,
+        )
+        self.publish_retries = Counter(
+            "akisnap_publish_retries_total",
+            "Failed attempts to publish a result or a dead letter (then retried).",
+            ["what"],
+            registry=r,
+        )
+        self.publish_stuck = Gauge(
+            "akisnap_publish_stuck",
+            "Partitions whose result or dead letter could not be published within the retry cap.",
+            registry=r,
+        )
+        self.fetch_errors = Counter(
+            "akisnap_fetch_errors_total",
+            "Failed fetches of request records (e.g. an unsupported codec), by error class.",
+            ["kind"],
+            registry=r,
+        )
+        self.internal_errors = Counter(
+            "akisnap_internal_errors_total",
+            "Unexpected errors (bugs) while deciding a request's outcome.",
+            registry=r,
+        )
         self.last_success = Gauge(
             "akisnap_last_success_timestamp_seconds",
             "Unix time of the last snapshot created.",
@@ -155,7 +205,12 @@ class Metrics:
         for stage in STAGES:
             self.stage_duration.labels(stage=stage)
             self.retries.labels(stage=stage)
+        for stage in DEAD_LETTER_STAGES:
             self.dlq_messages.labels(stage=stage)
+        for kind in ENVIRONMENT_KINDS:
+            self.environment_errors.labels(kind=kind)
+        for what in PUBLISHED:
+            self.publish_retries.labels(what=what)
 
     @contextlib.asynccontextmanager
     async def stage_timer(
@@ -190,6 +245,15 @@ class Metrics:
 
     def dead_lettered(self, stage: str) -> None:
         self.dlq_messages.labels(stage=stage).inc()
+
+    def environment_error(self, kind: str) -> None:
+        self.environment_errors.labels(kind=kind).inc()
+
+    def publish_retried(self, what: str) -> None:
+        self.publish_retries.labels(what=what).inc()
+
+    def fetch_failed(self, kind: str) -> None:
+        self.fetch_errors.labels(kind=kind).inc()
 
     def commit_failed(self, reason: str) -> None:
         self.commit_failures.labels(reason=reason).inc()

@@ -12,13 +12,35 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, RecordTooLargeError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    LeaderNotAvailableError,
+    MessageSizeTooLargeError,
+    NodeNotReadyError,
+    NotEnoughReplicasError,
+    NotLeaderForPartitionError,
+    RecordTooLargeError,
+    RequestTimedOutError,
+)
 
-from daemon.dead_letter import DeadLetter
+from daemon.dead_letter import DeadLetter, Headers
 from daemon.events import SnapshotResultV1, build_result, parse_result, peek_ids
 from daemon.settings import Settings
 from handlers.create import CreateOutcome
+from handlers.errors import BrokerUnavailableError
 from handlers.job import SnapshotJob
+
+# What a producer raises while no broker can take the record: the environment's fault.
+_BROKER_DOWN = (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    LeaderNotAvailableError,
+    NotLeaderForPartitionError,
+    NotEnoughReplicasError,
+)
 
 
 class Producer(Protocol):
@@ -55,10 +77,11 @@ class Publisher:
     ) -> bytes:
         return build_result(job, outcome, store_root=self._store_root, durations=dict(durations))
 
-    async def result(self, job: SnapshotJob, value: bytes) -> None:
-        """Publish a result event (key = collection id, like the request)."""
+    async def result(self, job: SnapshotJob, value: bytes, headers: Headers | None = None) -> None:
+        """Publish a result event (key = collection id, like the request), with the request's
+        own headers (``traceparent`` ...)."""
         await self._producer.send_and_wait(
-            self._result_topic, value=value, key=job.collection_id.encode()
+            self._result_topic, value=value, key=job.collection_id.encode(), headers=headers or None
         )
 
     async def dead_letter(self, letter: DeadLetter) -> None:
@@ -69,6 +92,13 @@ class Publisher:
             )
         except (MessageSizeTooLargeError, RecordTooLargeError) as err:
             raise TooLargeError(str(err)) from err
+
+
+def broker_fault(err: BaseException) -> BrokerUnavailableError | None:
+    """The environment fault a publishing error means, if it means the broker is unavailable."""
+    if isinstance(err, _BROKER_DOWN):
+        return BrokerUnavailableError(f"publishing failed: {type(err).__name__}: {err}")
+    return None
 
 
 # -- reading outcomes back (akisnap request --wait, the demo, the tests) -----------------------

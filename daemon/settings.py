@@ -82,6 +82,13 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(0.5, gt=0)
     retry_cap_seconds: float = Field(30.0, gt=0)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
+    # Working time (environment pauses left out) after which a request is dead-lettered as
+    # retryable; /healthz fails when a request in hand is older than this plus a margin.
+    request_deadline_seconds: float = Field(900.0, gt=0)
+    # Attempts to publish one result or dead letter (broker unreachable aside: that waits).
+    publish_attempts: int = Field(10, ge=1)
+    # How long fetching may keep failing (e.g. a codec it cannot read) before /healthz fails.
+    fetch_error_unhealthy_seconds: float = Field(300.0, gt=0)
     max_in_flight_requests: int = Field(8, ge=1)
     max_in_flight_bytes: int = Field(256 * MIB, ge=1)
     part_size_bytes: int = Field(64 * MIB, ge=MIB)

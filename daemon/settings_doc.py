@@ -44,6 +44,11 @@ DESCRIPTIONS = {
     "retry_base_seconds": "first retry delay (doubles each attempt, with jitter)",
     "retry_cap_seconds": "longest retry delay",
     "shutdown_grace_seconds": "time in-flight work gets to finish after SIGTERM",
+    "request_deadline_seconds": "working time (environment pauses left out) before a request "
+    "is dead-lettered as retryable; /healthz fails past it plus a margin",
+    "publish_attempts": "attempts to publish one result or dead letter (an unreachable broker "
+    "is waited out instead)",
+    "fetch_error_unhealthy_seconds": "how long fetching may keep failing before /healthz fails",
     "max_in_flight_requests": "requests worked on at once",
     "max_in_flight_bytes": "request bytes held at once",
     "part_size_bytes": "uncompressed bytes per snapshot part (at least 1 MiB)",

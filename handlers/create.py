@@ -9,15 +9,13 @@ never overwrites: if the snapshot got committed meanwhile, the outcome is a dupl
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from handlers.akidb.sidecar import akidb_records, is_akidb_format, to_metadata
 from handlers.budget import ByteBudget
@@ -96,11 +94,10 @@ class SnapshotCreator:
                 )
         if progress is not None:
             progress.start(source.expected_rows)
-        stop = threading.Event()
-        source.batches = _watched(source.batches, stop, progress)
+            source.batches = _counted(source.batches, progress)
         try:
             async with self._budget.hold(source.nbytes):
-                return await _stopping(self._create(job, source, timer, seconds), stop)
+                return await self._create(job, source, timer, seconds)
         finally:
             source.close()
 
@@ -167,23 +164,6 @@ async def _timed(timer: StageTimer, stage: str, seconds: dict[str, float]) -> As
         seconds[stage] = time.perf_counter() - started
 
 
-async def _stopping(
-    work: Coroutine[Any, Any, CreateOutcome], stop: threading.Event
-) -> CreateOutcome:
-    """Run ``work``; when cancelled, set ``stop`` first, then cancel it and wait for it. The
-    encoder's thread cannot be interrupted and the clean-up waits for it: with ``stop`` set it
-    ends at its next batch rather than after reading the whole export."""
-    task = asyncio.ensure_future(work)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        stop.set()
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        raise
-
-
 class ProgressSink(Protocol):
     """Told the rows to expect (None: unknown), then the rows read, from the encoder's thread."""
 
@@ -192,19 +172,10 @@ class ProgressSink(Protocol):
     def update(self, amount: int = 1) -> None: ...
 
 
-class EncodeStoppedError(Exception):
-    """Raised in the encoder's thread once the create was cancelled (Ctrl-C, shutdown)."""
-
-
-def _watched(
-    batches: Iterator[DocumentBatch], stop: threading.Event, progress: ProgressSink | None
-) -> Iterator[DocumentBatch]:
+def _counted(batches: Iterator[DocumentBatch], progress: ProgressSink) -> Iterator[DocumentBatch]:
     for batch in batches:
-        if stop.is_set():
-            raise EncodeStoppedError("the create was cancelled")
         yield batch
-        if progress is not None:
-            progress.update(batch.num_rows)
+        progress.update(batch.num_rows)
 
 
 def _metadata(

@@ -36,6 +36,10 @@ JSON_SAMPLE_VALUES = 1024
 PREFETCH_DEPTH = 2
 SMALL_JOB_ROWS = 4096
 MAX_ROWS_ONE_FILE = 2**62
+# A part's writer thread writes a batch this many rows at a time and looks at the cancel flag
+# in between, so a cancelled encoding stops within a fraction of a second (a batch of the
+# JSON format takes seconds). Writers buffer whole row groups, so the files are the same.
+WRITE_SLICE_ROWS = 256
 T = TypeVar("T")
 
 
@@ -72,6 +76,11 @@ def ignore_part(part: EncodedPart) -> None:
     return None
 
 
+class EncodeCancelledError(Exception):
+    """Raised in the encoding thread when its request was cancelled (never reaches a caller:
+    the awaiting task is being cancelled already)."""
+
+
 class Encoder:
     """Encodes a job's source into parts of about ``part_size_bytes`` (uncompressed) each."""
 
@@ -82,9 +91,22 @@ class Encoder:
     async def __call__(
         self, job: SnapshotJob, source: OpenedSource, on_part: PartDone = ignore_part
     ) -> EncodedSnapshot:
-        return await asyncio.to_thread(
-            self.encode_blocking, job, source.batches, source.expected_rows, on_part
+        """Encode in a thread. Cancelling this (a deadline, a revoke, shutdown) really stops
+        the encoding: the threads see the flag before their next slice of rows, the spool
+        parts are deleted, and only then does the cancellation go on."""
+        cancel = threading.Event()
+        work = asyncio.ensure_future(
+            asyncio.to_thread(
+                self.encode_blocking, job, source.batches, source.expected_rows, on_part, cancel
+            )
         )
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            cancel.set()
+            with contextlib.suppress(BaseException):  # its spool parts are gone after this
+                (await work).discard()  # (it had finished all the same: nobody wants them)
+            raise
 
     def encode_blocking(
         self,
@@ -92,15 +114,20 @@ class Encoder:
         batches: Iterator[DocumentBatch],
         expected_rows: int | None = None,
         on_part: PartDone = ignore_part,
+        cancel: threading.Event | None = None,
     ) -> EncodedSnapshot:
         """``on_part`` is told of each finished part (from this thread), in index order, so
         its upload can start while the next parts are still being encoded."""
         # Threads cost more than they save on a small job: encode it right here.
         small = expected_rows is not None and expected_rows <= SMALL_JOB_ROWS
-        run = _EncodeRun(job, self._spool, self._part_size, expected_rows, threaded=not small)
+        run = _EncodeRun(
+            job, self._spool, self._part_size, expected_rows, threaded=not small, cancel=cancel
+        )
         run.on_part = on_part
         try:
             for batch in batches if small else prefetched(batches, PREFETCH_DEPTH):
+                if cancel is not None and cancel.is_set():
+                    raise EncodeCancelledError("the encoding was cancelled")
                 run.add(batch)
             return run.finish()
         except BaseException:
@@ -151,8 +178,17 @@ class _PartWorker:
     on a feeder that has moved on to the next part: jobs sharing the pool cannot deadlock.
     """
 
-    def __init__(self, index: int, path: Path, writer: PartWriter, *, threaded: bool) -> None:
+    def __init__(
+        self,
+        index: int,
+        path: Path,
+        writer: PartWriter,
+        *,
+        threaded: bool,
+        cancel: threading.Event | None = None,
+    ) -> None:
         self.index = index
+        self._cancel = cancel
         self.path = path
         self.rows = 0
         self._writer = writer
@@ -193,12 +229,19 @@ class _PartWorker:
         try:
             while (batch := self._inbox.get()) is not None:
                 if self._error is None:
-                    self._writer.write(batch)
+                    self._write_in_slices(batch)
             self._writer.close()
         except BaseException as exc:  # kept for finish(), which re-raises it
             self._error = exc
             while self._inbox.get() is not None:  # keep the feeder from blocking
                 pass
+
+    def _write_in_slices(self, batch: DocumentBatch) -> None:
+        for start in range(0, batch.num_rows, WRITE_SLICE_ROWS):
+            if self._cancel is not None and self._cancel.is_set():
+                raise EncodeCancelledError("the encoding was cancelled")
+            take = min(WRITE_SLICE_ROWS, batch.num_rows - start)
+            self._writer.write(batch if take == batch.num_rows else batch.slice(start, take))
 
 
 class _EncodeRun:
@@ -213,15 +256,18 @@ class _EncodeRun:
         expected_rows: int | None,
         *,
         threaded: bool = True,
+        cancel: threading.Event | None = None,
     ) -> None:
         self._job = job
         self._threaded = threaded
+        self._cancel = cancel
         self._spool = spool
         self._part_size = part_size
         self._expected_rows = expected_rows
         self._workers = usable_cpus() if threaded else 1
         self._token = uuid.uuid4().hex[:8]
         self._active: list[_PartWorker] = []
+        self._opened: list[Path] = []
         self._parts: list[EncodedPart] = []
         self._ids: list[npt.NDArray[np.void]] = []
         self._started = 0
@@ -267,12 +313,11 @@ class _EncodeRun:
         self.on_part(part)
 
     def abandon(self) -> None:
-        paths = [part.path for part in self._parts]
         for worker in self._active:
             with contextlib.suppress(Exception):
                 worker.finish()
-            paths.append(worker.path)
-        for path in paths:
+        # Every part ever opened: one whose finish() raised was in neither list any more.
+        for path in self._opened:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
@@ -299,9 +344,12 @@ class _EncodeRun:
         extension = part_extension(self._job.format)
         index = self._started
         path = self._spool / f"{self._job.snapshot_id}-{self._token}-{index:05d}.{extension}"
+        self._opened.append(path)
         writer = open_part_writer(path, self._job.format, self._dimension, self._job.compression)
         self._started += 1
-        self._active.append(_PartWorker(index, path, writer, threaded=self._threaded))
+        self._active.append(
+            _PartWorker(index, path, writer, threaded=self._threaded, cancel=self._cancel)
+        )
         return self._active[-1]
 
 

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from handlers.executor import run_blocking
+
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
@@ -23,11 +25,12 @@ def sha256_file(path: Path) -> str:
 
 
 async def sha256_stream(chunks: AsyncIterator[bytes]) -> tuple[str, int]:
-    """(hex digest, byte count) of a stream."""
+    """(hex digest, byte count) of a stream; hashing runs in the bounded executor (a 4 MiB
+    chunk holds the loop for milliseconds otherwise)."""
     digest = hashlib.sha256()
     size = 0
     async for chunk in chunks:
-        digest.update(chunk)
+        await run_blocking(digest.update, chunk)
         size += len(chunk)
     return digest.hexdigest(), size
 

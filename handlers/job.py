@@ -6,9 +6,12 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from handlers.errors import InvalidRequestError
+
+if TYPE_CHECKING:  # an annotation only: `akisnap --help` imports this module, not pyarrow
+    from handlers.model import DocumentBatch
 
 # Fixed forever: snapshot ids of existing snapshots depend on it.
 SNAPSHOT_NAMESPACE = uuid.UUID("6f1c2a9e-0c4b-5d7e-9a31-2b8f4e6d0a17")
@@ -24,9 +27,11 @@ SourceFormat = Literal["parquet", "arrow", "npy", "akidb-json", "json"]
 
 @dataclass(frozen=True)
 class InlineSource:
-    """Documents carried in the request itself (small collections)."""
+    """Documents carried in the request itself (small collections). ``batch``: the same
+    documents already built into a batch off the event loop (then ``documents`` is empty)."""
 
     documents: Sequence[Mapping[str, Any]]
+    batch: DocumentBatch | None = None
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,13 @@ not their sum).
 
 Two phases, so each failure is blamed on its own stage: :meth:`Overlap.encoded` waits for the
 encoder (uploads run meanwhile), :meth:`Overlap.uploaded` for the uploads left. On failure the
-uploads are cancelled and the spool is cleaned; parts already in the store stay behind as
-orphans (no metadata: invisible; a redo puts the same keys, ``prune --orphans`` removes them).
+uploads and the encoding are cancelled and the spool is cleaned; parts already in the store
+stay behind as orphans (no metadata: invisible; ``prune --orphans`` removes them).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from handlers.encode import EncodedPart, EncodedSnapshot, Encoder
 from handlers.job import SnapshotJob
@@ -72,11 +71,14 @@ class Overlap:
         return None
 
     async def _stop(self) -> None:
-        """Cancel the uploads; let the encoder's thread finish (it cannot be interrupted) and
-        remove what it wrote. The first error is the one raised: a later one from the
-        encoder (which had no part in it) is dropped here."""
+        """Cancel the uploads and the encoding: its threads stop at their next slice of rows
+        and delete what they wrote (a large encode is not waited out: shutdown and deadlines
+        stay bounded). The first error is the one raised: a later one from the encoder (which
+        had no part in it) is dropped here."""
         for put in self._puts:
             put.cancel()
-        await asyncio.gather(*self._puts, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            (await asyncio.shield(self._encoding)).discard()
+        self._encoding.cancel()
+        await asyncio.gather(*self._puts, self._encoding, return_exceptions=True)
+        finished = self._encoding.done() and not self._encoding.cancelled()
+        if finished and self._encoding.exception() is None:
+            self._encoding.result().discard()  # it had finished before the cancel

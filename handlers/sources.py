@@ -28,6 +28,8 @@ import pyarrow.parquet as pq
 
 from handlers.akidb.json_codec import documents_to_batch, parse_documents
 from handlers.errors import (
+    BucketMissingError,
+    EnvironmentFaultError,
     InvalidDocumentsError,
     ObjectMissingError,
     SourceError,
@@ -35,6 +37,7 @@ from handlers.errors import (
     SourceUnavailableError,
     StoreUnavailableError,
 )
+from handlers.executor import run_blocking
 from handlers.job import InlineSource, SnapshotJob, UriSource
 from handlers.model import MAX_DIMENSION, DocumentBatch, bytes_per_row_estimate
 from handlers.stores import S3Options, open_store
@@ -42,6 +45,7 @@ from handlers.uris import Location, parse_location
 
 MIB = 1024 * 1024
 READ_BATCH_BYTES = 16 * MIB
+ARROW_FLOAT_NAMES = {"halffloat": "float16", "float": "float32", "double": "float64"}
 READ_BUFFER_BYTES = 4 * MIB
 # Bounds on what one request may make the service read (checked before reading any data).
 MAX_EXPORT_ROWS = 1_000_000_000
@@ -86,7 +90,9 @@ class SourceReader:
     async def __call__(self, job: SnapshotJob) -> OpenedSource:
         started = datetime.now(UTC)
         if isinstance(job.source, InlineSource):
-            batch = DocumentBatch.from_documents(job.source.documents)
+            batch = job.source.batch
+            if batch is None:
+                batch = await run_blocking(DocumentBatch.from_documents, job.source.documents)
             return OpenedSource(
                 iter([batch]),
                 "inline documents",
@@ -115,13 +121,21 @@ class SourceReader:
         store = open_store(f"s3://{location.bucket}", self._s3)
         target = self._spool / f"export-{os.getpid()}-{id(location)}.tmp"
         try:
-            with target.open("wb") as handle:
+            handle = await run_blocking(target.open, "wb")
+            try:
                 async for chunk in store.iter_chunks(location.key):
-                    handle.write(chunk)
+                    await run_blocking(handle.write, chunk)
+            finally:
+                await run_blocking(handle.close)
         except ObjectMissingError:
             target.unlink(missing_ok=True)
             raise SourceError(f"source {location.display} does not exist") from None
-        except StoreUnavailableError as exc:
+        except BucketMissingError:
+            target.unlink(missing_ok=True)
+            raise SourceError(f"source {location.display}: no such bucket") from None
+        except (StoreUnavailableError, EnvironmentFaultError) as exc:
+            # The request chose this export: its store failing is retried for this request
+            # (then dead-lettered as retryable), it does not pause the whole daemon.
             target.unlink(missing_ok=True)
             raise SourceUnavailableError(f"source store unreachable: {exc.message}") from None
         except BaseException:
@@ -174,7 +188,8 @@ def _vector_dtype(path: Path, fmt: str) -> str | None:
         if fmt == "npy":
             return _npy_header(path)[1].name
         if fmt == "parquet":
-            kind = pq.read_schema(path).field("vector").type
+            with pq.ParquetFile(path, memory_map=True) as export:
+                kind = export.schema_arrow.field("vector").type
         elif fmt == "arrow":
             with pa.memory_map(str(path)) as source:
                 try:
@@ -184,7 +199,9 @@ def _vector_dtype(path: Path, fmt: str) -> str | None:
                     kind = pa.ipc.open_stream(source).schema.field("vector").type
         else:
             return None
-        return str(np.dtype(kind.value_type.to_pandas_dtype()).name)
+        # Arrow's names, in NumPy's words (not to_pandas_dtype(): it imports pandas).
+        name = str(kind.value_type)
+        return ARROW_FLOAT_NAMES.get(name, name)
     except (pa.ArrowException, OSError, ValueError, KeyError, AttributeError, TypeError):
         return None  # the reader itself reports an unreadable export
 

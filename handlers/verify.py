@@ -20,6 +20,7 @@ import numpy as np
 
 from handlers.codecs import read_part
 from handlers.errors import CorruptSnapshotError, ObjectMissingError
+from handlers.executor import run_blocking
 from handlers.hashing import sha256_file, sha256_stream
 from handlers.metadata import PartInfo, SnapshotMetadata
 from handlers.model import DocumentBatch
@@ -174,7 +175,7 @@ async def _download_checked(store: ObjectStore, part: PartInfo, scratch: Path) -
         with handle:
             async for chunk in store.iter_chunks(part.key):
                 await asyncio.to_thread(handle.write, chunk)
-                digest.update(chunk)
+                await run_blocking(digest.update, chunk)
                 size += len(chunk)
         if size != part.size or not _digest_ok(part, digest.hexdigest()):
             raise CorruptSnapshotError(_mismatch(part, size))

@@ -15,6 +15,7 @@ import sys
 import termios
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,19 @@ from handlers.model import DocumentBatch
 from handlers.stores import ObjectStore, S3Options, open_store
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class FakeRecord:
+    """A consumed request record (what aiokafka's ConsumerRecord gives Fate)."""
+
+    value: bytes
+    key: bytes = b"c"
+    topic: str = "requests"
+    partition: int = 0
+    offset: int = 7
+    timestamp: int = 1
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def unit_vectors(rows: int, dim: int, seed: int = 0) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -61,15 +75,28 @@ def real_embeddings(rows: int) -> pa.Table:
     return table
 
 
-def s3_options() -> S3Options:
+# The real S3 servers the store and snapshot tests run against (in the test ids): s3proxy, and
+# MinIO as a second, differently spelled one. Both take the same keys and bucket.
+S3_SERVERS = ("s3proxy", "minio")
+ENDPOINT_VARIABLES = {"s3proxy": "AKISNAP_S3_ENDPOINT", "minio": "AKISNAP_MINIO_ENDPOINT"}
+
+
+def s3_endpoint(server: str = "s3proxy") -> str:
+    name = ENDPOINT_VARIABLES[server]
+    endpoint = os.environ.get(name)
+    assert endpoint, f"{name} is not set: run `make tools services` ({server})"
+    return endpoint
+
+
+def s3_options(server: str = "s3proxy") -> S3Options:
     missing = [
         name
-        for name in ("AKISNAP_S3_ENDPOINT", "AKISNAP_S3_ACCESS_KEY", "AKISNAP_S3_SECRET_KEY")
+        for name in ("AKISNAP_S3_ACCESS_KEY", "AKISNAP_S3_SECRET_KEY")
         if not os.environ.get(name)
     ]
     assert not missing, f"S3 test server not configured (run `make services`): {missing}"
     return S3Options(
-        endpoint_url=os.environ["AKISNAP_S3_ENDPOINT"],
+        endpoint_url=s3_endpoint(server),
         region=os.environ.get("AKISNAP_S3_REGION", "us-east-1"),
         access_key=os.environ["AKISNAP_S3_ACCESS_KEY"],
         secret_key=os.environ["AKISNAP_S3_SECRET_KEY"],
@@ -85,9 +112,11 @@ def s3_root(prefix: str) -> str:
 
 
 def open_test_store(kind: str, tmp_path: Path) -> ObjectStore:
+    """``local``, or an S3 server of :data:`S3_SERVERS` (``s3`` means s3proxy)."""
     if kind == "local":
         return open_store((tmp_path / "store").as_uri())
-    return open_store(s3_root(f"tests/{uuid.uuid4().hex}"), s3_options())
+    server = "s3proxy" if kind == "s3" else kind
+    return open_store(s3_root(f"tests/{uuid.uuid4().hex}"), s3_options(server))
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:

@@ -43,6 +43,12 @@ DESIGN_COUNTERS_AND_GAUGES = {
     "akisnap_consumer_lag",
     "akisnap_last_success_timestamp_seconds",
     "akisnap_build_info",
+    "akisnap_environment_errors_total",
+    "akisnap_environment_paused",
+    "akisnap_publish_retries_total",
+    "akisnap_publish_stuck",
+    "akisnap_fetch_errors_total",
+    "akisnap_internal_errors_total",
     "akisnap_store_feature",
 }
 DESIGN_HISTOGRAMS = {
@@ -87,6 +93,9 @@ DAEMON_ENV = {
     "AKISNAP_RETRY_BASE_SECONDS",
     "AKISNAP_RETRY_CAP_SECONDS",
     "AKISNAP_SHUTDOWN_GRACE_SECONDS",
+    "AKISNAP_REQUEST_DEADLINE_SECONDS",
+    "AKISNAP_PUBLISH_ATTEMPTS",
+    "AKISNAP_FETCH_ERROR_UNHEALTHY_SECONDS",
     "AKISNAP_MAX_IN_FLIGHT_REQUESTS",
     "AKISNAP_MAX_IN_FLIGHT_BYTES",
     "AKISNAP_PART_SIZE_BYTES",

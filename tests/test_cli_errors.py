@@ -202,6 +202,8 @@ def test_every_error_class_has_its_exit_code() -> None:
         errors.StoreConfigError("x"): exit_codes.USAGE,
         errors.StoreAccessDeniedError("x"): exit_codes.ENVIRONMENT,
         errors.StoreUnavailableError("x"): exit_codes.ENVIRONMENT,
+        errors.BrokerUnavailableError("x"): exit_codes.ENVIRONMENT,
+        errors.StoreUnreachableError("x"): exit_codes.ENVIRONMENT,
         PermissionError(13, "denied"): exit_codes.ENVIRONMENT,
         FileNotFoundError(2, "none"): exit_codes.NOT_FOUND,
         KeyboardInterrupt(): exit_codes.INTERRUPTED,

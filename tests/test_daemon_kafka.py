@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
@@ -528,26 +529,32 @@ async def test_each_bad_request_is_dead_lettered_byte_for_byte(
 # -- transient failures -----------------------------------------------------------------------
 
 
-async def test_store_down_for_a_while_is_retried_then_succeeds(
+async def test_store_down_for_a_while_is_waited_out_then_succeeds(
     kafka_bootstrap: str, make_topics: TopicFactory, s3_service: S3Service, tmp_path: Path
 ) -> None:
-    """With S3 unreachable the request is retried (retries_total grows); once S3 is back the
-    same request is created."""
+    """With S3 unreachable the daemon pauses (an environment fault: no retries used up, not
+    ready, counted); once S3 is back the same request is created."""
     topics = await make_topics()
     proxy = TcpProxy(s3_service.endpoint)
     settings = s3_settings(
         kafka_bootstrap, topics, tmp_path, s3_service, f"http://127.0.0.1:{proxy.port}",
-        retry_attempts=30, retry_base_seconds=0.2, retry_cap_seconds=0.5,
+        retry_attempts=2,
     )  # fmt: skip
     rid, key, value = inline_request("flaky", rows=40, dim=8)
     try:
         async with running(settings) as daemon, watcher(kafka_bootstrap, topics) as outcomes:
             await send(kafka_bootstrap, topics.requests, [(key, value, [])])
-            await until(lambda: sample(daemon, "akisnap_retries_total", stage="upload") >= 2,
-                        30, "two retries")  # fmt: skip
+            unreachable = {"kind": "store_unreachable"}
+            await until(
+                lambda: sample(daemon, "akisnap_environment_errors_total", **unreachable) >= 3,
+                30, "three environment faults (first one, then failed probes)",
+            )  # fmt: skip
+            assert sample(daemon, "akisnap_environment_paused") == 1
+            assert sample(daemon, "akisnap_retries_total", stage="upload") == 0
             assert await asyncio.to_thread(http_status, daemon.metrics_port, "/readyz") == 503
             await proxy.start()
             found = await outcomes.wait_for([rid], 40)
+            assert sample(daemon, "akisnap_environment_paused") == 0
     finally:
         await proxy.stop()
     assert found[rid].status == "created"
@@ -559,21 +566,48 @@ async def _s3_snapshot_ids(settings: Settings, s3: S3Service) -> list[str]:
     return await snapshot_ids(direct)
 
 
+class Answers503:
+    """An S3 endpoint that answers every request 503 ServiceUnavailable (a transient failure
+    that does not pass): what an overloaded S3 does, unlike one that cannot be reached."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> Answers503:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._answer)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @staticmethod
+    async def _answer(request: web.Request) -> web.Response:
+        await request.read()
+        body = "<Error><Code>ServiceUnavailable</Code><Message>overloaded</Message></Error>"
+        return web.Response(status=503, text=body, content_type="application/xml")
+
+
 async def test_retries_exhausted_go_to_dead_letters_as_retryable(
     kafka_bootstrap: str, make_topics: TopicFactory, s3_service: S3Service, tmp_path: Path
 ) -> None:
-    """When S3 stays down, the request is dead-lettered after the configured attempts with
-    retryable=true, and the offset is committed (the daemon goes on)."""
+    """When S3 keeps answering 503, the request is dead-lettered after the configured attempts
+    with retryable=true, and the offset is committed (the daemon goes on)."""
     topics = await make_topics()
-    dead_port = free_port()
-    settings = s3_settings(
-        kafka_bootstrap, topics, tmp_path, s3_service, f"http://127.0.0.1:{dead_port}",
-        retry_attempts=3,
-    )  # fmt: skip
     rid, key, value = inline_request("down", rows=10, dim=4)
-    async with running(settings), watcher(kafka_bootstrap, topics) as outcomes:
-        await send(kafka_bootstrap, topics.requests, [(key, value, [])])
-        found = await outcomes.wait_for([rid], 60)
+    async with Answers503() as overloaded:
+        settings = s3_settings(
+            kafka_bootstrap, topics, tmp_path, s3_service, f"http://127.0.0.1:{overloaded.port}",
+            retry_attempts=3,
+        )  # fmt: skip
+        async with running(settings), watcher(kafka_bootstrap, topics) as outcomes:
+            await send(kafka_bootstrap, topics.requests, [(key, value, [])])
+            found = await outcomes.wait_for([rid], 60)
     letter = found[rid].dead_letter
     assert letter is not None and letter.value == value and letter.key == key
     headers = headers_dict(letter.headers)

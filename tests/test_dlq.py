@@ -39,7 +39,7 @@ from handlers.job import InlineSource, snapshot_id_for
 from handlers.stores import open_store
 from tests.conftest import S3Service, TopicFactory, Topics
 from tests.support import run_cli
-from tests.test_daemon_kafka import free_port, running
+from tests.test_daemon_kafka import Answers503, running
 
 Header = tuple[str, bytes]
 
@@ -379,8 +379,9 @@ async def wait_for(condition: Any, within: float, what: str) -> None:
 async def test_store_down_dead_letters_then_replay_makes_snapshots(
     kafka_bootstrap: str, make_topics: TopicFactory, s3_service: S3Service, tmp_path: Path
 ) -> None:
-    """S3 unreachable → upload dead letters; S3 back → `replay --stage upload` turns each into
-    exactly one snapshot, and a second replay replays nothing."""
+    """S3 answering 503 (a transient failure that outlasts the retries) → upload dead letters;
+    S3 fine → `replay --stage upload` turns each into exactly one snapshot, and a second replay
+    replays nothing. (An S3 that cannot be reached at all is waited out instead: no letters.)"""
     topics = await make_topics()
     store = f"s3://{s3_service.bucket}/tests/{uuid.uuid4().hex}"
     common: dict[str, Any] = {
@@ -393,9 +394,11 @@ async def test_store_down_dead_letters_then_replay_makes_snapshots(
         "retry_cap_seconds": 0.1,
         "shutdown_grace_seconds": 6.0,
     }
+    overloaded = Answers503()
     down = settings_for(
-        kafka_bootstrap, topics, tmp_path, s3_endpoint=f"http://127.0.0.1:{free_port()}", **common
-    )
+        kafka_bootstrap, topics, tmp_path, s3_endpoint=f"http://127.0.0.1:{overloaded.port}",
+        **common,
+    )  # fmt: skip
     up = settings_for(kafka_bootstrap, topics, tmp_path, s3_endpoint=s3_service.endpoint, **common)
     requests = [request(f"col{i % 2}") for i in range(3)]
     _, bad_key, bad_value = request("bad")
@@ -412,7 +415,7 @@ async def test_store_down_dead_letters_then_replay_makes_snapshots(
 
         return enough
 
-    async with running(down):
+    async with overloaded, running(down):
         await wait_for(await dead_letters(4), 60, "4 dead letters")
     letters = await list_dead_letters(down)
     assert sorted(d.stage for d in letters) == ["upload", "upload", "upload", "validate"]

@@ -30,11 +30,11 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
 
 
 def test_render_lists_every_design_name() -> None:
-    """A fresh Metrics exports all 13 DESIGN families, outcomes and stages pre-initialised."""
+    """A fresh Metrics exports all 19 DESIGN families, outcomes and stages pre-initialised."""
     metrics = Metrics()
     text = metrics.render().decode()
     families = {family.name: family for family in text_string_to_metric_families(text)}
-    assert len(DESIGN_METRIC_NAMES) == 13
+    assert len(DESIGN_METRIC_NAMES) == 19
     for name in DESIGN_METRIC_NAMES:
         assert f"# TYPE {name} " in text, name
     assert families["akisnap_build_info"].samples[0].labels == {"version": __version__}

@@ -15,14 +15,19 @@ import pytest
 from botocore.exceptions import ClientError
 
 from handlers.errors import (
+    BucketMissingError,
+    EnvironmentFaultError,
     ObjectMissingError,
-    StoreAccessDeniedError,
     StoreConfigError,
+    StoreCredentialsError,
+    StoreMisconfiguredError,
     StoreUnavailableError,
+    StoreUnreachableError,
     WriteNotVerifiedError,
 )
 from handlers.stores import ObjectStore, S3Options, open_store
 from handlers.stores.s3 import S3Store, part_size
+from tests.support import ENDPOINT_VARIABLES, S3_SERVERS
 
 MIB = 1024 * 1024
 ENV_NAMES = (
@@ -36,17 +41,22 @@ ENV_NAMES = (
 MakeStore = Callable[..., Awaitable[S3Store]]
 
 
-@pytest.fixture(scope="session")
-def s3_env() -> dict[str, str]:
-    """The server's coordinates; a missing one is a broken setup, so fail (never skip)."""
-    missing = [name for name in ENV_NAMES if not os.environ.get(name)]
+@pytest.fixture(scope="session", params=S3_SERVERS)
+def s3_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The coordinates of each real S3 server in turn (its name in the test id); a missing one
+    is a broken setup, so fail (never skip)."""
+    names = (*ENV_NAMES, ENDPOINT_VARIABLES[request.param])
+    missing = [name for name in names if not os.environ.get(name)]
     if missing:
         pytest.fail(
-            f"{', '.join(missing)} not set: run `make services` and "
+            f"{', '.join(missing)} not set: run `make tools services` and "
             "`set -a; source .services.env; set +a` before pytest",
             pytrace=False,
         )
-    return {name: os.environ[name] for name in ENV_NAMES}
+    env = {name: os.environ[name] for name in ENV_NAMES}
+    env["AKISNAP_S3_ENDPOINT"] = os.environ[ENDPOINT_VARIABLES[request.param]]
+    env["server"] = request.param
+    return env
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +94,7 @@ async def make_store(
         try:
             async for info in store.list(""):
                 await store.delete(info.key)
-        except (StoreAccessDeniedError, StoreConfigError, StoreUnavailableError):
+        except (EnvironmentFaultError, StoreConfigError, StoreUnavailableError):
             pass
         await store.close()
 
@@ -208,7 +218,8 @@ async def test_wrong_sha256_is_refused_by_the_server(make_store: MakeStore, tmp_
     write_random(path, 1000)
     await store.put_bytes("first.bin", b"teaches the store that checksums work")
     assert store.sends_checksum is True
-    with pytest.raises(StoreUnavailableError, match="BadDigest"):
+    # s3proxy says BadDigest, MinIO XAmzContentChecksumMismatch: both resent (transient).
+    with pytest.raises(StoreUnavailableError, match=r"BadDigest|XAmzContentChecksumMismatch"):
         await store.put_file("parts/liar.bin", path, sha256_hex=hashlib.sha256(b"x").hexdigest())
     assert await store.head("parts/liar.bin") is None
 
@@ -287,23 +298,45 @@ async def test_missing_objects(make_store: MakeStore) -> None:
 
 
 async def test_wrong_secret_key_is_access_denied(make_store: MakeStore) -> None:
-    """A bad secret is permanent (access denied) and never appears in the message."""
+    """A bad secret is refused credentials (an environment fault), never in the message."""
     secret = "not-the-secret-" + uuid.uuid4().hex
     store = await make_store(secret_key=secret)
-    with pytest.raises(StoreAccessDeniedError) as caught:
+    with pytest.raises(StoreCredentialsError) as caught:
         await store.put_bytes("denied.txt", b"x")
     assert secret not in str(caught.value)
-    with pytest.raises(StoreAccessDeniedError):
+    with pytest.raises(StoreCredentialsError):
         await store.get_bytes("denied.txt")
 
 
-async def test_missing_bucket_is_a_config_error(make_store: MakeStore) -> None:
-    """A bucket that does not exist is a permanent configuration error, for ping and put."""
+async def test_missing_bucket_is_an_environment_fault(make_store: MakeStore) -> None:
+    """A bucket that does not exist is the environment's fault (wait for it), for ping and put."""
     store = await make_store(uri=f"s3://akisnap-missing-{uuid.uuid4().hex[:12]}/x")
-    with pytest.raises(StoreConfigError):
+    with pytest.raises(BucketMissingError):
         await store.ping()
-    with pytest.raises(StoreConfigError):
+    with pytest.raises(BucketMissingError):
         await store.put_bytes("a.txt", b"x")
+
+
+async def test_server_side_encryption_errors_by_meaning(
+    make_store: MakeStore, s3_env: dict[str, str]
+) -> None:
+    """SSE on a server without it (s3proxy: NotImplemented) and a KMS key the server does not
+    have (MinIO: kms:KeyNotFound, with a 404) are the store's misconfiguration, an environment
+    fault, never a missing object; with a key MinIO has, objects round-trip encrypted."""
+    missing_key = await make_store(sse="aws:kms", sse_kms_key_id="akisnap-no-such-key")
+    with pytest.raises(StoreMisconfiguredError):
+        await missing_key.put_bytes("kms.txt", b"x")
+    if s3_env["server"] == "minio":
+        key_id = os.environ.get("AKISNAP_MINIO_KMS_KEY_ID")
+        assert key_id, "AKISNAP_MINIO_KMS_KEY_ID is not set: run `make services`"
+        for sse, key in (("AES256", None), ("aws:kms", key_id)):
+            store = await make_store(sse=sse, sse_kms_key_id=key)
+            await store.put_bytes("sse.txt", b"secret payload")
+            assert await store.get_bytes("sse.txt") == b"secret payload"
+    else:
+        store = await make_store(sse="AES256")
+        with pytest.raises(StoreMisconfiguredError, match="NotImplemented"):
+            await store.put_bytes("sse.txt", b"x")
 
 
 @pytest.fixture
@@ -323,14 +356,16 @@ async def offline_store(tmp_path: Path) -> AsyncIterator[S3Store]:
     await store.close()
 
 
-async def test_unreachable_endpoint_is_transient_and_quick(offline_store: S3Store) -> None:
-    """Nothing listening: ping, put and get raise StoreUnavailableError within seconds."""
+async def test_unreachable_endpoint_is_an_environment_fault_and_quick(
+    offline_store: S3Store,
+) -> None:
+    """Nothing listening: ping, put and get raise StoreUnreachableError within seconds."""
     started = time.monotonic()
-    with pytest.raises(StoreUnavailableError):
+    with pytest.raises(StoreUnreachableError):
         await offline_store.ping()
-    with pytest.raises(StoreUnavailableError):
+    with pytest.raises(StoreUnreachableError):
         await offline_store.put_bytes("a.txt", b"x")
-    with pytest.raises(StoreUnavailableError):
+    with pytest.raises(StoreUnreachableError):
         await offline_store.get_bytes("a.txt")
     assert time.monotonic() - started < 10
 

@@ -4,9 +4,9 @@ Recognisable secrets are set for real: a private s3proxy accepts only the recogn
 and a private broker's SASL_SSL listener only the recognisable PLAIN password (PLAIN sends it
 as it is, and aiokafka logs the handshake at debug level). ``akisnap run`` works with them at
 debug level — snapshots from inline documents and from an S3 export, a duplicate, dead
-letters, retries while S3 is unreachable — then every CLI verb runs with ``--json``, some
-meant to fail (wrong S3 secret, wrong SASL password, unknown snapshot). Everything they wrote
-is scanned for every 10-character piece of each secret.
+letters, a pause while S3 is unreachable (an environment fault, probed) — then every CLI
+verb runs with ``--json``, some meant to fail (wrong S3 secret, wrong SASL password, unknown
+snapshot). Everything they wrote is scanned for every 10-character piece of each secret.
 """
 
 from __future__ import annotations
@@ -232,10 +232,10 @@ async def exercise_daemon(
         async with watching as outcomes:
             await publish(settings, requests)
             found = await outcomes.wait_for([inline_id, from_s3_id, missing_id], 60)
-            await proxy.stop()  # S3 unreachable: the next request is retried, then succeeds
+            await proxy.stop()  # S3 unreachable: the daemon pauses, then the request succeeds
             again = InlineSource([{"id": str(uuid.uuid4()), "vector": [3.0, 4.0]}])
             await publish(settings, [build_request("hyg", again, request_id=retried_id)])
-            await asyncio.to_thread(wait_for_line, daemon, '"request.retry"', 60)
+            await asyncio.to_thread(wait_for_line, daemon, '"environment.fault"', 60)
             await proxy.start()
             found.update(await outcomes.wait_for([retried_id], 60))
         pages = await asyncio.to_thread(http_pages, daemon.port)
@@ -274,7 +274,7 @@ async def test_no_secret_reaches_logs_events_dead_letters_or_json_output(
 
     log = daemon.log_text()
     assert "Request to" in log and '"level": "debug"' in log, "the log is not at debug level"
-    assert '"request.retry"' in log and '"request.dead_lettered"' in log
+    assert '"environment.fault"' in log and '"request.dead_lettered"' in log
     assert len(records) >= 5
     found_leaks = {
         "daemon log": leaks(log),

@@ -30,6 +30,7 @@ from handlers.stores import ObjectStore
 from handlers.stores.local import LocalStore
 from handlers.verify import verify_snapshot
 from tests.support import (
+    S3_SERVERS,
     documents_table,
     open_test_store,
     real_embeddings,
@@ -38,7 +39,7 @@ from tests.support import (
 )
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", *S3_SERVERS])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ObjectStore]:
     opened = open_test_store(request.param, tmp_path)
     yield opened

@@ -5,9 +5,13 @@
 #   promtool     github.com/prometheus/prometheus     (go install, without the service-discovery
 #                                                      plugins its rule checks and tests never
 #                                                      use: half the binary, a faster build)
+#   minio        github.com/minio/minio               (go install: the second real S3 server
+#                                                      the store tests run against; a test
+#                                                      service only, never shipped or linked)
 # built side by side, and the offline Kubernetes JSON schemas kubeconform validates against,
 # made from the kubernetes-validate wheel (PyPI) by tools/make_k8s_schemas.py.
-# Cold (empty caches, 2 cores): about 10 minutes. Warm: well under a second.
+# Cold (empty caches, 2 cores): about 20 minutes (MinIO is the big one). Warm: well under a
+# second.
 #
 # Each tool is skipped only when its binary is there and its stamp file records the same
 # version and build flags; anything else is (re)built. Any failure stops the script loudly.
@@ -20,6 +24,9 @@ set -euo pipefail
 HELM_VERSION=v3.22.0
 KUBECONFORM_VERSION=v0.8.0
 PROMTOOL_VERSION=v0.316.0
+# MinIO tags no semantic versions its module can be fetched by: a pseudo-version of its last
+# commit (2026-02-12), pinned.
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 KUBERNETES_VALIDATE_VERSION=1.37.0
 # The Kubernetes releases the chart is validated against (the chart's kubeVersion floor and the
 # newest); each must be one the kubernetes-validate wheel ships.
@@ -132,6 +139,8 @@ pids+=($!)
 # checks and tests never use; the build is far smaller.
 install_tool promtool github.com/prometheus/prometheus/cmd/promtool "$PROMTOOL_VERSION" --version \
     "-s -w" -tags=remove_all_sd &
+pids+=($!)
+install_tool minio github.com/minio/minio "$MINIO_VERSION" --version "-s -w" &
 pids+=($!)
 failed=0
 for pid in "${pids[@]}"; do

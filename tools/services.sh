@@ -5,7 +5,8 @@
 #   bash tools/services.sh down   stop both; harmless when nothing runs
 #
 # Kafka: a real single-node Apache Kafka broker in KRaft mode (combined broker + controller).
-# S3:    s3proxy with its filesystem backend.
+# S3:    s3proxy with its filesystem backend, and MinIO (single drive) as a second real S3 server
+#        the store tests also run against; its binary comes from `make tools`.
 # Jars are fetched once with Maven into $AKISNAP_CACHE (default ~/.cache/akisnap); all run-time
 # state (configs, data, logs, pids) lives in <repo>/.services/.
 set -euo pipefail
@@ -21,6 +22,8 @@ S3_BUCKET=akisnap-test
 S3_ACCESS_KEY=akisnap-test
 S3_SECRET_KEY=akisnap-test-secret
 S3_REGION=us-east-1
+MINIO_KMS_KEY_ID=akisnap-test-key
+MINIO_KMS_KEY="$MINIO_KMS_KEY_ID:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 READY_TIMEOUT=${AKISNAP_SERVICES_TIMEOUT:-90}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,6 +35,7 @@ M2=$CACHE/m2
 KAFKA_HOME=$CACHE/kafka-$KAFKA_VERSION
 S3PROXY_HOME=$CACHE/s3proxy-$S3PROXY_VERSION
 PY=$ROOT/.venv/bin/python
+MINIO=$CACHE/bin/minio
 
 START=$(date +%s.%N)
 
@@ -72,7 +76,7 @@ service_pid() { # NAME -> prints the pid if our process runs, else nothing (stat
 
 stop_services() {
   local name pid pids=() names=()
-  for name in kafka s3proxy; do
+  for name in kafka s3proxy minio; do
     if pid=$(service_pid "$name"); then
       log "stopping $name (pid $pid)"
       kill -TERM "$pid" 2>/dev/null || true
@@ -99,7 +103,7 @@ stop_services() {
       kill -KILL "$pid" 2>/dev/null || true
     fi
   done
-  for name in kafka s3proxy; do
+  for name in kafka s3proxy minio; do
     rm -f "$STATE/$name/pid"
   done
 }
@@ -121,13 +125,13 @@ launch() { # NAME LOG CMD...
   die "$name: no pid file after launching"
 }
 
-# Three distinct free loopback ports (held open together while choosing).
+# Five distinct free loopback ports (held open together while choosing).
 free_ports() {
   "$PY" - <<'EOF'
 import socket
 
 socks = []
-for _ in range(3):
+for _ in range(5):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -221,6 +225,22 @@ EOF
     -jar "$S3PROXY_JAR" --properties "$dir/s3proxy.conf"
 }
 
+start_minio() { # PORT CONSOLE_PORT
+  local port=$1 cport=$2 dir=$STATE/minio
+  [[ -x $MINIO ]] || die "minio: $MINIO not found: run 'make tools' first"
+  port_free "$port" || die "minio: port $port on 127.0.0.1 is taken"
+  port_free "$cport" || die "minio: port $cport on 127.0.0.1 is taken"
+  mkdir -p "$dir/data"
+  log "starting MinIO on 127.0.0.1:$port"
+  # A static KMS key, so server-side encryption (SSE-S3, SSE-KMS with this key id) works as
+  # on a real deployment; a throwaway test key, nothing secret.
+  launch minio "$dir/minio.log" env MINIO_ROOT_USER="$S3_ACCESS_KEY" \
+    MINIO_ROOT_PASSWORD="$S3_SECRET_KEY" MINIO_BROWSER=off MINIO_UPDATE=off \
+    MINIO_KMS_SECRET_KEY="$MINIO_KMS_KEY" \
+    "$MINIO" server "$dir/data" --address "127.0.0.1:$port" --console-address "127.0.0.1:$cport" \
+    --quiet
+}
+
 start_kafka() { # BROKER_PORT CONTROLLER_PORT
   local port=$1 cport=$2 dir=$STATE/kafka
   port_free "$port" || die "kafka: port $port on 127.0.0.1 is taken"
@@ -273,21 +293,28 @@ print(next(i for i in ids if not i.startswith("-")))')  # a leading "-" reads as
 
 up() {
   [[ -x $PY ]] || die "$PY not found: run 'make install' first"
-  mkdir -p "$STATE/kafka" "$STATE/s3proxy"
+  mkdir -p "$STATE/kafka" "$STATE/s3proxy" "$STATE/minio"
 
   # Ports of services already running are remembered in $STATE/ports.
-  local kafka_port="" controller_port="" s3_port=""
+  local kafka_port="" controller_port="" s3_port="" minio_port="" minio_console_port=""
   if [[ -f $STATE/ports ]]; then
     # shellcheck disable=SC1091
     source "$STATE/ports"
   fi
-  local kpid="" spid=""
+  local kpid="" spid="" mpid=""
   kpid=$(service_pid kafka) || kpid=""
   spid=$(service_pid s3proxy) || spid=""
+  mpid=$(service_pid minio) || mpid=""
   [[ -n $kpid && -n $kafka_port && -n $controller_port ]] || kpid=""
   [[ -n $spid && -n $s3_port ]] || spid=""
+  [[ -n $mpid && -n $minio_port ]] || mpid=""
+  # MinIO is started when `make tools` built it (make test does); without it the demo and
+  # everything but the MinIO store tests still work, and those fail, naming the fix.
+  local with_minio=0
+  [[ -x $MINIO ]] && with_minio=1
+  ((with_minio)) || mpid=none
 
-  if [[ -z $kpid || -z $spid ]]; then
+  if [[ -z $kpid || -z $spid || -z $mpid ]]; then
     find_java
     fetch_all
     local fresh
@@ -307,11 +334,23 @@ up() {
     else
       log "Kafka already running (pid $kpid) on 127.0.0.1:$kafka_port"
     fi
-    printf 'kafka_port=%s\ncontroller_port=%s\ns3_port=%s\n' \
-      "$kafka_port" "$controller_port" "$s3_port" >"$STATE/ports"
+    if ((!with_minio)); then
+      log "MinIO not started: $MINIO is not built (make tools)"
+    elif [[ -z $mpid ]]; then
+      minio_port=${AKISNAP_MINIO_PORT:-${fresh[3]}}
+      minio_console_port=${fresh[4]}
+      start_minio "$minio_port" "$minio_console_port"
+      mpid=$(<"$STATE/minio/pid")
+    else
+      log "MinIO already running (pid $mpid) on 127.0.0.1:$minio_port"
+    fi
+    printf 'kafka_port=%s\ncontroller_port=%s\ns3_port=%s\nminio_port=%s\nminio_console_port=%s\n' \
+      "$kafka_port" "$controller_port" "$s3_port" "$minio_port" "$minio_console_port" \
+      >"$STATE/ports"
   else
     log "already running: Kafka (pid $kpid) on 127.0.0.1:$kafka_port," \
-      "s3proxy (pid $spid) on 127.0.0.1:$s3_port; re-verifying"
+      "s3proxy (pid $spid) on 127.0.0.1:$s3_port, MinIO (pid $mpid) on 127.0.0.1:$minio_port;" \
+      "re-verifying"
   fi
 
   # Both checks in parallel; each gives up early if its server process dies.
@@ -319,23 +358,35 @@ up() {
     --timeout "$READY_TIMEOUT" --bucket "$S3_BUCKET" --access-key "$S3_ACCESS_KEY" \
     --secret-key "$S3_SECRET_KEY" --region "$S3_REGION" &
   local s3_check=$!
-  local kafka_ok=1 s3_ok=1
+  local minio_check=""
+  if ((with_minio)); then
+    "$PY" "$HERE/ready.py" s3 "http://127.0.0.1:$minio_port" --pid "$mpid" \
+      --timeout "$READY_TIMEOUT" --bucket "$S3_BUCKET" --access-key "$S3_ACCESS_KEY" \
+      --secret-key "$S3_SECRET_KEY" --region "$S3_REGION" &
+    minio_check=$!
+  fi
+  local kafka_ok=1 s3_ok=1 minio_ok=1
   "$PY" "$HERE/ready.py" kafka "127.0.0.1:$kafka_port" --pid "$kpid" \
     --timeout "$READY_TIMEOUT" --partitions "$PARTITIONS" "${TOPICS[@]}" || kafka_ok=0
   wait "$s3_check" || s3_ok=0
+  [[ -z $minio_check ]] || wait "$minio_check" || minio_ok=0
   if ((!s3_ok)); then
     show_tail "$STATE/s3proxy/s3proxy.log"
+  fi
+  if ((!minio_ok)); then
+    show_tail "$STATE/minio/minio.log"
   fi
   if ((!kafka_ok)); then
     show_tail "$STATE/kafka/kafka.log"
   fi
-  if ((!s3_ok || !kafka_ok)); then
+  if ((!s3_ok || !kafka_ok || !minio_ok)); then
     rm -f "$ENV_FILE" "$STATE/ports"
     stop_services
     local failed=()
     ((kafka_ok)) || failed+=(Kafka)
     ((s3_ok)) || failed+=(s3proxy)
-    die "${failed[*]} did not come up (see above); stopped both, logs are in $STATE"
+    ((minio_ok)) || failed+=(MinIO)
+    die "${failed[*]} did not come up (see above); stopped all, logs are in $STATE"
   fi
 
   local tmp=$ENV_FILE.tmp.$$
@@ -347,9 +398,16 @@ AKISNAP_S3_SECRET_KEY=$S3_SECRET_KEY
 AKISNAP_S3_BUCKET=$S3_BUCKET
 AKISNAP_S3_REGION=$S3_REGION
 EOF
+  if ((with_minio)); then
+    echo "AKISNAP_MINIO_ENDPOINT=http://127.0.0.1:$minio_port" >>"$tmp"
+    echo "AKISNAP_MINIO_KMS_KEY_ID=$MINIO_KMS_KEY_ID" >>"$tmp"
+  fi
   mv "$tmp" "$ENV_FILE"
   log "Kafka $KAFKA_VERSION at 127.0.0.1:$kafka_port (topics: ${TOPICS[*]}, $PARTITIONS partitions each)"
   log "s3proxy $S3PROXY_VERSION at http://127.0.0.1:$s3_port (bucket $S3_BUCKET)"
+  if ((with_minio)); then
+    log "MinIO at http://127.0.0.1:$minio_port (bucket $S3_BUCKET, same keys)"
+  fi
   log "wrote $ENV_FILE; logs in $STATE; up in $(elapsed)"
 }
 

@@ -201,7 +201,7 @@ def local_store_at(path: Path, *, create: bool = True) -> LocalStore:
 
 
 def _store_error(exc: OSError, path: Path) -> Exception:
-    if isinstance(exc, PermissionError):
+    if isinstance(exc, PermissionError):  # the environment's to fix: wait, never dead-letter
         return StoreAccessDeniedError(f"permission denied writing {path}")
     return StoreUnavailableError(f"local store I/O error on {path.name}: {exc.strerror or exc}")
 

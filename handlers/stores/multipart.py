@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 
-from handlers.errors import WriteNotVerifiedError
+from handlers.errors import WriteNotVerifiedError, first_cause
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -114,7 +114,7 @@ class MultipartUpload:
                         group.create_task(self._send(upload_id, number, data, digest, slots))
                     )
         except BaseExceptionGroup as errors:
-            raise _first_leaf(errors) from None
+            raise first_cause(errors) from None
         if whole.hexdigest() != sha256_hex:
             raise WriteNotVerifiedError(
                 f"{path.name} changed between encoding and upload (SHA-256 differs)"
@@ -157,9 +157,3 @@ class MultipartUpload:
 
 def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
-
-
-def _first_leaf(errors: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first real error of a task group, so callers see our error, not a group."""
-    first = errors.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

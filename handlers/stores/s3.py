@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import hashlib
 import re
+import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -28,17 +29,23 @@ from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    EndpointConnectionError,
     NoCredentialsError,
     ParamValidationError,
     PartialCredentialsError,
+    ReadTimeoutError,
 )
 
 from handlers.errors import (
     AkisnapError,
+    BucketMissingError,
     ObjectMissingError,
     StoreAccessDeniedError,
     StoreConfigError,
+    StoreCredentialsError,
+    StoreMisconfiguredError,
     StoreUnavailableError,
+    StoreUnreachableError,
 )
 from handlers.stores.base import (
     CHUNK_BYTES,
@@ -71,7 +78,8 @@ ADDRESSING_STYLES = frozenset({"path", "virtual", "auto"})
 SSE_MODES = frozenset({"AES256", "aws:kms", "aws:kms:dsse"})
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
-# Error codes by what they mean for us. HEAD answers carry no body, so only a status code.
+# Error codes by what they mean for us, in the spellings of AWS, s3proxy and MinIO. HEAD answers
+# carry no body, so only a status code.
 _TRANSIENT_CODES = frozenset(
     {
         "SlowDown",
@@ -81,33 +89,45 @@ _TRANSIENT_CODES = frozenset(
         "RequestLimitExceeded",
         "TooManyRequests",
         "RequestTimeout",
+        "RequestTimeTooSkewed",
         "InternalError",
         "ServiceUnavailable",
         "OperationAborted",
         "NoSuchUpload",
-        "BadDigest",
-        "XAmzContentSHA256Mismatch",
         "IncompleteBody",
+        "XMinioServerNotInitialized",
     }
 )
-_DENIED_CODES = frozenset(
+# The bytes that arrived are not the bytes sent (or the digest we computed): resend.
+_CHECKSUM_MISMATCH_CODES = frozenset(
+    {"BadDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch", "InvalidDigest"}
+)
+_CREDENTIAL_CODES = frozenset(
     {
-        "AccessDenied",
         "InvalidAccessKeyId",
         "SignatureDoesNotMatch",
-        "AllAccessDisabled",
-        "AccountProblem",
         "ExpiredToken",
         "InvalidToken",
         "TokenRefreshRequired",
         "InvalidSecurity",
-        "KMS.AccessDeniedException",
+        "InvalidClientTokenId",
     }
 )
+_DENIED_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "AccountProblem"})
 _MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
-_CONFIG_CODES = frozenset({"NoSuchBucket", "InvalidBucketName", "PermanentRedirect"})
+_BUCKET_MISSING_CODES = frozenset({"NoSuchBucket"})
+_MISCONFIGURED_CODES = frozenset(
+    {"InvalidBucketName", "PermanentRedirect", "AuthorizationHeaderMalformed", "NotImplemented"}
+)
 # What a server says when it does not implement x-amz-checksum-sha256.
 _CHECKSUM_REFUSALS = frozenset({"InvalidRequest", "NotImplemented", "InvalidArgument"})
+# Failures to connect at all (not a slow or dropped answer): the endpoint is unreachable.
+_UNREACHABLE = (
+    EndpointConnectionError,
+    aiohttp.ClientConnectorError,
+    ConnectionRefusedError,
+    socket.gaierror,
+)
 _STORE_EXCEPTIONS = (BotoCoreError, ClientError, aiohttp.ClientError, OSError)
 
 
@@ -261,7 +281,7 @@ class S3Store:
             with self._translated(f"head bucket {self._bucket}"):
                 await client.head_bucket(Bucket=self._bucket)
         except ObjectMissingError:
-            raise StoreConfigError(f"bucket {self._bucket!r} does not exist") from None
+            raise BucketMissingError(f"bucket {self._bucket!r} does not exist") from None
 
     async def close(self) -> None:
         stack, self._stack, self._client = self._stack, None, None
@@ -452,14 +472,18 @@ def client_config(options: S3Options) -> AioConfig:
 
 
 def s3_error(exc: BaseException, action: str, *, secret: str | None = None) -> AkisnapError:
-    """The one mapping from botocore/aiohttp failures to permanent or transient errors."""
+    """The one mapping from botocore/aiohttp failures to our errors, by what they mean."""
     if isinstance(exc, ClientError):
         return _client_error(exc, action, secret)
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-        return StoreConfigError(f"{action}: no usable S3 credentials (set access and secret key)")
+        return StoreCredentialsError(
+            f"{action}: no usable S3 credentials (set access and secret key)"
+        )
     if isinstance(exc, ParamValidationError):
         return StoreConfigError(f"{action}: {_redacted(str(exc), secret)}")
     detail = _redacted(str(exc) or type(exc).__name__, secret)
+    if isinstance(exc, _UNREACHABLE) and not isinstance(exc, ReadTimeoutError):
+        return StoreUnreachableError(f"{action}: {detail}")
     return StoreUnavailableError(f"{action}: {detail}")
 
 
@@ -468,15 +492,36 @@ def _client_error(exc: ClientError, action: str, secret: str | None) -> AkisnapE
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     message = _redacted(exc.response.get("Error", {}).get("Message", ""), secret)
     detail = f"{action}: {code or status} {message}".strip()
-    if code in _CONFIG_CODES:
-        return StoreConfigError(detail)
-    if code in _MISSING_CODES or (status == 404 and code not in _TRANSIENT_CODES):
+    kind = _meaning(code, status)
+    if kind is ObjectMissingError:
         return ObjectMissingError(f"{action}: no such object")
+    return kind(detail)
+
+
+def _meaning(code: str, status: int) -> type[AkisnapError]:
+    """Which of our errors an S3 error code (or, without one, an HTTP status) means."""
+    if code in _TRANSIENT_CODES or code in _CHECKSUM_MISMATCH_CODES:
+        return StoreUnavailableError
+    if code in _CREDENTIAL_CODES:
+        return StoreCredentialsError
+    if code in _BUCKET_MISSING_CODES:
+        return BucketMissingError
+    if _is_kms(code):  # before the 404 and 403 rules: MinIO answers kms:KeyNotFound with 404
+        denied = "denied" in code.lower()
+        return StoreAccessDeniedError if denied else StoreMisconfiguredError
+    if code in _MISCONFIGURED_CODES or status == 501:
+        return StoreMisconfiguredError
+    if code in _MISSING_CODES or status == 404:
+        return ObjectMissingError
     if code in _DENIED_CODES or status == 403:
-        return StoreAccessDeniedError(detail)
-    if code in _TRANSIENT_CODES or status >= 500 or status == 429:
-        return StoreUnavailableError(detail)
-    return StoreConfigError(detail)
+        return StoreAccessDeniedError
+    # Anything else (5xx, 429, a code this list does not know): retried, and when the
+    # attempts run out dead-lettered as retryable, never refused as bad input.
+    return StoreUnavailableError
+
+
+def _is_kms(code: str) -> bool:
+    return code.lower().startswith("kms") or "kmskey" in code.lower()
 
 
 def _check_options(options: S3Options) -> None:
