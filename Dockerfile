@@ -9,9 +9,10 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# .dockerignore lets in only what the wheel is built from.
+# .dockerignore lets in only what the wheel is built from, and the lock (constraints.txt):
+# the image gets exactly the versions CI tested.
 COPY . .
-RUN pip wheel --wheel-dir /wheels .
+RUN pip wheel --wheel-dir /wheels -c constraints.txt .
 
 # --- runtime: installed from those wheels only, run as a non-root user ---------------------
 FROM ${PYTHON_IMAGE}

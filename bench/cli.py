@@ -25,7 +25,14 @@ from bench.procs import REPO_ROOT
 from bench.report import ScenarioResult, print_sizes, print_targets, print_timings
 from bench.report_scale import print_scale_targets
 from bench.scale import PROCESS_1M, PROCESS_200K, PROCESS_200K_ONE_GROUP, ScaleResult, run_scale
-from bench.scenarios import SCENARIOS, Scenario, check_real_data, prepare
+from bench.scenarios import (
+    REAL_DATA,
+    SCENARIOS,
+    Scenario,
+    check_real_data,
+    prepare,
+    real_data_note,
+)
 from bench.sizes import measure_sizes
 
 DEFAULT_REPEATS = 5
@@ -116,7 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     names = chosen_names(args)
     chosen = [s for s in SCENARIOS if s.name in names]
     if any(s.real for s in chosen):
-        check_real_data()
+        note = real_data_note()
+        if note is None and args.scenario:
+            check_real_data()  # asked for by name: refuse rather than skip
+        if note is None:
+            skipped = {s.name for s in chosen if s.real}
+            chosen = [s for s in chosen if not s.real]
+            names = [name for name in names if name not in skipped]
+            note = f"skipped {', '.join(sorted(skipped))}: {REAL_DATA.resolve()} is not present"
+        print(f"bench: {note}")
     import lance
 
     started = time.perf_counter()

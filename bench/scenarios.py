@@ -13,6 +13,8 @@ from handlers.codecs.parquet import writer_options
 from handlers.model import ID_TYPE, TIMESTAMP_TYPE, snapshot_schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The full 20k set lives beside the repository, not in it (tests/data holds a 2k slice): the
+# real-embedding scenario runs only where that file is present.
 REAL_DATA = REPO_ROOT / ".." / "shared" / "data" / "pypi-summaries-minilm-20k.parquet"
 FIXED_TIME_US = 1_764_000_000_000_000  # 2025-11-24T16:00:00Z: inserted_at of random rows
 
@@ -50,6 +52,13 @@ class Prepared:
     table: pa.Table
     matrix: np.ndarray
     export: Path
+
+
+def real_data_note() -> str | None:
+    """Where the real embeddings come from, or None when the file is absent."""
+    if REAL_DATA.is_file():
+        return f"real embeddings: {REAL_DATA.resolve()} (present beside the repository)"
+    return None
 
 
 def check_real_data() -> None:

@@ -4,11 +4,17 @@ the reverse."""
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 import handlers
 
-try:
-    __version__ = version("akidb-snapshotter")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = handlers.__version__
+
+def __getattr__(name: str) -> str:
+    """``daemon.__version__``: the installed distribution's version, looked up only when
+    asked for (importlib.metadata is slow to import, and ``akisnap --help`` must be fast)."""
+    if name != "__version__":
+        raise AttributeError(f"module 'daemon' has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        return version("akidb-snapshotter")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return handlers.__version__

@@ -1,43 +1,50 @@
-"""What every CLI verb shares: --store/--json/--config, settings, output, one-line errors."""
+"""What every CLI verb shares when it runs: settings, output, labels, confirmation."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from daemon.exit_codes import USAGE, CommandFailedError, UsageError
 from daemon.logging import configure_logging
-from daemon.settings import Settings, SettingsError
-from handlers.errors import InvalidRequestError, StoreConfigError
-
-
-def add_common_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--store",
-        metavar="URI",
-        help="object-store root: file:///dir or s3://bucket/prefix (default: AKISNAP_STORE)",
-    )
-    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
-    parser.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
+from daemon.settings import Settings
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
     if getattr(args, "store", None):
         overrides["store"] = args.store
-    try:
-        settings = Settings.load(getattr(args, "config", None), **overrides)
-    except SettingsError as exc:
-        raise StoreConfigError(f"invalid settings: {exc}") from None
-    configure_logging(
-        "console",
-        "info" if getattr(args, "verbose", False) else "warning",
-        secrets=settings.secret_values(),
-    )
+    settings = Settings.load(getattr(args, "config", None), **overrides)
+    verbose = bool(getattr(args, "verbose", False))
+    configure_logging("console", "info" if verbose else "warning", secrets=settings.secret_values())
+    if not verbose:
+        hide_kafka_client_logs()
     return settings
+
+
+def hide_kafka_client_logs() -> None:
+    """Drop aiokafka's own log lines (below CRITICAL) from this run's output: a verb reports a
+    broker failure itself, in one line naming the address. A filter on the handler, not a
+    logger level, so the next configure_logging() starts clean."""
+    for handler in logging.getLogger().handlers:
+        if handler.get_name() == "akisnap":
+            handler.addFilter(_not_from_kafka_client)
+
+
+def _not_from_kafka_client(record: logging.LogRecord) -> bool:
+    if record.name.startswith("aiokafka"):
+        return record.levelno >= logging.CRITICAL
+    # A TLS connection to the broker that the peer closes first leaves asyncio a future with
+    # this error and nobody to read it, after the verb is done: noise, not a failure.
+    error = record.exc_info[1] if record.exc_info else None
+    return not (
+        record.name == "asyncio"
+        and getattr(error, "reason", None) == "APPLICATION_DATA_AFTER_CLOSE_NOTIFY"
+    )
 
 
 def emit(args: argparse.Namespace, payload: Any, human: str) -> None:
@@ -54,14 +61,28 @@ def labels_from(pairs: Sequence[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise InvalidRequestError(f"--label wants K=V, not {pair!r}")
+            raise UsageError(f"--label wants K=V, not {pair!r}")
         labels[key] = value
     return labels
 
 
-def fail(reason: str, code: int = 1) -> int:
-    print(f"akisnap: error: {reason.splitlines()[0] if reason else 'failed'}", file=sys.stderr)
-    return code
+def will_ask(args: argparse.Namespace) -> bool:
+    return not getattr(args, "yes", False) and sys.stdin.isatty()
+
+
+def confirm(args: argparse.Namespace, question: str) -> None:
+    """On a terminal, ask before removing anything unless --yes; scripts (stdin not a
+    terminal) are not asked. Anything but y/yes removes nothing."""
+    if not will_ask(args):
+        return
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise CommandFailedError("not confirmed: nothing was removed", USAGE)
+
+
+def fail(reason: str, code: int) -> NoReturn:
+    """End the verb with a failure that is not an exception of its own (see exit_codes)."""
+    raise CommandFailedError(reason, code)
 
 
 def human_bytes(size: float) -> str:

@@ -5,24 +5,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from daemon.app import Daemon, explain_kafka_failure
-from daemon.cli_common import add_common_options, emit, fail, labels_from, load_settings
+from daemon.cli_common import (
+    emit,
+    fail,
+    labels_from,
+    load_settings,
+)
 from daemon.dead_letter import H_CLASS, H_MESSAGE, H_STAGE, safe_message
 from daemon.demo import random_documents, run_demo
 from daemon.events import build_request
+from daemon.exit_codes import BAD_INPUT, ENVIRONMENT, UsageError, os_error_text
 from daemon.logging import configure_logging
 from daemon.results import Outcome, OutcomeWatcher, publish
-from daemon.settings import Settings, SettingsError
-from handlers.errors import InvalidRequestError
+from daemon.settings import BOOTSTRAP_HINT, Settings
 from handlers.job import (
-    SNAPSHOT_FORMATS,
     InlineSource,
     SourceSpec,
     UriSource,
@@ -30,83 +32,21 @@ from handlers.job import (
     snapshot_id_for,
     source_format_from_uri,
 )
+from handlers.uris import to_uri
 
 MAX_RANDOM_VALUES = 50_000_000
-
-
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    run = subparsers.add_parser(
-        "run",
-        help="the daemon: consume snapshot requests, publish results and dead letters",
-        description="Run the snapshot daemon until SIGTERM/SIGINT (settings: AKISNAP_* or "
-        "--config).",
-    )
-    add_common_options(run)
-    run.set_defaults(func=_run)
-
-    request = subparsers.add_parser(
-        "request",
-        help="publish a snapshot request",
-        description="Publish a snapshot request to the request topic (and optionally wait "
-        "for its result or dead letter).",
-    )
-    add_common_options(request)
-    request.add_argument("--collection", required=True, metavar="C", help="collection id")
-    source = request.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--from",
-        dest="source_uri",
-        metavar="URI",
-        help="an export: file:///… or s3://… (.parquet, .arrow, .npy or .json); "
-        "a plain path is made absolute",
-    )
-    source.add_argument(
-        "--random",
-        metavar="N,DIM",
-        help="N inline documents of DIM random unit-normal float32 values, random UUID ids",
-    )
-    request.add_argument("--request-id", metavar="ID", help="default: a new UUID")
-    request.add_argument(
-        "--label", action="append", default=[], metavar="K=V", help="a label (repeatable)"
-    )
-    request.add_argument("--format", choices=SNAPSHOT_FORMATS, default="parquet")
-    request.add_argument("--compression", choices=("zstd", "snappy", "lz4", "none"), default="zstd")
-    request.add_argument(
-        "--wait",
-        type=float,
-        metavar="SECONDS",
-        help="wait up to SECONDS for the result (or dead letter) and print it",
-    )
-    request.set_defaults(func=_request)
-
-    demo = subparsers.add_parser(
-        "demo",
-        help="the whole loop on this machine, end to end (needs `make services`)",
-        description="Run the daemon in-process against the local Kafka broker with a local "
-        "store under ./demo-output, publish a few requests (one bad) and summarise.",
-    )
-    add_common_options(demo)
-    demo.add_argument(
-        "--output", type=Path, default=Path("demo-output"), help="default: ./demo-output"
-    )
-    demo.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
-    demo.set_defaults(func=_demo)
 
 
 # -- run ------------------------------------------------------------------------------------
 
 
-def _run(args: argparse.Namespace) -> int:
-    try:
-        settings = Settings.load(getattr(args, "config", None), store=getattr(args, "store", None))
-    except SettingsError as exc:
-        print(f"akisnap: {exc}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    settings = Settings.load(getattr(args, "config", None), store=getattr(args, "store", None))
     configure_logging(settings.log_format, settings.log_level, secrets=settings.secret_values())
     try:
         return asyncio.run(Daemon(settings).run(handle_signals=True))
     except OSError as err:  # the metrics port is taken, the store directory is unwritable
-        return fail(f"cannot start: {err}")
+        fail(f"cannot start: {os_error_text(err)}", ENVIRONMENT)
 
 
 # -- request --------------------------------------------------------------------------------
@@ -117,22 +57,21 @@ def parse_random(text: str) -> tuple[int, int]:
         rows_text, dim_text = text.split(",")
         rows, dimension = int(rows_text), int(dim_text)
     except ValueError:
-        raise InvalidRequestError(f"--random wants N,DIM (two integers), not {text!r}") from None
+        raise UsageError(f"--random wants N,DIM (two integers), not {text!r}") from None
     if rows < 1 or dimension < 1 or rows * dimension > MAX_RANDOM_VALUES:
-        raise InvalidRequestError(
+        raise UsageError(
             f"--random {text}: N and DIM must be >= 1 and N*DIM <= {MAX_RANDOM_VALUES}"
         )
     return rows, dimension
 
 
-def source_from_uri(uri: str) -> UriSource:
-    """A --from argument: a URI, or a local path made into an absolute file:// URI."""
-    if "://" not in uri:
-        uri = Path(uri).resolve().as_uri()
+def source_from_uri(text: str) -> UriSource:
+    """A --from argument: a URI, or a plain, relative or ~ path (made an absolute URI)."""
+    uri = to_uri(text)
     return UriSource(uri=uri, format=source_format_from_uri(uri))
 
 
-def _request(args: argparse.Namespace) -> int:
+def request(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     source: SourceSpec
     if args.random:
@@ -155,8 +94,10 @@ def _request(args: argparse.Namespace) -> int:
         reason = f"{type(err).__name__}: {err}"
         if isinstance(err, KafkaConnectionError):
             reason, _ = asyncio.run(explain_kafka_failure(settings))
-        return fail(
+        fail(
             f"Kafka at {settings.kafka_bootstrap}: {safe_message(reason, settings.secret_values())}"
+            f"; {BOOTSTRAP_HINT}",
+            ENVIRONMENT,
         )
 
 
@@ -166,7 +107,7 @@ async def _publish_and_wait(
     sent: dict[str, Any] = {
         "request_id": request_id,
         "collection_id": args.collection,
-        "snapshot_id": snapshot_id_for(request_id),
+        "snapshot_id": snapshot_id_for(args.collection, request_id),
         "topic": settings.request_topic,
     }
     if args.wait is None:
@@ -196,11 +137,13 @@ async def _publish_and_wait(
         found = await watcher.wait_for([request_id], args.wait)
     outcome = found.get(request_id)
     if outcome is None:
-        return fail(
-            f"no result or dead letter for request {request_id} within {args.wait:g}s", code=3
+        fail(
+            f"no result or dead letter for request {request_id} within {args.wait:g}s "
+            "(is `akisnap run` consuming the request topic?)",
+            ENVIRONMENT,
         )
     emit(args, outcome_json(outcome), describe_outcome(outcome))
-    return 1 if outcome.status == "dead_lettered" else 0
+    return BAD_INPUT if outcome.status == "dead_lettered" else 0
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:
@@ -235,5 +178,5 @@ def _headers_text(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, str]]
 # -- demo -----------------------------------------------------------------------------------
 
 
-def _demo(args: argparse.Namespace) -> int:
+def demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(args))

@@ -9,17 +9,16 @@ terminal and ``--json`` is off.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
-from collections.abc import Callable, Coroutine
-from datetime import timedelta
-from typing import Any, TypeAlias
+from datetime import datetime
+from typing import TypeAlias
 
-from daemon.cli_common import add_common_options, emit, fail, human_bytes, load_settings
+from daemon.cli_common import (
+    emit,
+    fail,
+    human_bytes,
+    load_settings,
+)
 from daemon.dlq import (
-    DEFAULT_MAX_REPLAYS,
-    DEFAULT_RATE_PER_SECOND,
-    DEFAULT_REPLAY_GROUP,
     DeadLetterRecord,
     DlqFilter,
     ReplayAction,
@@ -29,122 +28,16 @@ from daemon.dlq import (
     list_dead_letters,
     parse_when,
 )
-from handlers.catalog import Catalog
+from daemon.exit_codes import BAD_INPUT, UsageError
+from daemon.progress import Progress
 from handlers.errors import InvalidRequestError
-from handlers.job import COMPRESSIONS, check_collection_id
-from handlers.metadata import SnapshotMetadata
 from handlers.migrate import MigrationOutcome, Migrator
-from handlers.retention import Orphan, OrphanResult, PruneResult, prune, remove_orphans
+from handlers.spool import discard_process_spool
 from handlers.stores import open_store
+from handlers.uris import to_uri
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 MESSAGE_COLUMN_CHARS = 60
-
-
-def register(commands: Subparsers) -> None:
-    """Top-level ``dlq`` (list, replay) and ``migrate``."""
-    dlq = commands.add_parser("dlq", help="inspect and replay dead letters")
-    verbs = dlq.add_subparsers(dest="dlq_verb", required=True, metavar="VERB")
-
-    listing = _verb(verbs, "list", "the dead letters, oldest first, filtered", _dlq_list)
-    _filters(listing)
-
-    replay = _verb(
-        verbs,
-        "replay",
-        "re-publish dead letters (key and value untouched) to the request topic",
-        _dlq_replay,
-    )
-    _filters(replay)
-    replay.add_argument("--dry-run", action="store_true", help="say what would be replayed")
-    replay.add_argument(
-        "--rate",
-        type=float,
-        default=DEFAULT_RATE_PER_SECOND,
-        metavar="PER_SECOND",
-        help="at most this many messages a second "
-        f"(0: no limit; default {DEFAULT_RATE_PER_SECOND:g})",
-    )
-    replay.add_argument(
-        "--max-replays",
-        type=int,
-        default=DEFAULT_MAX_REPLAYS,
-        metavar="N",
-        help=f"refuse a dead letter already replayed N times (default {DEFAULT_MAX_REPLAYS})",
-    )
-    replay.add_argument(
-        "--group",
-        default=DEFAULT_REPLAY_GROUP,
-        help=f"consumer group that records the progress (default {DEFAULT_REPLAY_GROUP})",
-    )
-
-    migrate = commands.add_parser(
-        "migrate",
-        help="AkiDB 2.0 snapshots -> native snapshots",
-        description="Convert AkiDB 2.0 snapshots (both formats) under a store root, a prefix, "
-        "or one snapshot file into verified native snapshots of the same collection. "
-        "Idempotent: a snapshot migrated before is reported 'already migrated'.",
-    )
-    add_common_options(migrate)
-    migrate.add_argument(
-        "--from",
-        dest="source",
-        required=True,
-        metavar="URI",
-        help="AkiDB store root, prefix, or snapshot file (file://, s3:// or a path)",
-    )
-    migrate.add_argument("--compression", choices=COMPRESSIONS, default="zstd")
-    migrate.set_defaults(func=lambda args: asyncio.run(_migrate(args)))
-
-
-def register_prune(verbs: Subparsers) -> None:
-    """``snapshots prune C --keep-last N [--older-than DAYS] [--dry-run]`` and ``--orphans``."""
-    text = "delete old snapshots of a collection, and/or orphan parts left by crashes"
-    parser = verbs.add_parser("prune", help=text, description=text)
-    add_common_options(parser)
-    parser.add_argument("collection", nargs="?", help="the collection (orphans: optional)")
-    parser.add_argument("--keep-last", type=int, metavar="N", help="keep the N newest snapshots")
-    parser.add_argument(
-        "--older-than",
-        type=float,
-        metavar="DAYS",
-        help="delete only snapshots older than DAYS (never one of the --keep-last newest)",
-    )
-    parser.add_argument(
-        "--orphans",
-        action="store_true",
-        help="remove parts with no metadata file (as a crash leaves them)",
-    )
-    parser.add_argument(
-        "--grace-hours",
-        type=float,
-        default=1.0,
-        metavar="H",
-        help="orphans written less than H hours ago are left alone (default 1)",
-    )
-    parser.add_argument("--dry-run", action="store_true", help="say what would be deleted")
-    parser.set_defaults(func=lambda args: asyncio.run(_prune(args)))
-
-
-def _verb(
-    verbs: Subparsers,
-    name: str,
-    text: str,
-    run: Callable[[argparse.Namespace], Coroutine[Any, Any, int]],
-) -> argparse.ArgumentParser:
-    parser = verbs.add_parser(name, help=text, description=text)
-    add_common_options(parser)
-    parser.set_defaults(func=lambda args: asyncio.run(run(args)))
-    return parser
-
-
-def _filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stage", help="decode, validate, source, encode, upload or verify")
-    parser.add_argument("--error-class", metavar="CLASS", help="e.g. StoreUnavailableError")
-    parser.add_argument("--collection", metavar="C", help="only this collection")
-    parser.add_argument("--since", metavar="WHEN", help="ISO 8601 time or an age: 2h, 3d")
-    parser.add_argument("--until", metavar="WHEN", help="ISO 8601 time or an age: 30m")
-    parser.add_argument("--limit", type=int, metavar="N", help="at most N dead letters")
 
 
 def _filter(args: argparse.Namespace) -> DlqFilter:
@@ -152,66 +45,25 @@ def _filter(args: argparse.Namespace) -> DlqFilter:
         stage=args.stage,
         error_class=args.error_class,
         collection=args.collection,
-        since=parse_when(args.since) if args.since else None,
-        until=parse_when(args.until) if args.until else None,
+        since=_when("--since", args.since),
+        until=_when("--until", args.until),
     )
 
 
-# -- progress ---------------------------------------------------------------------------------
-
-
-class Progress:
-    """A tqdm bar on stderr when it is a terminal and --json is off; lines go above it."""
-
-    def __init__(self, args: argparse.Namespace, *, unit: str, desc: str) -> None:
-        self._quiet = bool(getattr(args, "json", False))
-        self._enabled = not self._quiet and sys.stderr.isatty()
-        self._unit = unit
-        self._desc = desc
-        self._bar: Any = None
-
-    def start(self, total: int) -> None:
-        if self._enabled and self._bar is None:
-            try:
-                from tqdm import tqdm  # noqa: PLC0415 (only on a terminal)
-            except ImportError:  # a bar is a nicety: go on without one
-                self._enabled = False
-                return
-            scale = self._unit == "B"
-            self._bar = tqdm(
-                total=total,
-                unit=self._unit,
-                unit_scale=scale,
-                desc=self._desc,
-                file=sys.stderr,
-                leave=False,
-            )
-
-    def update(self, amount: int = 1) -> None:
-        if self._bar is not None:
-            self._bar.update(amount)
-
-    def line(self, text: str) -> None:
-        if self._quiet:
-            return
-        if self._bar is not None:
-            self._bar.write(text, file=sys.stdout)
-        else:
-            print(text, flush=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+def _when(flag: str, text: str | None) -> datetime | None:
+    try:
+        return parse_when(text) if text else None
+    except InvalidRequestError as exc:
+        raise UsageError(f"{flag}: {exc.message}") from None
 
 
 # -- dlq --------------------------------------------------------------------------------------
 
 
-async def _dlq_list(args: argparse.Namespace) -> int:
+async def dlq_list(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     if args.limit is not None and args.limit < 1:
-        raise InvalidRequestError("--limit must be >= 1")
+        raise UsageError("--limit must be >= 1")
     letters = await list_dead_letters(settings, _filter(args), limit=args.limit)
     human = _letters_table(letters) if letters else f"no dead letters in {settings.dlq_topic}"
     emit(args, [letter.to_dict() for letter in letters], human)
@@ -264,7 +116,7 @@ def _replay_line(action: ReplayAction) -> str:
     return f"{line}: {action.reason}" if action.reason else line
 
 
-async def _dlq_replay(args: argparse.Namespace) -> int:
+async def dlq_replay(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     options = ReplayOptions(
         where=_filter(args),
@@ -294,7 +146,7 @@ async def _dlq_replay(args: argparse.Namespace) -> int:
 # -- migrate ----------------------------------------------------------------------------------
 
 
-async def _migrate(args: argparse.Namespace) -> int:
+async def migrate(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     store = open_store(settings.store, settings.s3_options())
     migrator = Migrator(
@@ -306,7 +158,7 @@ async def _migrate(args: argparse.Namespace) -> int:
     progress = Progress(args, unit="B", desc="migrate")
     outcomes: list[MigrationOutcome] = []
     try:
-        found = await migrator.discover(args.source)
+        found = await migrator.discover(to_uri(args.source))
         progress.start(sum(snapshot.size for snapshot in found))
         for snapshot in found:
             outcome = await migrator(snapshot)
@@ -316,14 +168,15 @@ async def _migrate(args: argparse.Namespace) -> int:
     finally:
         progress.close()
         await migrator.close()
+        discard_process_spool(store.spool_dir())  # Ctrl-C included
         await store.close()
     if args.json:
         emit(args, [outcome.to_dict() for outcome in outcomes], "")
     else:
-        print(_migration_summary(outcomes))
+        print(f"{_migration_summary(outcomes)}; store {store.root_uri}")
     refused = sum(1 for outcome in outcomes if outcome.status == "refused")
     if refused:
-        return fail(f"{refused} of {len(outcomes)} AkiDB snapshot(s) refused (see above)")
+        fail(f"{refused} of {len(outcomes)} AkiDB snapshot(s) refused (see above)", BAD_INPUT)
     return 0
 
 
@@ -357,126 +210,6 @@ def _migration_summary(outcomes: list[MigrationOutcome]) -> str:
 
 def _ratio(before: int, after: int) -> str:
     return f" ({before / after:.1f}× smaller)" if after and before else ""
-
-
-# -- prune ------------------------------------------------------------------------------------
-
-
-async def _prune(args: argparse.Namespace) -> int:
-    settings = load_settings(args)
-    policy = args.keep_last is not None or args.older_than is not None
-    if not policy and not args.orphans:
-        raise InvalidRequestError(
-            "prune needs --keep-last N and/or --older-than DAYS (with a collection), or --orphans"
-        )
-    if policy and args.collection is None:
-        raise InvalidRequestError("name the collection to prune: snapshots prune C --keep-last N")
-    if args.collection is not None:
-        check_collection_id(args.collection)
-    if args.grace_hours < 0:
-        raise InvalidRequestError("--grace-hours must be >= 0")
-    store = open_store(settings.store, settings.s3_options())
-    lines: list[str] = []
-    payload: dict[str, Any] = {"dry_run": args.dry_run, "collection_id": args.collection}
-    try:
-        if policy:
-            result = await prune(
-                Catalog(store),
-                args.collection,
-                keep_last=args.keep_last,
-                older_than_days=args.older_than,
-                dry_run=args.dry_run,
-            )
-            lines += _prune_lines(result)
-            payload.update(_prune_payload(result))
-        if args.orphans:
-            orphans = await remove_orphans(
-                store,
-                collection_id=args.collection,
-                grace=timedelta(hours=args.grace_hours),
-                dry_run=args.dry_run,
-            )
-            lines += _orphan_lines(orphans, args.grace_hours)
-            payload["orphans"] = _orphan_payload(orphans)
-    finally:
-        await store.close()
-    emit(args, payload, "\n".join(lines))
-    return 0
-
-
-def _prune_lines(result: PruneResult) -> list[str]:
-    plan = result.plan
-    verb = "would delete" if result.dry_run else "deleted"
-    gone = plan.delete if result.dry_run else result.deleted
-    lines = [f"{verb:<13} {_snapshot_line(meta)}" for meta in gone]
-    lines += [f"{'kept':<13} {_snapshot_line(meta)}" for meta in plan.keep]
-    lines += [f"{'left alone':<13} unreadable {e.key}: {e.reason}" for e in result.unreadable]
-    freed = sum(meta.total_bytes for meta in gone)
-    lines.append(
-        f"{plan.collection_id}: {verb} {len(gone)} snapshot(s), kept {len(plan.keep)}, "
-        f"{'would free' if result.dry_run else 'freed'} {human_bytes(freed)}"
-    )
-    return lines
-
-
-def _snapshot_line(meta: SnapshotMetadata) -> str:
-    return (
-        f"{meta.snapshot_id}  {meta.created_at[:19]}  {meta.vector_count} vectors  "
-        f"{human_bytes(meta.total_bytes)}"
-    )
-
-
-def _prune_payload(result: PruneResult) -> dict[str, Any]:
-    gone = result.plan.delete if result.dry_run else result.deleted
-    return {
-        "deleted": [meta.to_dict() for meta in gone],
-        "kept": [meta.snapshot_id for meta in result.plan.keep],
-        "bytes_freed": sum(meta.total_bytes for meta in gone),
-        "unreadable": [entry.to_dict() for entry in result.unreadable],
-    }
-
-
-def _orphan_lines(result: OrphanResult, grace_hours: float) -> list[str]:
-    verb = "would remove" if result.dry_run else "removed"
-    lines = [f"{verb} orphan {_orphan_text(orphan)}" for orphan in result.removed]
-    lines += [
-        f"left orphan {_orphan_text(orphan)}: written less than {grace_hours:g} h ago"
-        for orphan in result.too_young
-    ]
-    lines += [
-        f"left {orphan.prefix}: its snapshot was committed meanwhile"
-        for orphan in result.committed_meanwhile
-    ]
-    lines.append(
-        f"orphans: {verb} {len(result.removed)} ({human_bytes(result.bytes_freed)}), "
-        f"{len(result.too_young)} younger than the grace period"
-    )
-    return lines
-
-
-def _orphan_text(orphan: Orphan) -> str:
-    return (
-        f"{orphan.prefix} ({len(orphan.keys)} object(s), {human_bytes(orphan.size)}, "
-        f"last written {orphan.newest.isoformat(timespec='seconds')})"
-    )
-
-
-def _orphan_payload(result: OrphanResult) -> dict[str, Any]:
-    def entry(orphan: Orphan) -> dict[str, Any]:
-        return {
-            "collection_id": orphan.collection_id,
-            "snapshot_id": orphan.snapshot_id,
-            "keys": list(orphan.keys),
-            "bytes": orphan.size,
-            "last_written": orphan.newest.isoformat(),
-        }
-
-    return {
-        "removed": [entry(orphan) for orphan in result.removed],
-        "too_young": [entry(orphan) for orphan in result.too_young],
-        "committed_meanwhile": [entry(orphan) for orphan in result.committed_meanwhile],
-        "bytes_freed": result.bytes_freed,
-    }
 
 
 # -- tables -----------------------------------------------------------------------------------

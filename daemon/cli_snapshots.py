@@ -4,90 +4,58 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from daemon import cli_operator
 from daemon.cli_common import (
-    add_common_options,
+    confirm,
     emit,
     fail,
     human_bytes,
     labels_from,
     load_settings,
 )
+from daemon.exit_codes import CORRUPT, UsageError
+from daemon.progress import Progress
 from daemon.settings import Settings
-from handlers.akidb.notes import precision_notes
 from handlers.catalog import Catalog
-from handlers.create import SnapshotCreator
 from handlers.job import (
-    COMPRESSIONS,
-    SNAPSHOT_FORMATS,
     SnapshotJob,
     UriSource,
     new_request_id,
     source_format_from_uri,
 )
+from handlers.layout import metadata_key
+from handlers.lookup import resolve_snapshot
 from handlers.metadata import SnapshotMetadata
-from handlers.restore import restore_snapshot
-from handlers.sources import parse_location
+from handlers.spool import discard_process_spool
 from handlers.stores import ObjectStore, open_store
-from handlers.verify import verify_snapshot
+from handlers.uris import parse_location, to_uri
 
 Verb = Callable[[argparse.Namespace, Settings, ObjectStore], Awaitable[int]]
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    group = commands.add_parser("snapshots", help="create, list, show, verify, delete, restore")
-    verbs = group.add_subparsers(dest="verb", required=True, metavar="VERB")
-    cli_operator.register_prune(verbs)
-
-    create = _verb(
-        verbs, "create", "encode → upload → verify an export, here, without Kafka", _create
-    )
-    create.add_argument("--collection", required=True, help="collection id")
-    create.add_argument("--from", dest="source", required=True, metavar="URI", help="export URI")
-    create.add_argument("--request-id", help="idempotency key (default: a new UUID)")
-    create.add_argument(
-        "--format",
-        choices=SNAPSHOT_FORMATS,
-        default="parquet",
-        help="parquet (native), or AkiDB 2.0's own akidb-parquet / akidb-json",
-    )
-    create.add_argument("--compression", choices=COMPRESSIONS, default="zstd")
-    create.add_argument("--label", action="append", default=[], metavar="K=V")
-
-    listing = _verb(verbs, "list", "committed snapshots, oldest first", _list)
-    listing.add_argument("collection", nargs="?", help="only this collection")
-
-    show = _verb(verbs, "show", "one snapshot's metadata", _show)
-    show.add_argument("snapshot_id")
-
-    verify = _verb(verbs, "verify", "check every part's size and SHA-256", _verify)
-    verify.add_argument("snapshot_id")
-    verify.add_argument("--full", action="store_true", help="also decode and check every row")
-
-    delete = _verb(verbs, "delete", "remove a snapshot (metadata first, then parts)", _delete)
-    delete.add_argument("snapshot_id")
-
-    restore = _verb(verbs, "restore", "write a snapshot to .parquet/.arrow/.npy/.jsonl", _restore)
-    restore.add_argument("snapshot_id")
-    restore.add_argument("--out", required=True, type=Path, metavar="FILE")
+def main(args: argparse.Namespace) -> int:
+    """``snapshots VERB``: open the store (only create makes one), run the verb, close."""
+    run, writes = VERBS[args.verb]
+    spools: list[Path] = []
+    try:
+        return asyncio.run(_with_store(args, run, writes, spools))
+    finally:
+        # After the event loop is gone, hence after the encoder's threads (asyncio.run waits
+        # for them), Ctrl-C included: nothing half-written stays in the spool.
+        for spool in spools:
+            discard_process_spool(spool)
 
 
-def _verb(
-    verbs: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str, run: Verb
-) -> argparse.ArgumentParser:
-    parser = verbs.add_parser(name, help=text, description=text)
-    add_common_options(parser)
-    parser.set_defaults(func=lambda args: asyncio.run(_with_store(args, run)))
-    return parser
-
-
-async def _with_store(args: argparse.Namespace, run: Verb) -> int:
+async def _with_store(args: argparse.Namespace, run: Verb, writes: bool, spools: list[Path]) -> int:
     settings = load_settings(args)
-    store = open_store(settings.store, settings.s3_options())
+    # Only create makes a store; the other verbs refuse a path that holds none.
+    store = open_store(settings.store, settings.s3_options(), create=writes)
+    if writes:
+        spools.append(store.spool_dir())
     try:
         return await run(args, settings, store)
     finally:
@@ -95,7 +63,13 @@ async def _with_store(args: argparse.Namespace, run: Verb) -> int:
 
 
 async def _create(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
-    source = UriSource(args.source, source_format_from_uri(args.source))
+    # create, verify and restore import pyarrow; list, show and delete do not need it.
+    from handlers.akidb.notes import precision_notes  # noqa: PLC0415
+    from handlers.create import SnapshotCreator  # noqa: PLC0415
+
+    started = time.perf_counter()
+    uri = to_uri(args.source)
+    source = UriSource(uri, source_format_from_uri(uri))
     job = SnapshotJob(
         collection_id=args.collection,
         request_id=args.request_id or new_request_id(),
@@ -103,101 +77,213 @@ async def _create(args: argparse.Namespace, settings: Settings, store: ObjectSto
         format=args.format,
         compression=args.compression,
         labels=labels_from(args.label),
+        exact=args.exact,
     )
     # The operator named this file on the command line: allow it, unlike requests from Kafka.
-    roots = [*settings.source_roots(), parse_location(args.source).display]
+    roots = [*settings.source_roots(), uri]
     creator = SnapshotCreator(
         store,
         source_roots=roots,
         s3=settings.s3_options(),
         part_size_bytes=settings.part_size_bytes,
     )
-    existing = await creator.existing(job)
-    outcome = "duplicate" if existing else "created"
-    metadata = existing or (await creator(job)).metadata
+    progress = Progress(args, unit="rows", desc="create")
+    try:
+        existing = await creator.existing(job)
+        outcome = "duplicate" if existing else "created"
+        metadata = existing or (await creator(job, progress=progress)).metadata
+    finally:
+        progress.close()
+    seconds = time.perf_counter() - started
     notes = precision_notes(source.format, job.format)
-    human = _describe(metadata, outcome) + "".join(f"\n  note: {note}" for note in notes)
-    emit(args, {**metadata.to_dict(), "outcome": outcome, "notes": notes}, human)
+    payload = {
+        **_snapshot_json(metadata, store, outcome),
+        "seconds": round(seconds, 3),
+        "notes": notes,
+    }
+    human = describe(metadata, store, outcome, seconds=seconds)
+    emit(args, payload, human + "".join(f"\n  note: {note}" for note in notes))
     return 0
 
 
 async def _list(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
+    wanted = labels_from(args.label)
     scan = await Catalog(store).scan(args.collection)
-    rows = [_row(meta) for meta in scan.snapshots]
-    human = _table(rows) if rows else "no snapshots"
+    snapshots = [
+        meta
+        for meta in scan.snapshots
+        if all(meta.labels.get(key) == value for key, value in wanted.items())
+    ]
+    rows = [_row(meta) for meta in snapshots]
+    where = f"in {store.root_uri}" + (f", collection {args.collection}" if args.collection else "")
+    if wanted:
+        where += ", labels " + ", ".join(f"{k}={v}" for k, v in sorted(wanted.items()))
+    human = (
+        f"{_table(rows)}\n{plural(len(rows), 'snapshot')} {where}"
+        if rows
+        else f"no snapshots {where}"
+    )
     human += "".join(f"\nunreadable {entry.key}: {entry.reason}" for entry in scan.unreadable)
-    payload = [meta.to_dict() for meta in scan.snapshots]
+    payload = [meta.to_dict() for meta in snapshots]
     emit(args, payload + [entry.to_dict() for entry in scan.unreadable], human)
     return 0
 
 
+async def _find(args: argparse.Namespace, store: ObjectStore) -> SnapshotMetadata:
+    return await resolve_snapshot(Catalog(store), args.snapshot_id, args.collection)
+
+
 async def _show(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
-    metadata = await Catalog(store).get(args.snapshot_id)
-    emit(args, {**metadata.to_dict(), "outcome": "found"}, _describe(metadata, "found"))
+    metadata = await _find(args, store)
+    emit(args, _snapshot_json(metadata, store, "found"), describe(metadata, store, "found"))
     return 0
 
 
 async def _verify(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
-    metadata = await Catalog(store).get(args.snapshot_id)
-    report = await verify_snapshot(store, metadata, full=args.full)
+    from handlers.verify import verify_snapshot  # noqa: PLC0415 (pyarrow: see _create)
+
+    metadata = await _find(args, store)
+    progress = Progress(args, unit="rows", desc="verify")
+    if args.full:
+        progress.start(metadata.vector_count)
+    try:
+        report = await verify_snapshot(store, metadata, full=args.full, progress=progress.update)
+    finally:
+        progress.close()
     outcome = "ok" if report.ok else "corrupt"
     payload = {
-        **metadata.to_dict(),
-        "outcome": outcome,
+        **_snapshot_json(metadata, store, outcome),
         "problems": report.problems,
         "full": report.full,
         "checksum": "none" if report.notes else "sha256",
         "notes": report.notes,
     }
-    human = f"{metadata.snapshot_id}: {outcome} ({report.parts_checked} parts, " + (
-        f"{human_bytes(report.bytes_checked)}{', decoded' if report.full else ''})"
+    human = (
+        f"{metadata.snapshot_id}: {outcome} ({plural(report.parts_checked, 'part')}, "
+        f"{human_bytes(report.bytes_checked)}{', every row decoded' if report.full else ''}) "
+        f"in {store.root_uri}"
     )
     human += "".join(f"\n  note: {note}" for note in report.notes)
     emit(args, payload, human + "".join(f"\n  {problem}" for problem in report.problems))
     if not report.ok:
-        return fail(f"snapshot {metadata.snapshot_id} is corrupt: {report.problems[0]}")
+        fail(f"snapshot {metadata.snapshot_id} is corrupt: {report.problems[0]}", CORRUPT)
     return 0
 
 
 async def _delete(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
-    metadata = await Catalog(store).delete(args.snapshot_id)
-    emit(args, {**metadata.to_dict(), "outcome": "deleted"}, f"deleted {metadata.snapshot_id}")
+    metadata = await _find(args, store)
+    confirm(
+        args,
+        f"delete snapshot {metadata.snapshot_id} of {metadata.collection_id} "
+        f"({metadata.vector_count:,} vectors, {human_bytes(metadata.total_bytes)}) "
+        f"from {store.root_uri}?",
+    )
+    await Catalog(store).delete(metadata.snapshot_id, metadata.collection_id)
+    emit(
+        args,
+        _snapshot_json(metadata, store, "deleted"),
+        f"deleted snapshot {metadata.snapshot_id} of {metadata.collection_id} "
+        f"({human_bytes(metadata.total_bytes)}) from {store.root_uri}",
+    )
     return 0
 
 
 async def _restore(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
-    metadata = await Catalog(store).get(args.snapshot_id)
-    progress = cli_operator.Progress(args, unit="rows", desc="restore")
+    from handlers.akidb.notes import precision_notes  # noqa: PLC0415 (pyarrow: see _create)
+    from handlers.restore import restore_snapshot  # noqa: PLC0415 (pyarrow: see _create)
+
+    out = parse_location(args.out).local_path
+    if out.exists() and not args.force:
+        raise UsageError(f"{out} exists: give --force to overwrite it")
+    metadata = await _find(args, store)
+    progress = Progress(args, unit="rows", desc="restore")
     progress.start(metadata.vector_count)
     try:
-        result = await restore_snapshot(store, metadata, args.out, progress=progress.update)
+        result = await restore_snapshot(store, metadata, out, progress=progress.update)
     finally:
         progress.close()
     notes = precision_notes(metadata.format)
     payload = {
-        **metadata.to_dict(),
-        "outcome": "restored",
+        **_snapshot_json(metadata, store, "restored"),
         "out": str(result.path),
         "rows": result.rows,
         "bytes_written": result.bytes_written,
         "notes": notes,
     }
-    human = f"restored {result.rows} vectors to {result.path}"
+    human = (
+        f"restored {result.rows} vectors of snapshot {metadata.snapshot_id} from "
+        f"{store.root_uri} to {result.path} ({human_bytes(result.bytes_written)})"
+    )
     emit(args, payload, human + "".join(f"\n  note: {note}" for note in notes))
     return 0
 
 
-def _describe(metadata: SnapshotMetadata, outcome: str) -> str:
-    ratio = metadata.json_equivalent_bytes / metadata.total_bytes if metadata.total_bytes else 0
+VERBS: dict[str, tuple[Verb, bool]] = {
+    "create": (_create, True),
+    "list": (_list, False),
+    "show": (_show, False),
+    "verify": (_verify, False),
+    "delete": (_delete, False),
+    "restore": (_restore, False),
+}
+
+
+def _snapshot_json(metadata: SnapshotMetadata, store: ObjectStore, outcome: str) -> dict[str, Any]:
+    return {
+        **metadata.to_dict(),
+        "outcome": outcome,
+        "store": store.root_uri,
+        "metadata_uri": metadata_uri(store, metadata),
+    }
+
+
+def metadata_uri(store: ObjectStore, metadata: SnapshotMetadata) -> str:
+    return f"{store.root_uri}/{metadata_key(metadata.collection_id, metadata.snapshot_id)}"
+
+
+def describe(
+    metadata: SnapshotMetadata, store: ObjectStore, outcome: str, *, seconds: float | None = None
+) -> str:
+    """What a person wants to know of a snapshot: where, how big, from which request."""
     raw = 4 * metadata.vector_count * metadata.dimension
-    return (
-        f"{outcome}: snapshot {metadata.snapshot_id} of {metadata.collection_id}\n"
-        f"  {metadata.vector_count} vectors × {metadata.dimension}, {len(metadata.parts)} part(s), "
-        f"{human_bytes(metadata.total_bytes)} ({metadata.format}/{metadata.compression})\n"
-        f"  {raw / metadata.total_bytes:.2f}× smaller than raw float32"
-        + (f", {ratio:.2f}× smaller than JSON (estimated)" if ratio else "")
-        + f"\n  created {metadata.created_at}"
-    )
+    size = metadata.total_bytes
+    labels = ", ".join(f"{k}={v}" for k, v in sorted(metadata.labels.items())) or "none"
+    lines = [
+        f"{outcome}: snapshot {metadata.snapshot_id} of collection {metadata.collection_id}",
+        f"  where     {metadata_uri(store, metadata)} (+ {plural(len(metadata.parts), 'part')})",
+        f"  vectors   {metadata.vector_count:,} × {metadata.dimension}",
+        f"  size      {human_bytes(size)} ({metadata.format}/{metadata.compression}): "
+        f"{compared(size, raw)} raw float32 ({human_bytes(raw)})"
+        + (
+            f", {compared(size, metadata.json_equivalent_bytes)} JSON (estimated)"
+            if metadata.json_equivalent_bytes
+            else ""
+        ),
+        f"  request   {metadata.request_id}",
+        f"  labels    {labels}",
+        f"  created   {metadata.created_at}",
+    ]
+    if metadata.source_dtype is not None:
+        lines.append(
+            f"  note      vectors converted from {metadata.source_dtype} to float32 "
+            "(not bit for bit; --exact refuses such an export)"
+        )
+    if seconds is not None:
+        lines.append(f"  took      {seconds:.2f} s")
+    return "\n".join(lines)
+
+
+def compared(size: int, other: int) -> str:
+    """'1.12× smaller than' / '1.05× larger than' / 'the same size as': reads right both ways."""
+    if not size or not other or abs(size - other) < 0.005 * other:
+        return "the same size as"
+    if size < other:
+        return f"{other / size:.2f}× smaller than"
+    return f"{size / other:.2f}× larger than"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _row(meta: SnapshotMetadata) -> dict[str, Any]:
@@ -209,11 +295,14 @@ def _row(meta: SnapshotMetadata) -> dict[str, Any]:
         "DIM": str(meta.dimension),
         "SIZE": human_bytes(meta.total_bytes),
         "CREATED": meta.created_at[:19],
+        "LABELS": ",".join(f"{k}={v}" for k, v in sorted(meta.labels.items())),
     }
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
     widths = {key: max(len(key), *(len(row[key]) for row in rows)) for key in rows[0]}
-    lines = ["  ".join(key.ljust(width) for key, width in widths.items())]
-    lines += ["  ".join(row[key].ljust(width) for key, width in widths.items()) for row in rows]
+    lines = ["  ".join(key.ljust(width) for key, width in widths.items()).rstrip()]
+    lines += [
+        "  ".join(row[key].ljust(width) for key, width in widths.items()).rstrip() for row in rows
+    ]
     return "\n".join(lines)

@@ -29,19 +29,19 @@ import pyarrow.parquet as pq
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
+from daemon import sample_data
 from daemon.app import Daemon
-from daemon.cli_common import human_bytes
+from daemon.cli_common import fail, hide_kafka_client_logs, human_bytes
 from daemon.dead_letter import H_ATTEMPTS, H_CLASS, H_MESSAGE, H_OFFSET, H_STAGE
 from daemon.events import REQUEST_SCHEMA, build_request
+from daemon.exit_codes import ENVIRONMENT
 from daemon.kafka import KafkaClients
 from daemon.logging import configure_logging
 from daemon.results import Outcome, OutcomeWatcher, publish, topic_partitions
-from daemon.settings import Settings, SettingsError
+from daemon.settings import BOOTSTRAP_HINT, Settings
 from handlers.job import InlineSource, UriSource
 from handlers.model import DocumentBatch
 
-REPO = Path(__file__).resolve().parents[1]
-REAL_EMBEDDINGS = REPO.parent / "shared" / "data" / "pypi-summaries-minilm-20k.parquet"
 EXPORT_ROWS = 3000
 INLINE_REQUESTS = 3
 INLINE_ROWS, INLINE_DIM = 200, 384
@@ -61,33 +61,30 @@ class Sent:
 
 async def run_demo(args: argparse.Namespace) -> int:
     configure_logging("console", "error")
+    hide_kafka_client_logs()  # an unreachable broker is reported below, in one line
     output: Path = args.output.resolve()
     snapshots, exports = output / "snapshots", output / "exports"
     snapshots.mkdir(parents=True, exist_ok=True)
     exports.mkdir(parents=True, exist_ok=True)
-    try:
-        settings = Settings.load(
-            getattr(args, "config", None),
-            store=snapshots.as_uri(),
-            exports_root=exports.as_uri(),
-            group_id=f"akisnap-demo-{uuid.uuid4().hex[:12]}",
-            log_format="console",
-            log_level="error",
-            retry_attempts=3,
-            retry_base_seconds=0.2,
-            retry_cap_seconds=2.0,
-            shutdown_grace_seconds=10.0,
-        )
-    except SettingsError as exc:
-        print(f"akisnap demo: {exc}")
-        return 2
+    settings = Settings.load(
+        getattr(args, "config", None),
+        store=snapshots.as_uri(),
+        exports_root=exports.as_uri(),
+        group_id=f"akisnap-demo-{uuid.uuid4().hex[:12]}",
+        log_format="console",
+        log_level="error",
+        retry_attempts=3,
+        retry_base_seconds=0.2,
+        retry_cap_seconds=2.0,
+        shutdown_grace_seconds=10.0,
+    )
     print(f"akisnap demo: Kafka at {settings.kafka_bootstrap}, store {snapshots}")
     if not await _kafka_answers(settings):
-        print(
-            f"akisnap demo: error: no Kafka broker answers at {settings.kafka_bootstrap} "
-            "(run `make services` and source .services.env, or just `make demo`)"
+        fail(
+            f"no Kafka broker answers at {settings.kafka_bootstrap}: {BOOTSTRAP_HINT}, or run "
+            "`make services` and source .services.env (or just `make demo`)",
+            ENVIRONMENT,
         )
-        return 1
     export_uri, export_note = _write_export(exports)
     print(f"  export: {export_note}")
     await _start_group_at_end(settings)
@@ -157,19 +154,18 @@ async def _kafka_answers(settings: Settings) -> bool:
             await probe.stop()
     missing = {settings.request_topic, settings.result_topic, settings.dlq_topic} - set(topics)
     if missing:
-        print(f"akisnap demo: error: topics missing on the broker: {', '.join(sorted(missing))}")
-        return False
+        fail(f"topics missing on the broker: {', '.join(sorted(missing))}", ENVIRONMENT)
     return True
 
 
 def _write_export(exports: Path) -> tuple[str, str]:
-    """The first 3000 rows of the shared real embeddings (or random ones) as Parquet."""
+    """3000 real embeddings from the repository's sample (or random ones) as Parquet."""
     target = exports / "pypi-summaries-3000.parquet"
-    if REAL_EMBEDDINGS.exists():
-        table = pq.ParquetFile(REAL_EMBEDDINGS).read().slice(0, EXPORT_ROWS)
+    table = sample_data.real_embeddings(EXPORT_ROWS)
+    if table is not None:
         note = (
             f"{EXPORT_ROWS} real MiniLM embeddings (384-d) of PyPI summaries from "
-            f"{REAL_EMBEDDINGS.name}"
+            f"{sample_data.SAMPLE_EMBEDDINGS.name}"
         )
     else:
         rng = np.random.default_rng(7)
@@ -178,8 +174,8 @@ def _write_export(exports: Path) -> tuple[str, str]:
         batch = DocumentBatch.from_arrays(matrix, id_seed="akisnap-demo")
         table = pa.Table.from_batches([batch.record_batch])
         note = (
-            f"{REAL_EMBEDDINGS} is absent: {EXPORT_ROWS} random unit vectors "
-            f"({INLINE_DIM}-d) instead"
+            f"{sample_data.SAMPLE_EMBEDDINGS} is absent (not run from the repository): "
+            f"{EXPORT_ROWS} random unit vectors ({INLINE_DIM}-d) instead"
         )
     pq.write_table(table, target)
     return target.as_uri(), f"{note} -> {target}"

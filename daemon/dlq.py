@@ -43,12 +43,14 @@ from daemon.dead_letter import (
 )
 from daemon.events import peek_ids
 from daemon.kafka import DURABLE, KafkaClients, fetch_limits, request_size_for
-from daemon.settings import Settings
+from daemon.replay_defaults import (
+    DEFAULT_MAX_REPLAYS,
+    DEFAULT_RATE_PER_SECOND,
+    DEFAULT_REPLAY_GROUP,
+)
+from daemon.settings import BOOTSTRAP_HINT, Settings
 from handlers.errors import InvalidRequestError, PermanentError, TransientError
 
-DEFAULT_REPLAY_GROUP = "akisnap-dlq-replay"
-DEFAULT_MAX_REPLAYS = 3
-DEFAULT_RATE_PER_SECOND = 50.0
 PROGRESS_FORMAT = "akisnap-dlq/1"
 # Brokers refuse commit metadata above offset.metadata.max.bytes (default 4096).
 MAX_PROGRESS_CHARS = 3500
@@ -242,7 +244,7 @@ async def _kafka(settings: Settings, action: str) -> AsyncIterator[None]:
     except KafkaError as err:
         reason = safe_message(f"{type(err).__name__}: {err}")
         raise KafkaUnavailableError(
-            f"{action}: Kafka at {settings.kafka_bootstrap} failed ({reason})"
+            f"{action}: Kafka at {settings.kafka_bootstrap} failed ({reason}); {BOOTSTRAP_HINT}"
         ) from None
 
 

@@ -149,7 +149,10 @@ class SnapshotResultV1(_Strict):
     schema_: Literal["akisnap.snapshot-result/v1"] = Field(alias="schema")
     request_id: str = Field(min_length=1)
     collection_id: str = Field(pattern=COLLECTION_ID.pattern)
-    snapshot_id: str = Field(min_length=1)
+    snapshot_id: str = Field(
+        min_length=1,
+        description="UUIDv5 of '{collection_id}/{request_id}' (see DESIGN.md, 'The snapshot')",
+    )
     status: Literal["created", "duplicate"]
     metadata_uri: str = Field(min_length=1)
     format: str

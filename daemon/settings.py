@@ -3,7 +3,7 @@
 Every field has a default that works on a laptop, and its environment variable is
 ``AKISNAP_`` + the field name in upper case. :meth:`Settings.load` reads the YAML file first,
 lets the environment override it, then explicit overrides (the CLI's flags) override both. A
-wrong value stops the start with :class:`SettingsError`, one ``AKISNAP_FIELD: reason`` line
+wrong value stops the start with :class:`SettingsError`, one ``AKISNAP_<FIELD>: reason`` line
 per wrong field, never quoting the value (so never a secret).
 """
 
@@ -15,31 +15,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 import yaml
-from aiokafka.helpers import create_ssl_context
 from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from daemon.settings_error import SettingsError
 from handlers.secrets import REDACTED
 from handlers.stores import S3Options
 
 ENV_PREFIX = "AKISNAP_"
 MIB = 1024 * 1024
-
+# What a message about an unreachable broker tells the user to change.
+BOOTSTRAP_HINT = "set AKISNAP_KAFKA_BOOTSTRAP (or kafka_bootstrap in the --config file)"
+# Settings the CLI takes as flags (overrides of Settings.load): errors name the flag.
+CLI_FLAGS = {"store": "--store"}
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
-
-
-class SettingsError(ValueError):
-    """The settings are unusable. ``str()`` is a header plus one ``AKISNAP_FIELD: reason``
-    line per wrong field; ``problems`` holds the same as (variable, reason) pairs."""
-
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        self.problems = problems
-        lines = [f"{variable}: {reason}" for variable, reason in problems]
-        super().__init__("invalid settings:\n" + "\n".join(lines))
 
 
 def env_name(field_name: str) -> str:
@@ -190,7 +183,7 @@ class Settings(BaseSettings):
         try:
             return cls(**values)
         except ValidationError as exc:
-            raise SettingsError(_problems(exc, from_file, config_file)) from None
+            raise SettingsError(_problems(exc, from_file, config_file, overrides)) from None
 
     # -- views -------------------------------------------------------------------------------
 
@@ -218,6 +211,9 @@ class Settings(BaseSettings):
             kwargs["sasl_plain_username"] = self.kafka_sasl_username
             kwargs["sasl_plain_password"] = _reveal(self.kafka_sasl_password)
         if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            # Only Kafka verbs get here: the store verbs never import aiokafka.
+            from aiokafka.helpers import create_ssl_context  # noqa: PLC0415
+
             kwargs["ssl_context"] = create_ssl_context(
                 cafile=self.kafka_ssl_cafile,
                 certfile=self.kafka_ssl_certfile,
@@ -268,21 +264,32 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _problems(
-    exc: ValidationError, from_file: dict[str, Any], config_file: Path | None
+    exc: ValidationError,
+    from_file: dict[str, Any],
+    config_file: Path | None,
+    overrides: dict[str, Any],
 ) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     for error in exc.errors(include_input=False, include_url=False):
-        if not error["loc"]:  # cross-field checks: already "AKISNAP_X: reason" lines
+        if not error["loc"]:  # cross-field checks: already "AKISNAP_<FIELD>: reason" lines
             for line in _strip_prefix(error["msg"]).splitlines():
                 variable, _, reason = line.partition(": ")
                 problems.append((variable, reason))
             continue
         name = str(error["loc"][0])
-        reason = _reason(error)
-        if name in from_file and env_name(name) not in os.environ:
-            reason += f" (from {config_file}, key {name})"
-        problems.append((env_name(name), reason))
+        problems.append((_where(name, from_file, config_file, overrides), _reason(error)))
     return problems
+
+
+def _where(
+    name: str, from_file: dict[str, Any], config_file: Path | None, overrides: dict[str, Any]
+) -> str:
+    """What the user set: a CLI flag, an ``AKISNAP_*`` variable, or a key of the YAML file."""
+    if name in CLI_FLAGS and overrides.get(name) is not None:
+        return CLI_FLAGS[name]
+    if name in from_file and env_name(name) not in os.environ:
+        return f"--config {config_file}, key {name}"
+    return env_name(name)
 
 
 def _strip_prefix(message: str) -> str:

@@ -10,24 +10,24 @@ never overwrites: if the snapshot got committed meanwhile, the outcome is a dupl
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import Protocol
 
 from handlers.akidb.sidecar import akidb_records, is_akidb_format, to_metadata
 from handlers.budget import ByteBudget
 from handlers.catalog import Catalog
 from handlers.encode import EncodedSnapshot, Encoder
-from handlers.errors import CorruptSnapshotError, WriteNotVerifiedError
+from handlers.errors import CorruptSnapshotError, InvalidDocumentsError, WriteNotVerifiedError
 from handlers.job import SnapshotJob
 from handlers.metadata import PartInfo, SnapshotMetadata
+from handlers.model import DocumentBatch
 from handlers.overlap import Overlap
 from handlers.sources import OpenedSource, SourceReader
+from handlers.spool import process_spool
 from handlers.stores import ObjectStore, S3Options
 from handlers.upload import Uploader
 from handlers.verify import Verifier
@@ -80,10 +80,21 @@ class SnapshotCreator:
         """The committed snapshot of this job's request id, if any (a duplicate)."""
         return await self._catalog.find(job.collection_id, job.snapshot_id, job.format)
 
-    async def __call__(self, job: SnapshotJob, timer: StageTimer = untimed) -> CreateOutcome:
+    async def __call__(
+        self, job: SnapshotJob, timer: StageTimer = untimed, progress: ProgressSink | None = None
+    ) -> CreateOutcome:
         seconds: dict[str, float] = {}
         async with _timed(timer, "source", seconds):
             source = await self._read_source(job)
+            if job.exact and source.source_dtype is not None:
+                source.close()
+                raise InvalidDocumentsError(
+                    f"the export's vectors are {source.source_dtype}, not float32: --exact "
+                    "refuses to convert them"
+                )
+        if progress is not None:
+            progress.start(source.expected_rows)
+            source.batches = _counted(source.batches, progress)
         try:
             async with self._budget.hold(source.nbytes):
                 return await self._create(job, source, timer, seconds)
@@ -109,20 +120,26 @@ class SnapshotCreator:
             except CorruptSnapshotError as exc:
                 # Nothing is committed yet: a redo writes the same keys again.
                 raise WriteNotVerifiedError(exc.message) from None
-            metadata, committed = await self._commit(job, encoded, uploaded.parts)
+            metadata, committed = await self._commit(
+                job, encoded, uploaded.parts, source.source_dtype
+            )
         if not committed:
             return await self._committed_meanwhile(job, seconds)
         return CreateOutcome(metadata, duplicate=False, stage_seconds=seconds)
 
     async def _commit(
-        self, job: SnapshotJob, encoded: EncodedSnapshot, parts: tuple[PartInfo, ...]
+        self,
+        job: SnapshotJob,
+        encoded: EncodedSnapshot,
+        parts: tuple[PartInfo, ...],
+        source_dtype: str | None,
     ) -> tuple[SnapshotMetadata, bool]:
         """The snapshot's metadata, and False when another run had committed it first."""
         if is_akidb_format(job.format):
             sidecar, integrity = akidb_records(job, parts[0], encoded.dimension)
             committed = await self._catalog.commit_akidb(sidecar, integrity)
             return to_metadata(sidecar, integrity), committed
-        metadata = _metadata(job, encoded, parts)
+        metadata = _metadata(job, encoded, parts, source_dtype)
         return metadata, await self._catalog.commit(metadata)
 
     async def _committed_meanwhile(
@@ -137,28 +154,6 @@ class SnapshotCreator:
         return CreateOutcome(existing, duplicate=True, stage_seconds=seconds)
 
 
-def process_spool(base: Path) -> Path:
-    """This process's own spool folder; folders of processes that died (SIGKILL leaves
-    half-written parts behind) are removed on the way."""
-    for folder in base.glob("pid-*"):
-        pid = folder.name.removeprefix("pid-")
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-    own = base / f"pid-{os.getpid()}"
-    own.mkdir(parents=True, exist_ok=True)
-    return own
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextlib.asynccontextmanager
 async def _timed(timer: StageTimer, stage: str, seconds: dict[str, float]) -> AsyncIterator[None]:
     started = time.perf_counter()
@@ -169,8 +164,25 @@ async def _timed(timer: StageTimer, stage: str, seconds: dict[str, float]) -> As
         seconds[stage] = time.perf_counter() - started
 
 
+class ProgressSink(Protocol):
+    """Told the rows to expect (None: unknown), then the rows read, from the encoder's thread."""
+
+    def start(self, total: int | None) -> None: ...
+
+    def update(self, amount: int = 1) -> None: ...
+
+
+def _counted(batches: Iterator[DocumentBatch], progress: ProgressSink) -> Iterator[DocumentBatch]:
+    for batch in batches:
+        yield batch
+        progress.update(batch.num_rows)
+
+
 def _metadata(
-    job: SnapshotJob, encoded: EncodedSnapshot, parts: tuple[PartInfo, ...]
+    job: SnapshotJob,
+    encoded: EncodedSnapshot,
+    parts: tuple[PartInfo, ...],
+    source_dtype: str | None = None,
 ) -> SnapshotMetadata:
     return SnapshotMetadata(
         snapshot_id=job.snapshot_id,
@@ -184,4 +196,5 @@ def _metadata(
         parts=parts,
         labels=dict(job.labels),
         json_equivalent_bytes=encoded.json_equivalent_bytes,
+        source_dtype=source_dtype,
     )

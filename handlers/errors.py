@@ -14,7 +14,7 @@ Every error carries the pipeline stage it belongs to, which becomes the dead-let
 
 from __future__ import annotations
 
-import asyncio
+import sys
 from collections.abc import Iterator
 from typing import ClassVar
 
@@ -90,6 +90,18 @@ class CorruptSnapshotError(PermanentError):
 
 class SnapshotNotFoundError(PermanentError):
     """No committed snapshot (metadata file) has that id."""
+
+    stage = "verify"
+
+
+class AmbiguousSnapshotIdError(PermanentError):
+    """An id prefix matches more than one snapshot: the message lists the candidates."""
+
+    stage = "verify"
+
+
+class StoreNotFoundError(PermanentError):
+    """A read-only verb was pointed at a store that does not exist (it is not created)."""
 
     stage = "verify"
 
@@ -186,7 +198,11 @@ def first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The first real error in a task group's exception group (depth first), so callers see
     our error rather than a group: cancellations of the sibling tasks are not causes."""
     leaves = list(_leaves(group))
-    real = [leaf for leaf in leaves if not isinstance(leaf, asyncio.CancelledError)]
+    # Not imported at the top: `akisnap --help` imports this module and must stay fast; with
+    # asyncio not loaded, nothing can be a CancelledError.
+    asyncio = sys.modules.get("asyncio")
+    cancelled = asyncio.CancelledError if asyncio is not None else ()
+    real = [leaf for leaf in leaves if not isinstance(leaf, cancelled)]
     return (real or leaves)[0]
 
 

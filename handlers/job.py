@@ -6,10 +6,12 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from handlers.errors import InvalidRequestError
-from handlers.model import DocumentBatch
+
+if TYPE_CHECKING:  # an annotation only: `akisnap --help` imports this module, not pyarrow
+    from handlers.model import DocumentBatch
 
 # Fixed forever: snapshot ids of existing snapshots depend on it.
 SNAPSHOT_NAMESPACE = uuid.UUID("6f1c2a9e-0c4b-5d7e-9a31-2b8f4e6d0a17")
@@ -45,8 +47,8 @@ SourceSpec = InlineSource | UriSource
 
 @dataclass(frozen=True)
 class SnapshotJob:
-    """One snapshot to make. ``snapshot_id`` is derived from ``request_id``, so redoing a
-    request writes the same keys and never makes a second snapshot."""
+    """One snapshot to make. ``snapshot_id`` is derived from the collection and the request
+    id, so redoing a request writes the same keys and never makes a second snapshot."""
 
     collection_id: str
     request_id: str
@@ -54,6 +56,8 @@ class SnapshotJob:
     format: SnapshotFormat = "parquet"
     compression: str = "zstd"
     labels: Mapping[str, str] = field(default_factory=dict)
+    # Refuse an export whose vectors are not float32 rather than convert them.
+    exact: bool = False
 
     def __post_init__(self) -> None:
         check_collection_id(self.collection_id)
@@ -74,11 +78,13 @@ class SnapshotJob:
 
     @property
     def snapshot_id(self) -> str:
-        return snapshot_id_for(self.request_id)
+        return snapshot_id_for(self.collection_id, self.request_id)
 
 
-def snapshot_id_for(request_id: str) -> str:
-    return str(uuid.uuid5(SNAPSHOT_NAMESPACE, request_id))
+def snapshot_id_for(collection_id: str, request_id: str) -> str:
+    """UUIDv5 of ``collection/request``: the same request id in two collections makes two
+    snapshots ('/' cannot occur in a collection id, so no two pairs share a name)."""
+    return str(uuid.uuid5(SNAPSHOT_NAMESPACE, f"{collection_id}/{request_id}"))
 
 
 def new_request_id() -> str:

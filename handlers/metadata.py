@@ -33,6 +33,8 @@ class SnapshotMetadata:
     parts: tuple[PartInfo, ...]
     labels: Mapping[str, str] = field(default_factory=dict)
     json_equivalent_bytes: int = 0
+    # Set only when the export's vectors were not float32 and were converted to it.
+    source_dtype: str | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -43,6 +45,8 @@ class SnapshotMetadata:
         body["parts"] = [asdict(part) for part in self.parts]
         body["labels"] = dict(self.labels)
         body["total_bytes"] = self.total_bytes
+        if self.source_dtype is None:
+            del body["source_dtype"]
         return {"schema": METADATA_SCHEMA, **body}
 
     def to_json(self) -> bytes:
@@ -67,6 +71,11 @@ class SnapshotMetadata:
                 parts=parts,
                 labels=dict(body.get("labels") or {}),
                 json_equivalent_bytes=int(body.get("json_equivalent_bytes", 0)),
+                source_dtype=_optional_str(body.get("source_dtype")),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CorruptSnapshotError(f"metadata file {key or '?'} is unreadable: {exc}") from None
+
+
+def _optional_str(value: object) -> str | None:
+    return None if value is None else str(value)

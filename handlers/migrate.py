@@ -35,8 +35,8 @@ from handlers.errors import CorruptSnapshotError, PermanentError, SourceError
 from handlers.job import SnapshotJob, SourceFormat, UriSource, snapshot_id_for
 from handlers.layout import SNAPSHOTS_PREFIX
 from handlers.metadata import SnapshotMetadata
-from handlers.sources import parse_location
 from handlers.stores import ObjectStore, S3Options, open_store
+from handlers.uris import parse_location
 from handlers.verify import checked_part_file
 
 Status = Literal["migrated", "already_migrated", "refused"]
@@ -154,7 +154,7 @@ class Migrator:
             return MigrationOutcome(found.uri, "refused", reason=found.unreadable)
         job_id = migration_request_id(meta.snapshot_id)
         existing = await self._creator.catalog.find(
-            meta.collection_id, snapshot_id_for(job_id), "parquet"
+            meta.collection_id, snapshot_id_for(meta.collection_id, job_id), "parquet"
         )
         if existing is not None:
             return _outcome(found, meta, "already_migrated", existing)

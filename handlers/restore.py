@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,12 +24,15 @@ from handlers.codecs import read_part
 from handlers.codecs.documents_json import batch_to_documents
 from handlers.codecs.parquet import file_schema, parquet_part_rows, writer_options
 from handlers.errors import CorruptSnapshotError, InvalidRequestError
+from handlers.filemode import new_file_mode
 from handlers.metadata import SnapshotMetadata
 from handlers.model import DocumentBatch, snapshot_schema
 from handlers.stores import ObjectStore
 from handlers.verify import checked_part_file
 
 RESTORE_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".npy": "npy", ".jsonl": "jsonl"}
+
+COPY_CHUNK_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ async def restore_snapshot(
             raise CorruptSnapshotError(
                 f"snapshot decodes to {rows} rows, metadata says {metadata.vector_count}"
             )
+        os.chmod(temp, new_file_mode())  # the temporary file was made 0600
         os.replace(temp, out)
     except BaseException:
         temp.unlink(missing_ok=True)
@@ -97,11 +100,25 @@ async def _copy_single_part(
     """A one-part Parquet snapshot already is the restored file: copy its checked bytes."""
     part = metadata.parts[0]
     async with checked_part_file(store, part, scratch) as path:
-        await asyncio.to_thread(shutil.copyfile, path, target)
-    rows = await asyncio.to_thread(parquet_part_rows, target, metadata.dimension)
-    if progress is not None:
-        progress(rows)
-    return rows
+        await asyncio.to_thread(_copy_file, path, target, part.rows, progress)
+    return await asyncio.to_thread(parquet_part_rows, target, metadata.dimension)
+
+
+def _copy_file(
+    source: Path, target: Path, rows: int, progress: Callable[[int], None] | None
+) -> None:
+    """A byte copy that reports its share of ``rows`` as it goes (a bar that moves on a
+    one-part snapshot, rather than jumping from 0 to 100% at the end)."""
+    size = max(1, source.stat().st_size)
+    copied = reported = 0
+    with source.open("rb") as src, target.open("wb") as dst:
+        while chunk := src.read(COPY_CHUNK_BYTES):
+            dst.write(chunk)
+            copied += len(chunk)
+            done = rows * copied // size
+            if progress is not None and done > reported:
+                progress(done - reported)
+                reported = done
 
 
 async def _decode_parts_into(
@@ -130,23 +147,28 @@ async def _copy_parts(
     rows = 0
     for part in metadata.parts:
         async with checked_part_file(store, part, scratch) as path:
-            part_rows = await asyncio.to_thread(_decode_into, path, metadata, writer)
+            part_rows = await asyncio.to_thread(_decode_into, path, metadata, writer, progress)
         if part_rows != part.rows:
             raise CorruptSnapshotError(
                 f"part {part.key} decodes to {part_rows} rows, metadata says {part.rows}"
             )
         rows += part_rows
-        if progress is not None:
-            progress(part_rows)
     return rows
 
 
-def _decode_into(path: Path, metadata: SnapshotMetadata, writer: OutputWriter) -> int:
+def _decode_into(
+    path: Path,
+    metadata: SnapshotMetadata,
+    writer: OutputWriter,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     rows = 0
     for record in read_part(path, metadata.format, metadata.dimension):
         batch = DocumentBatch(record)
         writer.write(batch)
         rows += batch.num_rows
+        if progress is not None:
+            progress(batch.num_rows)
     return rows
 
 

@@ -17,13 +17,16 @@ is checked once more right before deleting, in case that create committed meanwh
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from handlers.catalog import Catalog, UnreadableEntry
 from handlers.errors import InvalidRequestError
-from handlers.layout import collection_prefix, is_metadata_key, metadata_key
+from handlers.layout import SNAPSHOTS_PREFIX, collection_prefix, is_metadata_key, metadata_key
 from handlers.metadata import SnapshotMetadata
 from handlers.stores import ObjectStore
 
@@ -235,3 +238,31 @@ async def remove_orphans(
         if on_removed is not None:
             on_removed(orphan)
     return OrphanResult(tuple(removed), tuple(young), False, tuple(committed))
+
+
+def remove_empty_folders(
+    store: ObjectStore,
+    *,
+    grace: timedelta = DEFAULT_ORPHAN_GRACE,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> list[str]:
+    """Empty folders under ``snapshots/`` of a local store (a delete or prune removes the
+    files, not their folders), deepest first; only those untouched for ``grace``, so a
+    create that just made its folder is left alone. Object stores have no folders: []."""
+    root = store.local_path(SNAPSHOTS_PREFIX.rstrip("/"))
+    if root is None or not root.is_dir():
+        return []
+    cutoff = (now or datetime.now(UTC)) - grace
+    removed = []
+    for directory, _, _ in os.walk(root, topdown=False):
+        path = Path(directory)
+        if path == root or any(path.iterdir()):
+            continue
+        if datetime.fromtimestamp(path.stat().st_mtime, tz=UTC) > cutoff:
+            continue
+        if not dry_run:
+            with contextlib.suppress(OSError):  # filled meanwhile: then it is not empty
+                path.rmdir()
+        removed.append(path.relative_to(root.parent).as_posix() + "/")
+    return removed

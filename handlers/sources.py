@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pyarrow as pa
@@ -42,9 +41,11 @@ from handlers.executor import run_blocking
 from handlers.job import InlineSource, SnapshotJob, UriSource
 from handlers.model import MAX_DIMENSION, DocumentBatch, bytes_per_row_estimate
 from handlers.stores import S3Options, open_store
+from handlers.uris import Location, parse_location
 
 MIB = 1024 * 1024
 READ_BATCH_BYTES = 16 * MIB
+ARROW_FLOAT_NAMES = {"halffloat": "float16", "float": "float32", "double": "float64"}
 READ_BUFFER_BYTES = 4 * MIB
 # Bounds on what one request may make the service read (checked before reading any data).
 MAX_EXPORT_ROWS = 1_000_000_000
@@ -64,6 +65,9 @@ class OpenedSource:
     description: str
     cleanup_paths: list[Path] = field(default_factory=list)
     expected_rows: int | None = None
+    # The vectors' type in the export ("float64", "int32", …), when it is not float32: the
+    # snapshot stores float32, so such an export is converted (and says so) or refused.
+    source_dtype: str | None = None
     nbytes: int = 0
     """What encoding it will hold: the export's size, or the decoded inline documents."""
 
@@ -145,52 +149,7 @@ class SourceReader:
 # -- locations and the allow-list -----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Location:
-    scheme: str
-    path: str
-    bucket: str = ""
-
-    @property
-    def key(self) -> str:
-        return self.path.lstrip("/")
-
-    @property
-    def display(self) -> str:
-        return f"s3://{self.bucket}/{self.key}" if self.scheme == "s3" else f"file://{self.path}"
-
-    def is_under(self, root: Location) -> bool:
-        if self.scheme != root.scheme or self.bucket != root.bucket:
-            return False
-        base = root.path.rstrip("/")
-        return self.path == base or self.path.startswith(base + "/") or base == ""
-
-
-def parse_location(uri: str) -> Location:
-    """A canonical location; local paths are resolved (symlinks, '..') before any check."""
-    if not isinstance(uri, str) or not uri:
-        raise SourceError("source URI is empty")
-    if "\x00" in uri or "%00" in uri:
-        raise SourceError(f"source {uri!r} holds a NUL byte")
-    parts = urlsplit(uri)
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost", "."):
-            raise SourceError(f"source {uri!r}: file URIs name no host")
-        raw = unquote(parts.path) if parts.netloc != "." else "./" + unquote(parts.path)
-        return Location("file", os.path.realpath(raw))
-    if parts.scheme == "s3":
-        key = unquote(parts.path).lstrip("/")
-        if not parts.netloc or any(seg in {".", ".."} for seg in key.split("/")):
-            raise SourceError(f"source {uri!r} is not a plain s3://bucket/key URI")
-        return Location("s3", "/" + key, bucket=parts.netloc)
-    raise SourceError(f"source {uri!r} has unsupported scheme {parts.scheme!r} (file or s3)")
-
-
 def normalise_root(root: str) -> Location:
-    if "://" not in root:
-        root = Path(root).resolve().as_uri()
-    if root.startswith("file://./"):
-        root = (Path.cwd() / root[len("file://./") :]).resolve().as_uri()
     location = parse_location(root)
     return Location(location.scheme, location.path.rstrip("/") or "/", location.bucket)
 
@@ -213,12 +172,38 @@ def open_local(path: Path, fmt: str, *, seed: str, default_time: datetime) -> Op
         batches, expected_rows = openers[fmt](path, seed, default_time)
     except READ_ERRORS as exc:
         raise SourceError(f"cannot read {fmt} export {path.name}: {_reason(exc)}") from None
+    dtype = _vector_dtype(path, fmt)
     return OpenedSource(
         _guarded(batches, fmt, path.name),
         f"{fmt} export {path.name}",
         expected_rows=expected_rows,
         nbytes=path.stat().st_size,
+        source_dtype=None if dtype == "float32" else dtype,
     )
+
+
+def _vector_dtype(path: Path, fmt: str) -> str | None:
+    """The numeric type the export's vectors are stored in (None: JSON text, or unknown)."""
+    try:
+        if fmt == "npy":
+            return _npy_header(path)[1].name
+        if fmt == "parquet":
+            with pq.ParquetFile(path, memory_map=True) as export:
+                kind = export.schema_arrow.field("vector").type
+        elif fmt == "arrow":
+            with pa.memory_map(str(path)) as source:
+                try:
+                    kind = pa.ipc.open_file(source).schema.field("vector").type
+                except pa.ArrowInvalid:
+                    source.seek(0)
+                    kind = pa.ipc.open_stream(source).schema.field("vector").type
+        else:
+            return None
+        # Arrow's names, in NumPy's words (not to_pandas_dtype(): it imports pandas).
+        name = str(kind.value_type)
+        return ARROW_FLOAT_NAMES.get(name, name)
+    except (pa.ArrowException, OSError, ValueError, KeyError, AttributeError, TypeError):
+        return None  # the reader itself reports an unreadable export
 
 
 Opened = tuple[Iterator[DocumentBatch], int | None]

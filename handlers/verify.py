@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import tempfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,9 +92,14 @@ def _digest_ok(part: PartInfo, digest: str) -> bool:
 
 
 async def verify_snapshot(
-    store: ObjectStore, metadata: SnapshotMetadata, *, full: bool = False
+    store: ObjectStore,
+    metadata: SnapshotMetadata,
+    *,
+    full: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> VerifyReport:
-    """Check every part; with full, decode them too. Problems are collected, not raised.
+    """Check every part; with full, decode them too (``progress`` gets rows as they are
+    decoded). Problems are collected, not raised.
 
     A part without a recorded SHA-256 (written by AkiDB 2.0) is always decoded: that is all
     there is to check it with."""
@@ -105,7 +110,7 @@ async def verify_snapshot(
         try:
             # The decode reads every byte back and checks its SHA-256 first (when recorded).
             if full or not part.sha256:
-                await _decode_check(store, metadata, part)
+                await _decode_check(store, metadata, part, progress)
             else:
                 await verifier.check_part(part)
         except CorruptSnapshotError as exc:
@@ -183,21 +188,30 @@ async def _download_checked(store: ObjectStore, part: PartInfo, scratch: Path) -
         raise
 
 
-async def _decode_check(store: ObjectStore, metadata: SnapshotMetadata, part: PartInfo) -> None:
+async def _decode_check(
+    store: ObjectStore,
+    metadata: SnapshotMetadata,
+    part: PartInfo,
+    progress: Callable[[int], None] | None = None,
+) -> None:
     with tempfile.TemporaryDirectory(prefix="akisnap-verify-") as directory:
         async with checked_part_file(store, part, Path(directory)) as path:
-            rows = await asyncio.to_thread(_count_valid_rows, path, metadata)
+            rows = await asyncio.to_thread(_count_valid_rows, path, metadata, progress)
     if rows != part.rows:
         raise CorruptSnapshotError(
             f"part {part.key} decodes to {rows} rows, metadata says {part.rows}"
         )
 
 
-def _count_valid_rows(path: Path, metadata: SnapshotMetadata) -> int:
+def _count_valid_rows(
+    path: Path, metadata: SnapshotMetadata, progress: Callable[[int], None] | None = None
+) -> int:
     rows = 0
     for record in read_part(path, metadata.format, metadata.dimension):
         batch = DocumentBatch(record)
         if not np.isfinite(batch.vectors).all():
             raise CorruptSnapshotError(f"part {path.name} holds non-finite vector values")
         rows += record.num_rows
+        if progress is not None:
+            progress(record.num_rows)
     return rows

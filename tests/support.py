@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
+import pty
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,13 +24,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from daemon import cli
+from daemon import cli, sample_data
 from handlers.akidb.sidecar import parse_rfc3339_nanos
 from handlers.model import DocumentBatch
 from handlers.stores import ObjectStore, S3Options, open_store
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data" / "pypi-summaries-minilm-20k.parquet"
 
 
 @dataclass
@@ -64,9 +71,10 @@ def write_export(table: pa.Table, directory: Path, name: str = "export.parquet")
 
 
 def real_embeddings(rows: int) -> pa.Table:
-    """The first rows of the shared real-embedding export (fails loudly if it is absent)."""
-    assert SHARED_DATA.exists(), f"shared test data missing: {SHARED_DATA}"
-    return pq.read_table(SHARED_DATA).slice(0, rows)
+    """The first rows of the real embeddings in tests/data (repeated with fresh ids past 2,000)."""
+    table = sample_data.real_embeddings(rows)
+    assert table is not None, f"test data missing: {sample_data.SAMPLE_EMBEDDINGS}"
+    return table
 
 
 # The real S3 servers the store and snapshot tests run against (in the test ids): s3proxy, and
@@ -119,6 +127,67 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main(argv)
     return code, out.getvalue(), err.getvalue()
+
+
+def akisnap_process(
+    *args: str,
+    store: Path | None = None,
+    env: dict[str, str] | None = None,
+    prefix: tuple[str, ...] = (),
+    **popen: Any,
+) -> subprocess.CompletedProcess[str]:
+    """`akisnap ARGS` as a separate process (for pipes, signals, terminals, other users), with
+    no AKISNAP_* variable of the caller's but those given."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AKISNAP_")}
+    if store is not None:
+        clean["AKISNAP_STORE"] = store.as_uri()
+    clean.update(env or {})
+    options: dict[str, Any] = {"capture_output": True, "cwd": REPO, "timeout": 120, **popen}
+    if "stdout" in popen or "stderr" in popen:
+        options.pop("capture_output")
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "daemon.cli", *args],
+        text=True,
+        env=clean,
+        check=False,
+        **options,
+    )
+
+
+def akisnap_on_terminal(
+    *args: str, typed: str = "", env: dict[str, str] | None = None, timeout: float = 120
+) -> tuple[int, str]:
+    """`akisnap ARGS` with stdin, stdout and stderr on a pseudo-terminal, ``typed`` already
+    waiting in its input (the terminal buffers it until the prompt reads it); (exit code,
+    everything it showed)."""
+    leader, follower = pty.openpty()
+    # A real terminal has a size; a pty starts at 0×0, where progress bars draw nothing.
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AKISNAP_")}
+    clean.update(env or {})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", *args],
+        stdin=follower, stdout=follower, stderr=follower, cwd=REPO, env=clean,
+    )  # fmt: skip
+    os.close(follower)
+    if typed:
+        os.write(leader, typed.encode())
+    shown = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 1.0)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the process closed its side of the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    code = process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    os.close(leader)
+    return code, shown.decode("utf-8", "replace").replace("\r\n", "\n")
 
 
 # -- AkiDB 2.0 fixtures (tests/data/akidb-2.0/README.md) ------------------------------------

@@ -43,7 +43,7 @@ async def test_daemon_writes_akidb_formats(
             result = found[rid].result
             assert result is not None and result.status == "created", found[rid]
             assert (result.format, result.vector_count) == (fmt, 30)
-            sid = snapshot_id_for(rid)
+            sid = snapshot_id_for(COLLECTION, rid)
             sidecar = (
                 f"snapshots/{sid}.meta.json"
                 if fmt == "akidb-json"
@@ -52,6 +52,8 @@ async def test_daemon_writes_akidb_formats(
             assert result.metadata_uri == f"{settings.store.rstrip('/')}/{sidecar}"
             assert list(json.loads(await store.get_bytes(sidecar))) == list(SIDECAR_FIELDS)
         listed = {meta.snapshot_id: meta.format for meta in await Catalog(store).list()}
-        assert listed == {snapshot_id_for(rid): fmt for rid, (fmt, _) in requests.items()}
+        assert listed == {
+            snapshot_id_for(COLLECTION, rid): fmt for rid, (fmt, _) in requests.items()
+        }
     finally:
         await store.close()

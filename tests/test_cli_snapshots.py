@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from handlers.model import DocumentBatch, vectors_bit_equal
-from tests.support import REPO, real_embeddings, write_export
+from tests.support import akisnap_process, real_embeddings, write_export
 
 VERBS = ["create", "list", "show", "verify", "delete", "restore"]
 
 
 def akisnap(*args: str, store: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AKISNAP_")}
-    if store is not None:
-        env["AKISNAP_STORE"] = store.as_uri()
-    return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=120,
-        check=False,
-    )
+    return akisnap_process(*args, store=store)
 
 
 def ok_json(result: subprocess.CompletedProcess[str]) -> Any:
@@ -125,12 +112,12 @@ def test_flipped_byte_fails_verify_and_restore(tmp_path: Path) -> None:
     data[len(data) // 2] ^= 0x10
     part.write_bytes(bytes(data))
     verify = akisnap("snapshots", "verify", body["snapshot_id"], store=store)
-    assert verify.returncode != 0 and "SHA-256" in verify.stderr
+    assert verify.returncode == 4 and "SHA-256" in verify.stderr
     assert len(verify.stderr.strip().splitlines()) == 1
     restore = akisnap(
         "snapshots", "restore", body["snapshot_id"], "--out", str(tmp_path / "x.npy"), store=store
     )
-    assert restore.returncode != 0 and "SHA-256" in restore.stderr
+    assert restore.returncode == 4 and "SHA-256" in restore.stderr
     assert not (tmp_path / "x.npy").exists()
 
 
@@ -146,7 +133,7 @@ def test_export_with_nan_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
     )
     uri = write_export(poisoned, tmp_path / "exports")
     result = akisnap("snapshots", "create", "--collection", "c", "--from", uri, store=tmp_path)
-    assert result.returncode != 0 and "non-finite" in result.stderr
+    assert result.returncode == 5 and "non-finite" in result.stderr
     assert ok_json(akisnap("snapshots", "list", "--json", store=tmp_path)) == []
 
 
@@ -154,7 +141,7 @@ def test_unknown_snapshot_is_a_one_line_error(tmp_path: Path) -> None:
     """show/verify/restore/delete of an unknown id exit non-zero with a one-line reason."""
     for verb in (["show"], ["verify"], ["delete"], ["restore", "--out", str(tmp_path / "o.npy")]):
         result = akisnap("snapshots", verb[0], "0000", *verb[1:], store=tmp_path)
-        assert result.returncode == 1
+        assert result.returncode == 3
         assert result.stderr.startswith("akisnap: error:") and "0000" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
 
@@ -169,7 +156,7 @@ def test_bad_output_extension_is_refused(created: dict[str, Any]) -> None:
         "x.csv",
         store=created["store"],
     )
-    assert result.returncode == 1 and ".parquet" in result.stderr
+    assert result.returncode == 5 and ".parquet" in result.stderr
 
 
 @pytest.mark.parametrize("verb", VERBS)

@@ -88,13 +88,13 @@ async def test_inline_request_becomes_result_and_snapshot(
         assert sample(daemon, "akisnap_requests_total", outcome="created") == 1
     result = found[rid].result
     assert result is not None and result.status == "created"
-    assert result.snapshot_id == snapshot_id_for(rid)
+    assert result.snapshot_id == snapshot_id_for("products", rid)
     assert (result.vector_count, result.dimension) == (50, 16)
     assert result.metadata_uri.startswith(settings.store)
     assert {"decode", "source", "encode", "upload", "verify", "total"} <= set(
         result.durations_seconds
     )
-    assert await snapshot_ids(settings, "products") == [snapshot_id_for(rid)]
+    assert await snapshot_ids(settings, "products") == [snapshot_id_for("products", rid)]
     assert await committed_total(kafka_admin, topics.group_id, topics.requests) == 1
 
 
@@ -364,7 +364,7 @@ async def test_store_down_for_a_while_is_waited_out_then_succeeds(
     finally:
         await proxy.stop()
     assert found[rid].status == "created"
-    assert await _s3_snapshot_ids(settings, s3_service) == [snapshot_id_for(rid)]
+    assert await _s3_snapshot_ids(settings, s3_service) == [snapshot_id_for("flaky", rid)]
 
 
 async def _s3_snapshot_ids(settings: Settings, s3: S3Service) -> list[str]:
@@ -419,9 +419,11 @@ async def test_replayed_request_is_a_duplicate_and_nothing_is_rewritten(
             second = (await outcomes.wait_for([rid], 30))[rid]
         assert sample(daemon, "akisnap_requests_total", outcome="duplicate") == 1
     assert (first.status, second.status) == ("created", "duplicate")
-    assert second.result is not None and second.result.snapshot_id == snapshot_id_for(rid)
+    assert second.result is not None and second.result.snapshot_id == snapshot_id_for(
+        "replayed", rid
+    )
     assert (metadata.stat().st_mtime_ns, metadata.read_bytes()) == before
-    assert await snapshot_ids(settings) == [snapshot_id_for(rid)]
+    assert await snapshot_ids(settings) == [snapshot_id_for("replayed", rid)]
 
 
 async def test_snapshot_committed_after_the_check_is_a_duplicate_from_the_commit(
@@ -571,7 +573,7 @@ async def test_sigterm_drains_commits_and_exits_zero(
     assert len(found) == len(requests)
     assert all(outcome.status == "created" for outcome in found.values())
     assert sorted(await snapshot_ids(settings)) == sorted(
-        snapshot_id_for(r) for r, _, _ in requests
+        snapshot_id_for(key.decode(), r) for r, key, _ in requests
     )
 
 
@@ -605,7 +607,7 @@ async def test_sigkill_midway_leaves_exactly_one_snapshot_per_request(
     assert len(found) == len(requests)
     assert {o.status for o in found.values()} <= {"created", "duplicate"}
     assert sorted(await snapshot_ids(settings)) == sorted(
-        snapshot_id_for(r) for r, _, _ in requests
+        snapshot_id_for(key.decode(), r) for r, key, _ in requests
     )
     metadata_files = list((tmp_path / "store").rglob("*.metadata.json"))
     assert len(metadata_files) == len(requests)

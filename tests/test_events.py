@@ -94,7 +94,7 @@ def test_inline_request_parses() -> None:
     job = parse_request(encode(inline_request()), max_bytes=MAX)
     assert job.collection_id == "products"
     assert job.request_id == REQUEST_ID
-    assert job.snapshot_id == snapshot_id_for(REQUEST_ID)
+    assert job.snapshot_id == snapshot_id_for(job.collection_id, REQUEST_ID)
     assert isinstance(job.source, InlineSource)
     assert job.source.documents == [DOCUMENT]
     assert (job.format, job.compression) == ("parquet", "zstd")

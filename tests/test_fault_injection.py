@@ -381,7 +381,7 @@ async def test_requests_survive_sigkills_broker_restart_and_s3_outage(
     after = await take_inventory(store, s3_service, committed=before)
     timeline.note("checked")
 
-    expected = {snapshot_id_for(rid) for rid in ids}
+    expected = {snapshot_id_for(key.decode(), rid) for rid, key, _ in requests}
     listed = Counter(before.snapshot_ids)
     duplicates = sum(n - 1 for n in listed.values()) + len(set(listed) - expected)
     lost = len(expected - set(listed))

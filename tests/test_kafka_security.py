@@ -129,7 +129,9 @@ async def test_daemon_processes_a_request_over_a_secured_listener(
         await publish(settings, [(key, value)])
         found = await outcomes.wait_for([rid], 60)
     assert found[rid].status == "created", found
-    assert found[rid].result is not None and found[rid].result.snapshot_id == snapshot_id_for(rid)
+    assert found[rid].result is not None and found[rid].result.snapshot_id == snapshot_id_for(
+        "secured", rid
+    )
 
 
 @pytest.mark.parametrize("mode", ["scram", "plain"])

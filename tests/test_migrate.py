@@ -182,4 +182,4 @@ async def test_migrate_cli_lines_sizes_and_exit_codes(tmp_path: Path) -> None:
     assert code == 0 and [o["status"] for o in json.loads(out)] == ["already_migrated"] * 2
     (tmp_path / "source" / "store" / "snapshots" / "junk.meta.json").write_text("{")
     code, out, err = await asyncio.to_thread(run_cli, ["migrate", "--from", root, "--store", new])
-    assert code != 0 and "refused" in out and "1 of 3 AkiDB snapshot(s) refused" in err
+    assert code == 5 and "refused" in out and "1 of 3 AkiDB snapshot(s) refused" in err

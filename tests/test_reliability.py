@@ -105,7 +105,7 @@ async def test_credentials_refused_mid_run_nothing_dead_lettered_then_all_succee
         assert sample(daemon, "akisnap_dlq_messages_total", stage="upload") == 0
     assert sorted(o.status for o in found.values()) == ["created"] * len(requests)
     ids = await _snapshot_ids(settings)
-    assert sorted(ids) == sorted(snapshot_id_for(rid) for rid, _, _ in requests)
+    assert sorted(ids) == sorted(snapshot_id_for(key.decode(), rid) for rid, key, _ in requests)
 
 
 def refused(daemon: Daemon) -> float:
@@ -191,7 +191,7 @@ async def test_result_that_cannot_be_built_is_one_internal_dead_letter(
     after_rid, after_key, after_value = inline_request("same", rows=5, dim=4, seed=1)
     store = open_store(settings.store)
     broken = SnapshotMetadata(
-        snapshot_id=snapshot_id_for(rid), collection_id="same", request_id=rid,
+        snapshot_id=snapshot_id_for("same", rid), collection_id="same", request_id=rid,
         format="parquet", compression="zstd", dimension=4, vector_count=-1,
         created_at="2026-01-01T00:00:00Z", parts=(PartInfo("k", 1, 1, "0" * 64),),
     )  # fmt: skip

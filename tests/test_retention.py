@@ -192,4 +192,4 @@ def test_prune_cli(tmp_path: Path) -> None:
     )
     assert code == 0 and "orphans: removed 0" in out
     code, _, err = run_cli(["snapshots", "prune", "--keep-last", "2", "--store", root])
-    assert code == 1 and "name the collection" in err
+    assert code == 2 and "name the collection" in err

@@ -32,7 +32,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from daemon.events import build_request
 from daemon.results import OutcomeWatcher, publish
-from daemon.settings import Settings, SettingsError
+from daemon.settings import Settings
+from daemon.settings_error import SettingsError
 from handlers.job import InlineSource, UriSource
 from handlers.stores import open_store
 from tests.conftest import REPO

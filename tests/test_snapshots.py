@@ -118,7 +118,7 @@ async def test_metadata_fields(creator: SnapshotCreator, exports: Path) -> None:
     assert (
         body["snapshot_id"]
         == job.snapshot_id
-        == str(uuid.uuid5(uuid.UUID("6f1c2a9e-0c4b-5d7e-9a31-2b8f4e6d0a17"), "request-42"))
+        == str(uuid.uuid5(uuid.UUID("6f1c2a9e-0c4b-5d7e-9a31-2b8f4e6d0a17"), "products/request-42"))
     )
     assert (body["request_id"], body["collection_id"]) == ("request-42", "products")
     assert (body["format"], body["compression"], body["dimension"]) == ("parquet", "zstd", 8)

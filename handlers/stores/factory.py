@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from handlers.errors import StoreConfigError
+from handlers.errors import SourceError, StoreConfigError
 from handlers.stores.base import ObjectStore
-from handlers.stores.local import local_store_from_uri
+from handlers.stores.local import local_store_at
+from handlers.uris import parse_location
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,18 @@ class S3Options:
     "off": never (HEAD, then PUT), for servers known to lack it."""
 
 
-def open_store(uri: str, s3: S3Options | None = None) -> ObjectStore:
-    """The store behind a root URI; the caller closes it."""
-    if uri.startswith("s3://"):
+def open_store(uri: str, s3: S3Options | None = None, *, create: bool = True) -> ObjectStore:
+    """The store behind a root URI or plain path; the caller closes it. With ``create``
+    false (read-only verbs) a local store that does not exist is refused, not made."""
+    try:
+        location = parse_location(uri)
+    except SourceError as exc:
+        raise StoreConfigError(
+            f"unusable store {exc.message}: use a path, file:///dir or s3://bucket/prefix"
+        ) from None
+    if location.scheme == "s3":
         # Imported on demand: aiobotocore is slow to import and local-only use never needs it.
         from handlers.stores.s3 import S3Store  # noqa: PLC0415
 
-        return S3Store.from_uri(uri, s3 or S3Options())
-    if uri.startswith("file://") or "://" not in uri:
-        return local_store_from_uri(uri)
-    raise StoreConfigError(f"unsupported store URI {uri!r}: use file:///dir or s3://bucket/prefix")
+        return S3Store.from_uri(f"s3://{location.bucket}/{location.key}", s3 or S3Options())
+    return local_store_at(location.local_path, create=create)

@@ -16,10 +16,11 @@ from typing import BinaryIO
 from handlers.errors import (
     ObjectMissingError,
     StoreAccessDeniedError,
-    StoreConfigError,
+    StoreNotFoundError,
     StoreUnavailableError,
     WriteNotVerifiedError,
 )
+from handlers.filemode import new_file_mode
 from handlers.stores.base import CHUNK_BYTES, FeatureReport, ObjectInfo, check_key
 
 SPOOL_DIR_NAME = ".akisnap-tmp"
@@ -131,6 +132,7 @@ class LocalStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, temp_name = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
         try:
+            os.fchmod(fd, new_file_mode())
             with os.fdopen(fd, "wb") as handle:
                 for chunk in chunks:
                     handle.write(chunk)
@@ -191,15 +193,12 @@ class LocalStore:
                         )
 
 
-def local_store_from_uri(uri: str) -> LocalStore:
-    """``file:///abs/dir``, ``file://./rel/dir`` or a plain path."""
-    if uri.startswith("file://"):
-        rest = uri[len("file://") :]
-        path = Path(rest) if rest.startswith("/") else Path.cwd() / rest
-    elif "://" in uri:
-        raise StoreConfigError(f"not a local store URI: {uri!r}")
-    else:
-        path = Path(uri)
+def local_store_at(path: Path, *, create: bool = True) -> LocalStore:
+    """The store in directory ``path`` (made when ``create``, else it must exist)."""
+    if not create and not path.is_dir():
+        raise StoreNotFoundError(
+            f"no store at {path} (check --store or AKISNAP_STORE; nothing was created)"
+        )
     path.mkdir(parents=True, exist_ok=True)
     return LocalStore(path)
 
