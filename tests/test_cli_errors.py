@@ -130,8 +130,10 @@ def test_read_only_store_is_one_line(tmp_path: Path) -> None:
     tmp_path.chmod(0o755)
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
-    # root ignores mode bits: run as nobody then (setpriv is in util-linux).
-    prefix = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+    # root ignores mode bits: run it as root without the capabilities that override them
+    # (setpriv is in util-linux). Another user might not reach the checkout or its venv.
+    no_override = "-dac_override,-dac_read_search"
+    prefix = ("setpriv", f"--inh-caps={no_override}", f"--bounding-set={no_override}")
     result = akisnap_process(
         "snapshots", "create", "--collection", "c", "--from", (tmp_path / "v.npy").as_uri(),
         "--store", str(locked / "store"),
