@@ -61,3 +61,18 @@ class HashingFile(io.RawIOBase):
     @property
     def sha256(self) -> str:
         return self._digest.hexdigest()
+
+
+class HashedOutput:
+    """A part writer whose output goes through a :class:`HashingFile`: its SHA-256 and size
+    are known the moment it closes."""
+
+    _sink: HashingFile
+
+    @property
+    def sha256(self) -> str:
+        return self._sink.sha256
+
+    @property
+    def size(self) -> int:
+        return self._sink.size

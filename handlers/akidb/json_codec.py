@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from handlers.akidb.sidecar import format_rfc3339_nanos, parse_rfc3339_nanos
 from handlers.errors import CorruptSnapshotError, InvalidDocumentsError
-from handlers.hashing import HashingFile
+from handlers.hashing import HashedOutput, HashingFile
 from handlers.model import (
     ID_TYPE,
     TIMESTAMP_TYPE,
@@ -87,7 +87,7 @@ def read_akidb_json(path: Path, dimension: int) -> Iterator[pa.RecordBatch]:
     yield batch.record_batch
 
 
-class AkidbJsonWriter:
+class AkidbJsonWriter(HashedOutput):
     """Streams documents into one AkiDB JSON array, hashed as it is written."""
 
     extension = "json"
@@ -109,14 +109,6 @@ class AkidbJsonWriter:
             self._sink.write(b"]")
         finally:
             self._sink.close()
-
-    @property
-    def sha256(self) -> str:
-        return self._sink.sha256
-
-    @property
-    def size(self) -> int:
-        return self._sink.size
 
 
 def document_texts(batch: DocumentBatch) -> Iterator[str]:

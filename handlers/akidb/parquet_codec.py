@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from handlers.errors import CorruptSnapshotError, InvalidDocumentsError
-from handlers.hashing import HashingFile
+from handlers.hashing import HashedOutput, HashingFile
 from handlers.model import DocumentBatch
 
 ROWS_PER_ROW_GROUP = 10_000
@@ -59,7 +59,7 @@ def to_akidb_batch(batch: DocumentBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=akidb_schema(batch.dimension))
 
 
-class AkidbParquetWriter:
+class AkidbParquetWriter(HashedOutput):
     """One AkiDB Parquet file, whole row groups of exactly 10,000 rows, hashed as written."""
 
     extension = "parquet"
@@ -93,14 +93,6 @@ class AkidbParquetWriter:
             self._writer.close()
         finally:
             self._sink.close()
-
-    @property
-    def sha256(self) -> str:
-        return self._sink.sha256
-
-    @property
-    def size(self) -> int:
-        return self._sink.size
 
     def _flush(self, *, whole_groups_only: bool) -> None:
         if not self._pending:

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from handlers.errors import CorruptSnapshotError
-from handlers.hashing import HashingFile
+from handlers.hashing import HashedOutput, HashingFile
 from handlers.model import DocumentBatch, bytes_per_row_estimate, snapshot_schema
 
 FORMAT_VERSION = "1"
@@ -40,7 +40,7 @@ def file_schema(dimension: int) -> pa.Schema:
     )
 
 
-class ParquetPartWriter:
+class ParquetPartWriter(HashedOutput):
     """Writes batches into one part file, buffering to whole row groups of a set byte size."""
 
     extension = "parquet"
@@ -73,14 +73,6 @@ class ParquetPartWriter:
             self._writer.close()
         finally:
             self._sink.close()
-
-    @property
-    def sha256(self) -> str:
-        return self._sink.sha256
-
-    @property
-    def size(self) -> int:
-        return self._sink.size
 
     def _flush(self) -> None:
         if not self._pending:
