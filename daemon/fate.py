@@ -202,8 +202,9 @@ class Fate:
 
     async def _parse(self, value: bytes | None) -> SnapshotJob:
         """Small messages on the loop; big ones (parsed and their inline documents built into
-        a batch) in the worker process: a thread would hold the GIL, and so the loop."""
-        if value is not None and len(value) > PARSE_OFF_LOOP_BYTES:
+        a batch) in the worker process: a thread would hold the GIL, and so the loop. An
+        oversized one is refused on the loop at once: sending it to the worker would copy it."""
+        if value is not None and PARSE_OFF_LOOP_BYTES < len(value) <= self._max_message_bytes:
             return await run_in_process(prepare_request, value, max_bytes=self._max_message_bytes)
         return parse_request(value, max_bytes=self._max_message_bytes)
 
