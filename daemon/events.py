@@ -17,7 +17,7 @@ import dataclasses
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -36,6 +36,7 @@ from handlers.job import (
     UriSource,
     new_request_id,
 )
+from handlers.metadata import SnapshotMetadata
 from handlers.model import DocumentBatch
 
 REQUEST_SCHEMA: Final = "akisnap.snapshot-request/v1"
@@ -114,6 +115,15 @@ class SnapshotRequestV1(_Strict):
     format: Literal["parquet", "akidb-parquet", "akidb-json"] = "parquet"
     options: OptionsV1 = Field(default_factory=OptionsV1)
     labels: dict[str, str] = Field(default_factory=dict)
+    base: str | None = Field(
+        default=None,
+        min_length=1,
+        description="make a delta against this snapshot id, or 'latest' (the newest)",
+    )
+    deletes: list[str] | None = Field(
+        default=None,
+        description="with base: the source is a change set (upserts) and these ids are deleted",
+    )
 
     def to_job(self) -> SnapshotJob:
         source: SourceSpec
@@ -128,6 +138,8 @@ class SnapshotRequestV1(_Strict):
             format=self.format,
             compression=self.options.compression,
             labels=self.labels,
+            base=self.base,
+            deletes=None if self.deletes is None else tuple(self.deletes),
         )
 
 
@@ -167,6 +179,12 @@ class SnapshotResultV1(_Strict):
         description="seconds per pipeline stage: decode, validate, source, encode, upload, verify"
     )
     finished_at: str = Field(description="when this result was made (ISO 8601, UTC)")
+    kind: Literal["full", "delta"] = "full"
+    base: str | None = Field(default=None, description="a delta's base snapshot id")
+    rows_added: int = Field(default=0, ge=0, description="a delta's new documents")
+    rows_changed: int = Field(default=0, ge=0, description="a delta's rewritten documents")
+    rows_deleted: int = Field(default=0, ge=0, description="a delta's deleted documents")
+    bytes_written: int = Field(default=0, ge=0, description="parts and side objects written")
 
 
 # -- requests in ------------------------------------------------------------------------------
@@ -339,6 +357,8 @@ def build_request(
     format: str = "parquet",
     compression: str = "zstd",
     labels: Mapping[str, str] | None = None,
+    base: str | None = None,
+    deletes: Sequence[str] | None = None,
 ) -> tuple[bytes, bytes]:
     """(key, value) of a v1 request, checked by the same parser the daemon uses."""
     source_body: dict[str, Any]
@@ -355,6 +375,10 @@ def build_request(
         "options": {"compression": compression},
         "labels": dict(labels or {}),
     }
+    if base is not None:
+        body["base"] = base
+    if deletes is not None:
+        body["deletes"] = list(deletes)
     try:
         value = json.dumps(body, separators=(",", ":"), allow_nan=False, default=_json_default)
     except ValueError as exc:
@@ -419,8 +443,23 @@ def build_result(
             for stage, seconds in {**outcome.stage_seconds, **durations}.items()
         },
         finished_at=utc_now_iso(),
+        **_delta_fields(meta),
     )
     return result.model_dump_json(by_alias=True).encode("utf-8")
+
+
+def _delta_fields(meta: SnapshotMetadata) -> dict[str, Any]:
+    written = meta.total_bytes + sum(side.size for side in meta.side_objects)
+    if meta.delta is None:
+        return {"kind": "full", "bytes_written": written}
+    return {
+        "kind": "delta",
+        "base": meta.delta.base_snapshot_id,
+        "rows_added": meta.delta.rows_added,
+        "rows_changed": meta.delta.rows_changed,
+        "rows_deleted": meta.delta.rows_deleted,
+        "bytes_written": written,
+    }
 
 
 def parse_result(value: bytes) -> SnapshotResultV1:

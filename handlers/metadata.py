@@ -21,6 +21,19 @@ class PartInfo:
 
 
 @dataclass(frozen=True)
+class DeltaInfo:
+    """What a delta snapshot holds besides its parts: the snapshot it applies to, the ids it
+    deletes (a small object of its own) and the counts of the whole collection it gives."""
+
+    base_snapshot_id: str
+    deletes: PartInfo | None
+    rows_added: int
+    rows_changed: int
+    rows_deleted: int
+    collection_rows: int
+
+
+@dataclass(frozen=True)
 class SnapshotMetadata:
     snapshot_id: str
     collection_id: str
@@ -35,10 +48,29 @@ class SnapshotMetadata:
     json_equivalent_bytes: int = 0
     # Set only when the export's vectors were not float32 and were converted to it.
     source_dtype: str | None = None
+    delta: DeltaInfo | None = None
+    row_index: PartInfo | None = None
 
     @property
     def total_bytes(self) -> int:
         return sum(part.size for part in self.parts)
+
+    @property
+    def kind(self) -> str:
+        return "full" if self.delta is None else "delta"
+
+    @property
+    def collection_rows(self) -> int:
+        """Rows of the collection as of this snapshot (a delta's parts hold only changes)."""
+        return self.vector_count if self.delta is None else self.delta.collection_rows
+
+    @property
+    def side_objects(self) -> tuple[PartInfo, ...]:
+        """Checked objects beside the parts: the row index and a delta's deleted ids."""
+        found = [self.row_index] if self.row_index else []
+        if self.delta is not None and self.delta.deletes is not None:
+            found.append(self.delta.deletes)
+        return tuple(found)
 
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)
@@ -47,6 +79,10 @@ class SnapshotMetadata:
         body["total_bytes"] = self.total_bytes
         if self.source_dtype is None:
             del body["source_dtype"]
+        # Snapshots from before deltas keep their exact metadata: the new keys only when set.
+        for optional in ("delta", "row_index"):
+            if body[optional] is None:
+                del body[optional]
         return {"schema": METADATA_SCHEMA, **body}
 
     def to_json(self) -> bytes:
@@ -72,6 +108,8 @@ class SnapshotMetadata:
                 labels=dict(body.get("labels") or {}),
                 json_equivalent_bytes=int(body.get("json_equivalent_bytes", 0)),
                 source_dtype=_optional_str(body.get("source_dtype")),
+                delta=_delta(body.get("delta")),
+                row_index=PartInfo(**body["row_index"]) if body.get("row_index") else None,
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CorruptSnapshotError(f"metadata file {key or '?'} is unreadable: {exc}") from None
@@ -79,3 +117,17 @@ class SnapshotMetadata:
 
 def _optional_str(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def _delta(body: Mapping[str, Any] | None) -> DeltaInfo | None:
+    if body is None:
+        return None
+    deletes = body.get("deletes")
+    return DeltaInfo(
+        base_snapshot_id=str(body["base_snapshot_id"]),
+        deletes=PartInfo(**deletes) if deletes else None,
+        rows_added=int(body["rows_added"]),
+        rows_changed=int(body["rows_changed"]),
+        rows_deleted=int(body["rows_deleted"]),
+        collection_rows=int(body["collection_rows"]),
+    )

@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from handlers.chain import materialize
 from handlers.codecs import read_part
 from handlers.codecs.documents_json import batch_to_documents
 from handlers.codecs.parquet import file_schema, parquet_part_rows, writer_options
@@ -72,13 +73,15 @@ async def restore_snapshot(
     temp = Path(handle.name)
     handle.close()
     try:
-        if kind == "parquet" and metadata.format == "parquet" and len(metadata.parts) == 1:
+        if metadata.delta is not None:
+            rows = await _restore_chain(store, metadata, temp, kind, progress)
+        elif kind == "parquet" and metadata.format == "parquet" and len(metadata.parts) == 1:
             rows = await _copy_single_part(store, metadata, temp, out.parent, progress)
         else:
             rows = await _decode_parts_into(
                 store, metadata, temp, kind, out.parent, progress=progress
             )
-        if rows != metadata.vector_count:
+        if rows != metadata.collection_rows:
             raise CorruptSnapshotError(
                 f"snapshot decodes to {rows} rows, metadata says {metadata.vector_count}"
             )
@@ -88,6 +91,26 @@ async def restore_snapshot(
         temp.unlink(missing_ok=True)
         raise
     return RestoreResult(out, rows, out.stat().st_size)
+
+
+async def _restore_chain(
+    store: ObjectStore,
+    metadata: SnapshotMetadata,
+    target: Path,
+    kind: str,
+    progress: Callable[[int], None] | None,
+) -> int:
+    """A delta: its chain applied in memory (handlers.chain), then written as one."""
+    whole = await materialize(store, metadata, target.parent)
+    writer = _open_writer(kind, target, replace(metadata, vector_count=whole.num_rows))
+    try:
+        for batch in whole.to_batches():
+            await asyncio.to_thread(writer.write, DocumentBatch(batch))
+    finally:
+        await asyncio.to_thread(writer.close)
+    if progress is not None:
+        progress(whole.num_rows)
+    return int(whole.num_rows)
 
 
 async def _copy_single_part(

@@ -1,0 +1,122 @@
+"""The row index: a small side object of every native snapshot, document id → content hash.
+
+A delta from a full export compares the export's rows against its base's index, so the base's
+data is never read again. The hash covers every column (vector bytes, external id, metadata,
+inserted_at): two rows with the same hash are the same row, bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from handlers.errors import CorruptSnapshotError
+from handlers.layout import snapshot_prefix
+from handlers.metadata import PartInfo
+from handlers.model import ID_TYPE, DocumentBatch, fixed_size_list_to_matrix
+from handlers.stores import ObjectStore
+from handlers.verify import checked_part_file
+
+INDEX_NAME = "row-index.parquet"
+DELETES_NAME = "deletes.parquet"
+HASH_BYTES = 16
+INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("document_id", ID_TYPE, nullable=False),
+        pa.field("row_hash", pa.binary(HASH_BYTES), nullable=False),
+    ]
+)
+DELETES_SCHEMA = pa.schema([pa.field("document_id", ID_TYPE, nullable=False)])
+
+RowIndex = dict[bytes, bytes]
+"""document id (16 bytes) → row hash, in the collection's row order."""
+
+
+def row_hashes(rows: pa.RecordBatch | pa.Table) -> list[bytes]:
+    """One hash per row; text is length-prefixed so no two different rows share an input."""
+    if isinstance(rows, pa.Table):
+        rows = rows.combine_chunks().to_batches()[0] if rows.num_rows else rows.to_batches()[0]
+    vectors = fixed_size_list_to_matrix(rows.column("vector"))
+    external = rows.column("external_id").to_pylist()
+    metadata = rows.column("metadata").to_pylist()
+    stamps = rows.column("inserted_at").cast(pa.int64()).to_numpy(zero_copy_only=False)
+    found = []
+    for row in range(rows.num_rows):
+        digest = hashlib.blake2b(vectors[row].tobytes(), digest_size=HASH_BYTES)
+        digest.update(_text(external[row]))
+        digest.update(_text(metadata[row]))
+        digest.update(struct.pack("<q", int(stamps[row])))
+        found.append(digest.digest())
+    return found
+
+
+def _text(value: str | None) -> bytes:
+    if value is None:
+        return b"\xff"
+    raw = value.encode("utf-8")
+    return struct.pack("<I", len(raw)) + raw
+
+
+def add_rows(index: RowIndex, rows: pa.RecordBatch | pa.Table) -> None:
+    ids = rows.column("document_id").to_pylist()
+    index.update(zip(ids, row_hashes(rows), strict=True))
+
+
+class RowIndexer:
+    """Builds a full snapshot's index from its batches as the encoder reads them (the parts
+    themselves may be uploaded and gone before the encoding ends)."""
+
+    def __init__(self) -> None:
+        self.index: RowIndex = {}
+
+    def wrap(self, batches: Iterator[DocumentBatch]) -> Iterator[DocumentBatch]:
+        for batch in batches:
+            add_rows(self.index, batch.record_batch)
+            yield batch
+
+
+def index_bytes(index: RowIndex) -> bytes:
+    table = pa.table(
+        [pa.array(list(index), ID_TYPE), pa.array(list(index.values()), pa.binary(HASH_BYTES))],
+        schema=INDEX_SCHEMA,
+    )
+    return _parquet_bytes(table)
+
+
+def deletes_bytes(ids: Iterable[bytes]) -> bytes:
+    return _parquet_bytes(pa.table([pa.array(list(ids), ID_TYPE)], schema=DELETES_SCHEMA))
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+async def put_side_object(
+    store: ObjectStore, collection_id: str, snapshot_id: str, name: str, data: bytes
+) -> PartInfo:
+    key = f"{snapshot_prefix(collection_id, snapshot_id)}{name}"
+    await store.put_bytes(key, data)
+    return PartInfo(key=key, size=len(data), rows=0, sha256=hashlib.sha256(data).hexdigest())
+
+
+async def read_side_table(store: ObjectStore, part: PartInfo, scratch: Path) -> pa.Table:
+    """A side object's table, once its size and SHA-256 match the metadata."""
+    async with checked_part_file(store, part, scratch) as path:
+        try:
+            return pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise CorruptSnapshotError(f"{part.key} is unreadable: {exc}") from None
+
+
+async def load_index(store: ObjectStore, part: PartInfo, scratch: Path) -> RowIndex:
+    table = await read_side_table(store, part, scratch)
+    ids = table.column("document_id").to_pylist()
+    return dict(zip(ids, table.column("row_hash").to_pylist(), strict=True))
