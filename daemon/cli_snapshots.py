@@ -28,6 +28,7 @@ from handlers.errors import InvalidRequestError
 from handlers.job import (
     SnapshotJob,
     UriSource,
+    check_job,
     new_request_id,
     source_format_from_uri,
 )
@@ -74,16 +75,18 @@ async def _create(args: argparse.Namespace, settings: Settings, store: ObjectSto
     started = time.perf_counter()
     uri = to_uri(args.source)
     source = UriSource(uri, source_format_from_uri(uri))
-    job = SnapshotJob(
-        collection_id=args.collection,
-        request_id=args.request_id or new_request_id(),
-        source=source,
-        format=args.format,
-        compression=args.compression,
-        labels=labels_from(args.label),
-        exact=args.exact,
-        base=args.base,
-        deletes=_deleted_ids(args.deletes),
+    job = check_job(
+        SnapshotJob(
+            collection_id=args.collection,
+            request_id=args.request_id or new_request_id(),
+            source=source,
+            format=args.format,
+            compression=args.compression,
+            labels=labels_from(args.label),
+            exact=args.exact,
+            base=args.base,
+            deletes=_deleted_ids(args.deletes),
+        )
     )
     # The operator named this file on the command line: allow it, unlike requests from Kafka.
     roots = [*settings.source_roots(), uri]

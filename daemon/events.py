@@ -30,10 +30,15 @@ from handlers.create import CreateOutcome
 from handlers.errors import DecodeError, InvalidRequestError
 from handlers.job import (
     COLLECTION_ID,
+    MAX_REQUEST_ID_CHARS,
+    Compression,
     InlineSource,
+    SnapshotFormat,
     SnapshotJob,
+    SourceFormat,
     SourceSpec,
     UriSource,
+    check_rules,
     new_request_id,
 )
 from handlers.metadata import SnapshotMetadata
@@ -46,7 +51,6 @@ REQUEST_SCHEMA_FILE = SCHEMAS_DIR / "snapshot-request.v1.json"
 RESULT_SCHEMA_FILE = SCHEMAS_DIR / "snapshot-result.v1.json"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
-MAX_REQUEST_ID_CHARS = 200
 MAX_PEEK_CHARS = 200
 # Bigger messages are not parsed to peek at their ids (a log nicety must not cost memory).
 MAX_PEEK_PARSE_BYTES = 1024 * 1024
@@ -77,7 +81,7 @@ class UriSourceV1(_Strict):
     """A reference to an export (``file://`` or ``s3://``)."""
 
     uri: str = Field(min_length=1, max_length=4096)
-    format: Literal["parquet", "arrow", "npy", "akidb-json", "json"]
+    format: SourceFormat
 
 
 def _source_kind(value: Any) -> str | None:
@@ -100,7 +104,7 @@ SourceV1 = Annotated[
 
 
 class OptionsV1(_Strict):
-    compression: Literal["zstd", "snappy", "lz4", "none"] = "zstd"
+    compression: Compression = "zstd"
 
 
 class SnapshotRequestV1(_Strict):
@@ -112,7 +116,7 @@ class SnapshotRequestV1(_Strict):
     request_id: str = Field(min_length=1, max_length=MAX_REQUEST_ID_CHARS)
     collection_id: str = Field(pattern=COLLECTION_ID.pattern)
     source: SourceV1
-    format: Literal["parquet", "akidb-parquet", "akidb-json"] = "parquet"
+    format: SnapshotFormat = "parquet"
     options: OptionsV1 = Field(default_factory=OptionsV1)
     labels: dict[str, str] = Field(default_factory=dict)
     base: str | None = Field(
@@ -126,12 +130,13 @@ class SnapshotRequestV1(_Strict):
     )
 
     def to_job(self) -> SnapshotJob:
+        """The job asked for: the fields are valid by now, the rules across them are not."""
         source: SourceSpec
         if isinstance(self.source, InlineSourceV1):
             source = InlineSource(documents=self.source.documents)
         else:
             source = UriSource(uri=self.source.uri, format=self.source.format)
-        return SnapshotJob(
+        job = SnapshotJob(
             collection_id=self.collection_id,
             request_id=self.request_id,
             source=source,
@@ -141,6 +146,8 @@ class SnapshotRequestV1(_Strict):
             base=self.base,
             deletes=None if self.deletes is None else tuple(self.deletes),
         )
+        check_rules(job)
+        return job
 
 
 # -- the result -------------------------------------------------------------------------------
@@ -221,15 +228,17 @@ def prepare_request(value: bytes | None, *, max_bytes: int) -> SnapshotJob:
     return job
 
 
-def peek_ids(value: bytes | None) -> dict[str, str]:
+def peek_ids(value: bytes | None, *, parse: bool = True) -> dict[str, str]:
     """Best effort ``request_id`` / ``collection_id`` of any message, even an invalid one
-    (for logs and dead letters). Never raises; missing ids are left out."""
+    (for logs and dead letters). Never raises; missing ids are left out. ``parse=False``
+    only scans the bytes (a nested id may be taken for the request's): the daemon's log
+    context before :func:`parse_request`, which then parses the message, once."""
     found: dict[str, str] = {}
     try:
         if not value:
             return found
         body: Any = None
-        if len(value) <= MAX_PEEK_PARSE_BYTES:
+        if parse and len(value) <= MAX_PEEK_PARSE_BYTES:
             try:
                 body = json.loads(value)
             except (ValueError, RecursionError):

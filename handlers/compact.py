@@ -5,7 +5,7 @@ from __future__ import annotations
 from handlers.chain import materialize
 from handlers.create import SnapshotCreator
 from handlers.errors import CorruptSnapshotError
-from handlers.job import InlineSource, SnapshotJob
+from handlers.job import InlineSource, SnapshotJob, check_job
 from handlers.metadata import SnapshotMetadata
 from handlers.model import DocumentBatch
 from handlers.sources import OpenedSource
@@ -14,13 +14,14 @@ from handlers.verify import verify_snapshot
 
 def compaction_job(metadata: SnapshotMetadata) -> SnapshotJob:
     """Request id derived from the snapshot: compacting it twice finds the first result."""
-    return SnapshotJob(
+    job = SnapshotJob(
         collection_id=metadata.collection_id,
         request_id=f"compact-{metadata.snapshot_id}",
         source=InlineSource(()),  # the rows come from the chain, not from the request
         compression=metadata.compression,
         labels={**metadata.labels, "compacted_from": metadata.snapshot_id},
     )
+    return check_job(job)  # built from a file in the store
 
 
 async def compact(creator: SnapshotCreator, metadata: SnapshotMetadata) -> SnapshotMetadata:

@@ -32,7 +32,7 @@ from handlers.catalog import Catalog, UnreadableEntry
 from handlers.codecs import read_part
 from handlers.create import DEFAULT_PART_SIZE_BYTES, SnapshotCreator
 from handlers.errors import CorruptSnapshotError, PermanentError, SourceError
-from handlers.job import SnapshotJob, SourceFormat, UriSource, snapshot_id_for
+from handlers.job import SnapshotJob, SourceFormat, UriSource, check_job, snapshot_id_for
 from handlers.layout import SNAPSHOTS_PREFIX
 from handlers.metadata import SnapshotMetadata
 from handlers.stores import ObjectStore, S3Options, open_store
@@ -224,6 +224,7 @@ class Migrator:
                 "akidb_format": meta.format,
             },
         )
+        check_job(job)  # the collection id comes from a file
         return (await creator(job)).metadata
 
     async def _check_round_trip(
