@@ -70,7 +70,7 @@ async def _with_store(args: argparse.Namespace, run: Verb, writes: bool, spools:
 async def _create(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
     # create, verify and restore import pyarrow; list, show and delete do not need it.
     from handlers.akidb.notes import precision_notes  # noqa: PLC0415
-    from handlers.create import SnapshotCreator  # noqa: PLC0415
+    from handlers.create import SnapshotCreator, existing_or_create  # noqa: PLC0415
 
     started = time.perf_counter()
     uri = to_uri(args.source)
@@ -98,11 +98,10 @@ async def _create(args: argparse.Namespace, settings: Settings, store: ObjectSto
     )
     progress = Progress(args, unit="rows", desc="create")
     try:
-        existing = await creator.existing(job)
-        outcome = "duplicate" if existing else "created"
-        metadata = existing or (await creator(job, progress=progress)).metadata
+        made = await existing_or_create(creator, job, lambda: creator(job, progress=progress))
     finally:
         progress.close()
+    metadata, outcome = made.metadata, "duplicate" if made.duplicate else "created"
     seconds = time.perf_counter() - started
     notes = precision_notes(source.format, job.format)
     payload = {

@@ -58,7 +58,7 @@ from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.results import Publisher, TooLargeError, broker_fault
 from daemon.retry import Backoff, sleep_unless
-from handlers.create import CreateOutcome, StageTimer
+from handlers.create import CreateOutcome, StageTimer, existing_or_create
 from handlers.errors import AkisnapError, EnvironmentFaultError, PermanentError
 from handlers.executor import run_in_process
 from handlers.job import SnapshotJob
@@ -295,11 +295,8 @@ class Fate:
             ) from fault
 
     async def _attempt(self, job: SnapshotJob, clock: StageClock) -> CreateOutcome:
-        with clock.attribute(LOOKUP_STAGE):
-            found = await self._creator.existing(job)
-        if found is not None:
-            return CreateOutcome(found, duplicate=True, stage_seconds={})
-        return await self._creator(job, clock)
+        with clock.attribute(LOOKUP_STAGE):  # the creator's stages blame themselves
+            return await existing_or_create(self._creator, job, lambda: self._creator(job, clock))
 
     async def _publish_result(
         self,

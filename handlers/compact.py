@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from handlers.chain import materialize
-from handlers.create import SnapshotCreator
+from handlers.create import CreateOutcome, SnapshotCreator, existing_or_create
 from handlers.errors import CorruptSnapshotError
 from handlers.job import InlineSource, SnapshotJob, check_job
 from handlers.metadata import SnapshotMetadata
@@ -27,15 +27,22 @@ def compaction_job(metadata: SnapshotMetadata) -> SnapshotJob:
 async def compact(creator: SnapshotCreator, metadata: SnapshotMetadata) -> SnapshotMetadata:
     """A new full snapshot (new id, verified with --full) holding the chain's collection."""
     job = compaction_job(metadata)
-    existing = await creator.existing(job)
-    if existing is not None:
-        return existing
+    return (
+        await existing_or_create(creator, job, lambda: _compact(creator, job, metadata))
+    ).metadata
+
+
+async def _compact(
+    creator: SnapshotCreator, job: SnapshotJob, metadata: SnapshotMetadata
+) -> CreateOutcome:
     store = creator.catalog.store
     whole = await materialize(store, metadata, store.spool_dir())
     batches = (DocumentBatch(batch) for batch in whole.to_batches())
     source = OpenedSource(batches, f"chain of {metadata.snapshot_id}", expected_rows=whole.num_rows)
-    made = (await creator.create_from(job, source)).metadata
-    report = await verify_snapshot(store, made, full=True)
+    made = await creator.create_from(job, source)
+    report = await verify_snapshot(store, made.metadata, full=True)
     if not report.ok:
-        raise CorruptSnapshotError(f"compacted snapshot {made.snapshot_id}: {report.problems[0]}")
+        raise CorruptSnapshotError(
+            f"compacted snapshot {made.metadata.snapshot_id}: {report.problems[0]}"
+        )
     return made

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -61,6 +61,22 @@ class CreateOutcome:
     metadata: SnapshotMetadata
     duplicate: bool
     stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Finder(Protocol):
+    async def existing(self, job: SnapshotJob) -> SnapshotMetadata | None: ...
+
+
+async def existing_or_create(
+    finder: Finder, job: SnapshotJob, create: Callable[[], Awaitable[CreateOutcome]]
+) -> CreateOutcome:
+    """The snapshot already committed for ``job``'s request id, as a duplicate (nothing is
+    read or written again), else ``create()``'s. The daemon, ``snapshots create``, compact
+    and migrate all decide "redo or not" here."""
+    found = await finder.existing(job)
+    if found is not None:
+        return CreateOutcome(found, duplicate=True)
+    return await create()
 
 
 class SnapshotCreator:
