@@ -17,6 +17,7 @@ from daemon.cli_common import (
     fail,
     human_bytes,
     load_settings,
+    table,
 )
 from daemon.dlq import (
     DeadLetterRecord,
@@ -84,7 +85,7 @@ def _letters_table(letters: list[DeadLetterRecord]) -> str:
         }
         for letter in letters
     ]
-    return _table(rows)
+    return table(rows)
 
 
 class _ReplayLines(ReplayObserver):
@@ -217,12 +218,3 @@ def _ratio(before: int, after: int) -> str:
 
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _table(rows: list[dict[str, str]]) -> str:
-    widths = {key: max(len(key), *(len(row[key]) for row in rows)) for key in rows[0]}
-    lines = ["  ".join(key.ljust(width) for key, width in widths.items()).rstrip()]
-    lines += [
-        "  ".join(row[key].ljust(width) for key, width in widths.items()).rstrip() for row in rows
-    ]
-    return "\n".join(lines)

@@ -16,6 +16,7 @@ from daemon.cli_common import (
     human_bytes,
     labels_from,
     load_settings,
+    table,
 )
 from daemon.exit_codes import CORRUPT, UsageError
 from daemon.progress import Progress
@@ -137,7 +138,7 @@ async def _list(args: argparse.Namespace, settings: Settings, store: ObjectStore
     if wanted:
         where += ", labels " + ", ".join(f"{k}={v}" for k, v in sorted(wanted.items()))
     human = (
-        f"{_table(rows)}\n{plural(len(rows), 'snapshot')} {where}"
+        f"{table(rows)}\n{plural(len(rows), 'snapshot')} {where}"
         if rows
         else f"no snapshots {where}"
     )
@@ -344,12 +345,3 @@ def _row(meta: SnapshotMetadata) -> dict[str, Any]:
         "CREATED": meta.created_at[:19],
         "LABELS": ",".join(f"{k}={v}" for k, v in sorted(meta.labels.items())),
     }
-
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    widths = {key: max(len(key), *(len(row[key]) for row in rows)) for key in rows[0]}
-    lines = ["  ".join(key.ljust(width) for key, width in widths.items()).rstrip()]
-    lines += [
-        "  ".join(row[key].ljust(width) for key, width in widths.items()).rstrip() for row in rows
-    ]
-    return "\n".join(lines)

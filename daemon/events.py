@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
-from pydantic_core import ErrorDetails
 
+from daemon.field_errors import json_type, reason
 from handlers.catalog import commit_marker_key
 from handlers.create import CreateOutcome
 from handlers.errors import DecodeError, InvalidRequestError
@@ -202,12 +202,12 @@ def parse_request(value: bytes | None, *, max_bytes: int) -> SnapshotJob:
     empty, oversized) or InvalidRequestError (breaks the v1 contract), naming the field."""
     body = _decode(value, max_bytes=max_bytes)
     if not isinstance(body, dict):
-        raise InvalidRequestError(f"request must be a JSON object, got {_json_type(body)}")
+        raise InvalidRequestError(f"request must be a JSON object, got {json_type(body)}")
     if "schema" not in body:
         raise InvalidRequestError(f"schema: field required (expected {REQUEST_SCHEMA!r})")
     seen = body["schema"]
     if seen != REQUEST_SCHEMA:
-        shown = repr(seen)[:80] if isinstance(seen, str) else _json_type(seen)
+        shown = repr(seen)[:80] if isinstance(seen, str) else json_type(seen)
         raise InvalidRequestError(
             f"schema: unsupported version {shown} (this daemon reads {REQUEST_SCHEMA!r})"
         )
@@ -291,7 +291,7 @@ def describe_validation_error(exc: ValidationError, *, limit: int = 3) -> str:
     """pydantic's errors as one line: ``source.uri: field required; labels.x: must be a
     string (got number)``. Input values are never quoted (they may be large or secret)."""
     errors = exc.errors(include_url=False)
-    lines = [f"{_path(error['loc'])}: {_reason(error)}" for error in errors[:limit]]
+    lines = [f"{_path(error['loc'])}: {reason(error)}" for error in errors[:limit]]
     if len(errors) > limit:
         lines.append(f"and {len(errors) - limit} more")
     return "; ".join(lines)
@@ -305,54 +305,6 @@ def _path(loc: tuple[int | str, ...]) -> str:
         elif part not in (_INLINE_TAG, _URI_TAG):
             out += f".{part}" if out else str(part)
     return out or "request"
-
-
-def _reason(error: ErrorDetails) -> str:
-    kind, ctx = error["type"], error.get("ctx") or {}
-    got = _json_type(error.get("input"))
-    if kind == "missing":
-        return "field required"
-    if kind == "extra_forbidden":
-        return "unknown field"
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected')}"
-    if kind == "string_pattern_mismatch":
-        return f"must match {ctx.get('pattern')}"
-    if kind in ("too_short", "string_too_short"):
-        return "must not be empty"
-    if kind in ("too_long", "string_too_long"):
-        return f"is too long (at most {ctx.get('max_length')})"
-    if kind == "source_kind":
-        return f"{error['msg']} (got {got})"
-    type_names = {
-        "string_type": "a string",
-        "dict_type": "an object",
-        "model_type": "an object",
-        "model_attributes_type": "an object",
-        "list_type": "an array",
-        "int_type": "an integer",
-        "float_type": "a number",
-        "bool_type": "a boolean",
-    }
-    if kind in type_names:
-        return f"must be {type_names[kind]} (got {got})"
-    return error["msg"][:1].lower() + error["msg"][1:]
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
 
 
 # -- requests out (akisnap request) -----------------------------------------------------------
