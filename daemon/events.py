@@ -106,7 +106,22 @@ class OptionsV1(_Strict):
 class SnapshotRequestV1(_Strict):
     """``akisnap.snapshot-request/v1``: topic ``akidb.snapshot.requests``, key = collection."""
 
-    model_config = ConfigDict(title="akisnap snapshot request v1")
+    model_config = ConfigDict(
+        title="akisnap snapshot request v1",
+        # Empty inline documents only in a change set that just deletes (to_job checks it).
+        json_schema_extra={
+            "if": {
+                "properties": {
+                    "source": {
+                        "properties": {"documents": {"maxItems": 0}},
+                        "required": ["documents"],
+                    }
+                },
+                "required": ["source"],
+            },
+            "then": {"required": ["deletes"], "properties": {"deletes": {"type": "array"}}},
+        },
+    )
 
     schema_: Literal["akisnap.snapshot-request/v1"] = Field(alias="schema")
     request_id: str = Field(min_length=1, max_length=MAX_REQUEST_ID_CHARS)
@@ -451,7 +466,7 @@ def build_result(
 
 
 def _delta_fields(meta: SnapshotMetadata) -> dict[str, Any]:
-    written = meta.total_bytes + sum(side.size for side in meta.side_objects)
+    written = meta.written_bytes
     if meta.delta is None:
         return {"kind": "full", "bytes_written": written}
     return {

@@ -21,6 +21,7 @@ from typing import Protocol
 from handlers.akidb.sidecar import akidb_records, is_akidb_format, to_metadata
 from handlers.budget import ByteBudget
 from handlers.catalog import Catalog
+from handlers.chain import chain_of
 from handlers.delta import (
     DeltaRows,
     base_index,
@@ -165,7 +166,8 @@ class SnapshotCreator:
         store = self._catalog.store
         async with _timed(timer, "encode", seconds):
             base = await resolve_base(self._catalog, job)
-            index = await base_index(store, base, self._encode.spool_dir)
+            chain = await chain_of(store, base)
+            index = await base_index(store, chain, self._encode.spool_dir)
             rows = await asyncio.to_thread(split_rows, job, source.batches, index)
             check_dimension(base, rows)
             parts, unvouched = await self._delta_parts(job, rows)
@@ -173,7 +175,7 @@ class SnapshotCreator:
         async with _timed(timer, "upload", seconds):
             side = await put_delta_objects(store, job, rows)
         async with _timed(timer, "verify", seconds):
-            metadata = delta_metadata(job, base, rows, parts, side)
+            metadata = delta_metadata(job, chain, rows, parts, side)
             try:
                 await self._verify((*unvouched, *metadata.side_objects))
             except CorruptSnapshotError as exc:

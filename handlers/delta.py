@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from handlers.catalog import Catalog
-from handlers.chain import chain_of, deleted_ids
+from handlers.chain import deleted_ids
 from handlers.errors import CorruptSnapshotError, InvalidRequestError, SnapshotNotFoundError
 from handlers.job import SnapshotJob
 from handlers.metadata import DeltaInfo, PartInfo, RowIndexInfo, SnapshotMetadata
@@ -70,11 +70,11 @@ async def resolve_base(catalog: Catalog, job: SnapshotJob) -> SnapshotMetadata:
     return base
 
 
-async def base_index(store: ObjectStore, base: SnapshotMetadata, scratch: Path) -> RowIndex:
-    """The collection's index as of ``base``: each chain member's own index, folded in chain
-    order (a rewritten row moves to its delta's place, as in handlers.chain)."""
+async def base_index(store: ObjectStore, chain: list[SnapshotMetadata], scratch: Path) -> RowIndex:
+    """The collection's index as of the top of ``chain``: each member's own index, folded in
+    chain order (a rewritten row moves to its delta's place, as in handlers.chain)."""
     index: RowIndex = {}
-    for member in await chain_of(store, base):
+    for member in chain:
         if member.row_index is None:
             raise CorruptSnapshotError(f"snapshot {member.snapshot_id} in the chain has no index")
         for doc in (await deleted_ids(store, member, scratch)).to_pylist():
@@ -137,11 +137,14 @@ async def put_delta_objects(
 
 def delta_metadata(
     job: SnapshotJob,
-    base: SnapshotMetadata,
+    chain: list[SnapshotMetadata],
     rows: DeltaRows,
     parts: tuple[PartInfo, ...],
     side: tuple[RowIndexInfo, PartInfo | None],
 ) -> SnapshotMetadata:
+    """``chain``: the base's, full snapshot first."""
+    base, full = chain[-1], chain[0]
+    per_row = full.total_bytes / full.vector_count if full.vector_count else 0.0
     return SnapshotMetadata(
         snapshot_id=job.snapshot_id,
         collection_id=job.collection_id,
@@ -161,6 +164,7 @@ def delta_metadata(
             rows_changed=rows.changed,
             rows_deleted=len(rows.deleted),
             collection_rows=len(rows.index),
+            full_equivalent_bytes=round(per_row * len(rows.index)),
         ),
     )
 

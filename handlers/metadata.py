@@ -43,6 +43,9 @@ class DeltaInfo:
     rows_changed: int
     rows_deleted: int
     collection_rows: int
+    full_equivalent_bytes: int = 0
+    """What a full snapshot of the collection would take, at its chain's full snapshot's bytes
+    per row: the bytes this delta saved are that minus what it wrote."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,18 @@ class SnapshotMetadata:
     def collection_rows(self) -> int:
         """Rows of the collection as of this snapshot (a delta's parts hold only changes)."""
         return self.vector_count if self.delta is None else self.delta.collection_rows
+
+    @property
+    def written_bytes(self) -> int:
+        """Parts and side objects: what making this snapshot stored."""
+        return self.total_bytes + sum(side.size for side in self.side_objects)
+
+    @property
+    def bytes_saved(self) -> int:
+        """A delta's saving over a full snapshot of the same collection (0 for a full one)."""
+        if self.delta is None:
+            return 0
+        return max(0, self.delta.full_equivalent_bytes - self.written_bytes)
 
     @property
     def side_objects(self) -> tuple[PartInfo, ...]:
@@ -156,4 +171,5 @@ def _delta(body: Mapping[str, Any] | None) -> DeltaInfo | None:
         rows_changed=int(body["rows_changed"]),
         rows_deleted=int(body["rows_deleted"]),
         collection_rows=int(body["collection_rows"]),
+        full_equivalent_bytes=int(body.get("full_equivalent_bytes", 0)),
     )

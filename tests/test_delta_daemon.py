@@ -18,7 +18,7 @@ from daemon.events import build_request
 from handlers.job import InlineSource
 from handlers.model import DocumentBatch
 from tests.conftest import TopicFactory
-from tests.daemon_support import running, send, settings_for, watcher
+from tests.daemon_support import running, sample, send, settings_for, snapshot_ids, watcher
 from tests.support import run_cli
 
 Document = dict[str, Any]
@@ -87,10 +87,13 @@ async def test_nightly_full_then_hourly_change_sets_through_the_daemon(
         model.write(upserts)
         model.delete(deletes)
     topics = await make_topics()
-    settings = settings_for(kafka_bootstrap, topics, tmp_path)
-    async with running(settings), watcher(kafka_bootstrap, topics) as outcomes:
+    settings = settings_for(kafka_bootstrap, topics, tmp_path, compact_after_deltas=3)
+    async with running(settings) as daemon, watcher(kafka_bootstrap, topics) as outcomes:
         await send(kafka_bootstrap, topics.requests, [(k, v, []) for _, k, v in messages])
         found = await outcomes.wait_for([rid for rid, _, _ in messages], 60)
+        assert sample(daemon, "akisnap_compactions_total", outcome="compacted") == 1
+        assert sample(daemon, "akisnap_snapshots_total", kind="delta") == 3
+        saved = sample(daemon, "akisnap_delta_bytes_saved_total")
     results = [found[rid].result for rid, _, _ in messages]
     assert all(result is not None and result.status == "created" for result in results), found
     full, *deltas = [result for result in results if result is not None]
@@ -102,15 +105,18 @@ async def test_nightly_full_then_hourly_change_sets_through_the_daemon(
     ]
     assert [d.base for d in deltas] == [full.snapshot_id] + [d.snapshot_id for d in deltas[:-1]]
     assert all(d.bytes_written < full.bytes_written for d in deltas)
+    assert saved > 2 * full.bytes_written  # three deltas, each far smaller than a full
 
     latest = deltas[-1].snapshot_id
     assert (await restored(settings.store, latest, tmp_path / "latest.parquet")).equals(
         model.expected()
     )
 
+    # The daemon compacted the third delta's chain itself: compact finds that snapshot.
     code, out, err = await cli("snapshots", "compact", latest, "--store", settings.store, "--json")
     assert code == 0, err
     compacted = json.loads(out)["snapshot_id"]
+    assert len(await snapshot_ids(settings, COLLECTION)) == 5
     code, _, err = await cli(
         "snapshots", "prune", COLLECTION, "--keep-last", "1", "--store", settings.store, "--yes"
     )
