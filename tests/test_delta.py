@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.events import build_request, build_result, parse_request, parse_result
+from handlers import row_index
 from handlers.compact import compact
 from handlers.create import CreateOutcome, SnapshotCreator
 from handlers.dependants import delete_snapshot
@@ -144,6 +145,28 @@ async def test_full_then_deltas_restore_the_collection_bit_for_bit(snaps: Snapsh
     for meta in (full, from_export, from_changes):
         report = await verify_snapshot(store, meta, full=True)
         assert report.ok, report.problems
+
+
+async def test_index_is_inline_when_small_else_an_object(
+    snaps: Snapshots, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chain whose members keep their index either way folds them into one: the third
+    snapshot sees exactly what changed since the second."""
+    model = Collection()
+    model.write(new_rows(30, 3))
+    small = await snaps.export(model.table())
+    assert small.row_index is not None and small.row_index.inline and small.side_objects == ()
+    monkeypatch.setattr(row_index, "INLINE_INDEX_BYTES", 0)
+    model.write([updated(next(iter(model.rows.values())), 9), *new_rows(3, 4)])
+    middle = await snaps.export(model.table(), base="latest")
+    assert middle.row_index is not None and middle.row_index.object in middle.side_objects
+    assert middle.row_index.rows == 4  # its own rows only, not the collection's
+    model.write(new_rows(2, 5))
+    top = await snaps.export(model.table(), base="latest")
+    assert top.delta is not None
+    assert (top.delta.rows_added, top.delta.rows_changed, top.delta.rows_deleted) == (2, 0, 0)
+    assert (await snaps.restored(top)).equals(model.table())
+    assert (await verify_snapshot(snaps.creator.catalog.store, top, full=True)).ok
 
 
 async def test_unchanged_export_is_an_empty_delta(snaps: Snapshots) -> None:
