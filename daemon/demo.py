@@ -31,7 +31,7 @@ from aiokafka.errors import KafkaError
 
 from daemon import sample_data
 from daemon.app import Daemon
-from daemon.cli_common import fail, hide_kafka_client_logs, human_bytes, table
+from daemon.cli.common import fail, hide_kafka_client_logs, human_bytes, table
 from daemon.dead_letter import H_ATTEMPTS, H_CLASS, H_MESSAGE, H_OFFSET, H_STAGE
 from daemon.events import REQUEST_SCHEMA, build_request
 from daemon.exit_codes import ENVIRONMENT
