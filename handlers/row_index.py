@@ -138,13 +138,22 @@ async def store_index(
     return RowIndexInfo(len(index), digest, object=replace(stored, rows=len(index)))
 
 
+async def index_ids(store: ObjectStore, info: RowIndexInfo, scratch: Path) -> pa.Array:
+    """The document ids an index covers (the ids its snapshot writes)."""
+    table = await _index_table(store, info, scratch)
+    return table.column("document_id").combine_chunks().cast(ID_TYPE)
+
+
 async def load_index(store: ObjectStore, info: RowIndexInfo, scratch: Path) -> RowIndex:
-    if info.object is not None:
-        table = await read_side_table(store, info.object, scratch)
-    else:
-        table = _inline_table(info)
+    table = await _index_table(store, info, scratch)
     ids = table.column("document_id").to_pylist()
     return dict(zip(ids, table.column("row_hash").to_pylist(), strict=True))
+
+
+async def _index_table(store: ObjectStore, info: RowIndexInfo, scratch: Path) -> pa.Table:
+    if info.object is not None:
+        return await read_side_table(store, info.object, scratch)
+    return _inline_table(info)
 
 
 def _inline_table(info: RowIndexInfo) -> pa.Table:

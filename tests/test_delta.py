@@ -27,26 +27,22 @@ from handlers.restore import restore_snapshot
 from handlers.retention import prune
 from handlers.stores import ObjectStore
 from handlers.verify import verify_snapshot
-from tests.support import documents_table, open_test_store, run_cli, unit_vectors, write_export
+from tests.support import (
+    CollectionModel,
+    documents_table,
+    open_test_store,
+    run_cli,
+    unit_vectors,
+    write_export,
+)
 
 DIM = 8
 Row = dict[str, Any]
 
 
-class Collection:
-    """The collection as the test alone computes it: a write moves a row to the end."""
-
+class Collection(CollectionModel):
     def __init__(self) -> None:
-        self.rows: dict[bytes, Row] = {}
-
-    def write(self, rows: list[Row]) -> None:
-        for row in rows:
-            self.rows.pop(row["document_id"], None)
-            self.rows[row["document_id"]] = row
-
-    def delete(self, ids: list[bytes]) -> None:
-        for doc in ids:
-            del self.rows[doc]
+        super().__init__("document_id")
 
     def table(self) -> pa.Table:
         return pa.Table.from_pylist(list(self.rows.values()), snapshot_schema(DIM))

@@ -19,30 +19,19 @@ from handlers.job import InlineSource
 from handlers.model import DocumentBatch
 from tests.conftest import TopicFactory
 from tests.daemon_support import running, sample, send, settings_for, snapshot_ids, watcher
-from tests.support import run_cli
+from tests.support import CollectionModel, run_cli
 
 Document = dict[str, Any]
 COLLECTION = "nightly"
 hours = itertools.count()
 
 
-class Collection:
-    """The collection as the test alone computes it: a write moves a document to the end."""
-
+class Collection(CollectionModel):
     def __init__(self) -> None:
-        self.documents: dict[str, Document] = {}
-
-    def write(self, documents: list[Document]) -> None:
-        for doc in documents:
-            self.documents.pop(doc["id"], None)
-            self.documents[doc["id"]] = doc
-
-    def delete(self, ids: list[str]) -> None:
-        for doc_id in ids:
-            del self.documents[doc_id]
+        super().__init__("id")
 
     def expected(self) -> Any:
-        return DocumentBatch.from_documents(list(self.documents.values())).record_batch
+        return DocumentBatch.from_documents(list(self.rows.values())).record_batch
 
 
 def stamped(documents: list[Document]) -> list[Document]:
@@ -75,9 +64,9 @@ async def test_nightly_full_then_hourly_change_sets_through_the_daemon(
     model = Collection()
     nightly = stamped(random_documents(300, 16, seed=1))
     model.write(nightly)
-    first = list(model.documents)
+    first = list(model.rows)
     hourly: list[tuple[list[Document], list[str]]] = [
-        (stamped([{**model.documents[first[0]], "metadata": {"row": "edited"}}]), first[5:9]),
+        (stamped([{**model.rows[first[0]], "metadata": {"row": "edited"}}]), first[5:9]),
         (stamped(random_documents(4, 16, seed=2)), []),
         ([], first[20:23]),  # a write batch that only deleted
     ]
