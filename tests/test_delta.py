@@ -59,7 +59,7 @@ def updated(row: Row, seed: int) -> Row:
     return {**row, "vector": unit_vectors(1, DIM, seed)[0].tolist(), "metadata": f'{{"v":{seed}}}'}
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3proxy", "minio"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ObjectStore]:
     opened = open_test_store(request.param, tmp_path)
     yield opened
