@@ -14,7 +14,9 @@ import base64
 import binascii
 import hashlib
 import io
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -102,22 +104,36 @@ def _fixed_bytes(values: np.ndarray[Any, Any]) -> pa.Array:
     return fixed.cast(pa.binary())
 
 
-def add_rows(index: RowIndex, rows: pa.RecordBatch | pa.Table) -> None:
-    ids = rows.column("document_id").to_pylist()
-    index.update(zip(ids, row_hashes(rows), strict=True))
-
-
 class RowIndexer:
     """Builds a full snapshot's index from its batches as the encoder reads them (the parts
-    themselves may be uploaded and gone before the encoding ends)."""
+    themselves may be uploaded and gone before the encoding ends). Hashing runs in a thread of
+    its own, beside the encoding (SHA-256 and Parquet's compression both release the GIL), a
+    few batches behind at most so the batches it still holds stay bounded."""
+
+    AHEAD = 2
 
     def __init__(self) -> None:
         self.index: RowIndex = {}
 
     def wrap(self, batches: Iterator[DocumentBatch]) -> Iterator[DocumentBatch]:
-        for batch in batches:
-            add_rows(self.index, batch.record_batch)
-            yield batch
+        pending: deque[Future[list[tuple[bytes, bytes]]]] = deque()
+        with ThreadPoolExecutor(1, thread_name_prefix="akisnap-row-index") as pool:
+            try:
+                for batch in batches:
+                    pending.append(pool.submit(_keyed_hashes, batch.record_batch))
+                    while len(pending) > self.AHEAD:
+                        self.index.update(pending.popleft().result())
+                    yield batch
+                while pending:
+                    self.index.update(pending.popleft().result())
+            finally:
+                for left in pending:
+                    left.cancel()
+
+
+def _keyed_hashes(rows: pa.RecordBatch) -> list[tuple[bytes, bytes]]:
+    ids = rows.column("document_id").to_pylist()
+    return list(zip(ids, row_hashes(rows), strict=True))
 
 
 def index_bytes(index: RowIndex) -> bytes:
