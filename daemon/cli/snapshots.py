@@ -213,7 +213,7 @@ async def _delete(args: argparse.Namespace, settings: Settings, store: ObjectSto
 
 async def _compact(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
     from handlers.compact import compact  # noqa: PLC0415 (pyarrow: see _create)
-    from handlers.create import SnapshotCreator  # noqa: PLC0415
+    from handlers.create import SnapshotCreator  # noqa: PLC0415 (pyarrow: see _create)
 
     metadata = await _find(args, store)
     creator = SnapshotCreator(
