@@ -33,14 +33,14 @@ from aiokafka.errors import (
 )
 
 from daemon.consumer import CANCEL_WAIT_SECONDS, ConsumerOptions, RequestConsumer
-from daemon.dead_letter import safe_message
+from daemon.dead_letters.letter import safe_message
 from daemon.environment import EnvironmentGate
 from daemon.fate import Fate
 from daemon.health import HealthServer, Liveness
 from daemon.kafka import DURABLE, KafkaClients, fetch_limits, request_size_for
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
-from daemon.results import Publisher
+from daemon.publisher import Publisher
 from daemon.retry import Backoff, sleep_unless
 from daemon.settings import Settings
 from handlers.budget import ByteBudget

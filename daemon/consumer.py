@@ -50,7 +50,7 @@ from aiokafka.errors import (
     KafkaError,
 )
 
-from daemon.dead_letter import SourceRecord, describe
+from daemon.dead_letters.letter import SourceRecord, describe
 from daemon.environment import EnvironmentGate
 from daemon.fate import AbandonedError, PublishStuckError, Settled
 from daemon.health import Liveness

@@ -20,7 +20,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from daemon.dead_letter import safe_message
+from daemon.dead_letters.letter import safe_message
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.retry import Backoff

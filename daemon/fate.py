@@ -43,7 +43,7 @@ from typing import Protocol
 
 from structlog.contextvars import bound_contextvars
 
-from daemon.dead_letter import (
+from daemon.dead_letters.letter import (
     Failure,
     SourceRecord,
     build_dead_letter,
@@ -56,7 +56,7 @@ from daemon.environment import EnvironmentGate
 from daemon.events import parse_request, peek_ids, prepare_request
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
-from daemon.results import Publisher, TooLargeError, broker_fault
+from daemon.publisher import Publisher, TooLargeError, broker_fault
 from daemon.retry import Backoff, sleep_unless
 from handlers.create import CreateOutcome, StageTimer
 from handlers.errors import AkisnapError, EnvironmentFaultError, PermanentError

@@ -21,7 +21,7 @@ from aiokafka.errors import UnsupportedCodecError
 from daemon import consumer as consumer_module
 from daemon.app import Daemon
 from daemon.consumer import ConsumerOptions, RequestConsumer
-from daemon.dead_letter import SourceRecord
+from daemon.dead_letters.letter import SourceRecord
 from daemon.environment import EnvironmentGate
 from daemon.fate import PublishStuckError, Settled, Verdict
 from daemon.health import Liveness

@@ -28,7 +28,7 @@ from aiokafka.partitioner import murmur2
 
 from daemon.app import Daemon
 from daemon.consumer import ConsumerOptions, RequestConsumer
-from daemon.dead_letter import (
+from daemon.dead_letters.letter import (
     H_ATTEMPTS,
     H_CLASS,
     H_FAILED_AT,

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-from daemon.dead_letter import DeadLetter
+from daemon.dead_letters.letter import DeadLetter
 from daemon.environment import EnvironmentGate
 from daemon.events import build_request
 from daemon.fate import Fate, PublishStuckError, Verdict
