@@ -83,7 +83,7 @@ FEATURE_PATHS = {
 }
 
 
-def settle_seconds(grace: float) -> float:
+def drain_seconds(grace: float) -> float:
     """The part of the grace period workers get; the rest is kept to commit and close."""
     return max(0.0, grace - shutdown_reserve(grace))
 
@@ -290,7 +290,7 @@ class Daemon:
         options = ConsumerOptions(
             max_in_flight_requests=s.max_in_flight_requests,
             max_in_flight_bytes=s.max_in_flight_bytes,
-            settle_seconds=settle_seconds(s.shutdown_grace_seconds),
+            drain_seconds=drain_seconds(s.shutdown_grace_seconds),
             final_commit_seconds=_closing_seconds(s.shutdown_grace_seconds),
             fetch_error_unhealthy_seconds=s.fetch_error_unhealthy_seconds,
         )
@@ -345,15 +345,15 @@ class Daemon:
 
     def _kafka_consumer(self) -> Any:
         s = self.settings
-        settle = settle_seconds(s.shutdown_grace_seconds)
+        drain = drain_seconds(s.shutdown_grace_seconds)
         return KafkaClients.of(s, self._client_id).consumer(
             group_id=s.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=s.max_in_flight_requests,
             **fetch_limits(s.max_message_bytes),
-            # A revoked partition may take `settle` seconds to finish its request in hand.
-            rebalance_timeout_ms=int((settle + 15.0) * 1000),
+            # A revoked partition may take `drain` seconds to finish its request in hand.
+            rebalance_timeout_ms=int((drain + 15.0) * 1000),
         )
 
     # -- health -----------------------------------------------------------------------------

@@ -52,11 +52,11 @@ from aiokafka.errors import (
 
 from daemon.dead_letters.letter import SourceRecord, describe
 from daemon.environment import EnvironmentGate
-from daemon.fate import AbandonedError, PublishStuckError, Settled
 from daemon.health import Liveness
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.retry import sleep_unless
+from daemon.verdict import AbandonedError, PublishStuckError, Settled
 
 log = get_logger("akisnap.consumer")
 
@@ -67,7 +67,7 @@ KAFKA_ERROR_PAUSE_SECONDS = 1.0
 # A partition whose fetch fails on its own (a batch it cannot read) stays paused this long
 # before it is tried again, so the other partitions are served meanwhile.
 QUARANTINE_SECONDS = 5.0
-# How long a cancelled record may take to unwind (see PartitionWorker.settle).
+# How long a cancelled record may take to unwind (see PartitionWorker.drain).
 CANCEL_WAIT_SECONDS = 0.5
 
 
@@ -75,7 +75,7 @@ CANCEL_WAIT_SECONDS = 0.5
 class ConsumerOptions:
     max_in_flight_requests: int = 32
     max_in_flight_bytes: int = 256 * 1024 * 1024
-    settle_seconds: float = 20.0
+    drain_seconds: float = 20.0
     """How long a revoked partition (or, on shutdown, every partition) may take to finish the
     record in hand before it is cancelled and left to be redone."""
     final_commit_seconds: float = 2.5
@@ -205,7 +205,7 @@ class PartitionWorker:
         while self._queue:
             self._in_flight.remove(self._queue.popleft())
 
-    async def settle(self, within: float) -> None:
+    async def drain(self, within: float) -> None:
         """Take no more records, finish the one in hand within ``within`` s (else cancel it),
         drop the rest. Waits (retry backoff, publish retries) are given up at once."""
         self._closing = True
@@ -214,7 +214,7 @@ class PartitionWorker:
         done, _ = await asyncio.wait({self._task}, timeout=max(within, 0.0))
         if not done:
             log.warning(
-                "partition.settle_timeout",
+                "partition.drain_timeout",
                 topic=self.tp.topic,
                 partition=self.tp.partition,
                 within_seconds=within,
@@ -277,7 +277,7 @@ class RequestConsumer:
     # -- the loop ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Fetch and dispatch until ``stop`` is set; then settle the workers and commit."""
+        """Fetch and dispatch until ``stop`` is set; then drain the workers and commit."""
         helpers = [
             asyncio.create_task(self._commit_loop(), name="akisnap-committer"),
             asyncio.create_task(self._lag_loop(), name="akisnap-lag"),
@@ -288,7 +288,7 @@ class RequestConsumer:
             await self._fetch_loop(stop)
         finally:
             self._pause(set(self._workers))
-            await self._settle(set(self._workers), self._options.settle_seconds)
+            await self._drain(set(self._workers), self._options.drain_seconds)
             for task in helpers:
                 task.remove_done_callback(self._helper_ended)
                 task.cancel()
@@ -474,7 +474,7 @@ class RequestConsumer:
         except IllegalStateError:
             return set()
 
-    # -- settling and committing ------------------------------------------------------------
+    # -- settled requests, committing ------------------------------------------------------
 
     def _settled(self, tp: TopicPartition, next_offset: int) -> None:
         self._done[tp] = next_offset
@@ -483,10 +483,10 @@ class RequestConsumer:
         self._liveness.waiting(self._in_flight.count > 0)
         self._apply_backpressure()
 
-    async def _settle(self, tps: set[TopicPartition], within: float) -> None:
+    async def _drain(self, tps: set[TopicPartition], within: float) -> None:
         workers = [self._workers[tp] for tp in tps if tp in self._workers]
         if workers:
-            await asyncio.gather(*(worker.settle(within) for worker in workers))
+            await asyncio.gather(*(worker.drain(within) for worker in workers))
 
     async def commit(self, only: Collection[TopicPartition] | None = None) -> None:
         """Commit the done offsets that moved (of ``only``, if given). Never raises KafkaError."""
@@ -539,10 +539,10 @@ class RequestConsumer:
     # -- rebalance --------------------------------------------------------------------------
 
     async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Settle the revoked partitions' workers, commit what they finished, forget them."""
+        """Drain the revoked partitions' workers, commit what they finished, forget them."""
         log.info("consumer.partitions_revoked", partitions=_tps_text(revoked))
         self.joined = False
-        await self._settle(revoked, self._options.settle_seconds)
+        await self._drain(revoked, self._options.drain_seconds)
         await self.commit(only=revoked)
         for tp in revoked:
             self._workers.pop(tp, None)

@@ -23,10 +23,10 @@ from daemon.app import Daemon
 from daemon.consumer import ConsumerOptions, RequestConsumer
 from daemon.dead_letters.letter import SourceRecord
 from daemon.environment import EnvironmentGate
-from daemon.fate import PublishStuckError, Settled, Verdict
 from daemon.health import Liveness
 from daemon.metrics import Metrics
 from daemon.settings import Settings
+from daemon.verdict import PublishStuckError, Settled, Verdict
 from handlers.errors import StoreUnreachableError
 from tests.daemon_support import until as until_within
 from tests.support import FakeRecord

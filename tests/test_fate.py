@@ -19,13 +19,15 @@ from aiokafka.errors import KafkaConnectionError
 from daemon.dead_letters.letter import DeadLetter
 from daemon.environment import EnvironmentGate
 from daemon.events import build_request
-from daemon.fate import Fate, PublishStuckError, Verdict
+from daemon.fate import Fate
 from daemon.metrics import Metrics
 from daemon.retry import Backoff
-from handlers.create import CreateOutcome, StageTimer
+from daemon.verdict import PublishStuckError, Verdict
+from handlers.create import CreateOutcome
 from handlers.errors import InvalidDocumentsError, StoreCredentialsError
 from handlers.job import InlineSource, SnapshotJob
 from handlers.metadata import PartInfo, SnapshotMetadata
+from handlers.stages import StageClock
 from tests.support import FakeRecord, headers_dict
 
 FAST = Backoff(attempts=3, base_seconds=0.001, cap_seconds=0.01)
@@ -61,9 +63,9 @@ class Creator:
     async def existing(self, job: SnapshotJob) -> SnapshotMetadata | None:
         return None
 
-    async def __call__(self, job: SnapshotJob, timer: StageTimer) -> CreateOutcome:
+    async def __call__(self, job: SnapshotJob, clock: StageClock) -> CreateOutcome:
         self.attempts += 1
-        async with timer("upload"):
+        async with clock("upload"):
             if self.behaviour is not None:
                 await self.behaviour(self.attempts)
         return CreateOutcome(metadata(job), duplicate=False)
