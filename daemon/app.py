@@ -32,7 +32,7 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 
-from daemon.consumer import CANCEL_WAIT_SECONDS, ConsumerOptions, RequestConsumer
+from daemon.consumer import ConsumerOptions, RequestConsumer
 from daemon.dead_letters.letter import safe_message
 from daemon.environment import EnvironmentGate
 from daemon.fate import Fate
@@ -40,6 +40,7 @@ from daemon.health import HealthServer, Liveness
 from daemon.kafka import DURABLE, KafkaClients, fetch_limits, request_size_for
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
+from daemon.partition import CANCEL_WAIT_SECONDS
 from daemon.publisher import Publisher
 from daemon.retry import Backoff, sleep_unless
 from daemon.settings import Settings
