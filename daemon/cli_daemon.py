@@ -10,7 +10,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from daemon.app import Daemon, explain_kafka_failure
+from daemon.app import Daemon
 from daemon.cli_common import (
     emit,
     fail,
@@ -21,6 +21,7 @@ from daemon.dead_letters.letter import H_CLASS, H_MESSAGE, H_STAGE, safe_message
 from daemon.demo import random_documents, run_demo
 from daemon.events import build_request
 from daemon.exit_codes import BAD_INPUT, ENVIRONMENT, UsageError, os_error_text
+from daemon.kafka_explain import explain_kafka_failure
 from daemon.logging import configure_logging
 from daemon.outcomes import Outcome, OutcomeWatcher
 from daemon.send_requests import publish

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from daemon.app import explain_kafka_failure
+from daemon.kafka_explain import explain_kafka_failure
 from daemon.outcomes import OutcomeWatcher
 from daemon.send_requests import publish
 from daemon.settings import Settings
