@@ -1,4 +1,4 @@
-"""``akisnap dlq list|replay``: the dead letters, read and sent back (:mod:`daemon.dlq`).
+"""``akisnap dlq list|replay``: dead letters listed and sent back (:mod:`daemon.dead_letters`).
 
 Thin, like the rest of the CLI: parse, call the daemon's dead-letter code, print one line per
 thing done (or one JSON document with ``--json``), return an exit code.
@@ -14,16 +14,9 @@ from daemon.cli.common import (
     load_settings,
     table,
 )
-from daemon.dlq import (
-    DeadLetterRecord,
-    DlqFilter,
-    ReplayAction,
-    Replayer,
-    ReplayObserver,
-    ReplayOptions,
-    list_dead_letters,
-    parse_when,
-)
+from daemon.dead_letters.letter import DeadLetterRecord
+from daemon.dead_letters.reading import DlqFilter, list_dead_letters, parse_when
+from daemon.dead_letters.replay import ReplayAction, Replayer, ReplayObserver, ReplayOptions
 from daemon.exit_codes import UsageError
 from daemon.progress import Progress
 from handlers.errors import InvalidRequestError
