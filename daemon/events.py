@@ -149,9 +149,7 @@ class SnapshotRequestV1(_Strict):
         source: SourceSpec
         if isinstance(self.source, InlineSourceV1):
             if not self.source.documents and self.deletes is None:
-                raise InvalidRequestError(
-                    "source.documents: must not be empty (but in a change set that only deletes)"
-                )
+                raise InvalidRequestError("source.documents is empty: a snapshot needs documents")
             source = InlineSource(documents=self.source.documents)
         else:
             source = UriSource(uri=self.source.uri, format=self.source.format)

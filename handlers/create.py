@@ -168,10 +168,7 @@ class SnapshotCreator:
         return await store_index(store, job.collection_id, job.snapshot_id, indexer.index)
 
     async def _delta(
-        self,
-        job: SnapshotJob,
-        source: OpenedSource,
-        clock: StageClock,
+        self, job: SnapshotJob, source: OpenedSource, clock: StageClock
     ) -> CreateOutcome:
         """Only the rows that changed since the base, and the ids deleted (handlers.delta)."""
         store = self._catalog.store
