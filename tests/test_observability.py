@@ -8,9 +8,8 @@ import re
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import TopicFactory
 from tests.daemon_support import inline_request, running, send, settings_for, watcher
-from tests.support import REPO
+from tests.support import REPO, TopicFactory
 
 # DESIGN.md, 'Metrics': the contract the dashboard and the on-call rely on.
 DESIGN_FAMILIES = (
