@@ -54,6 +54,8 @@ def free_port() -> int:
 
 
 def settings_for(bootstrap: str, topics: Topics, tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings of a daemon on ``topics`` with a local store and exports root in ``tmp_path``
+    and quick retries; ``overrides`` win (Settings.load reads AKISNAP_* variables too)."""
     values: dict[str, Any] = {
         "kafka_bootstrap": bootstrap,
         "group_id": topics.group_id,

@@ -540,7 +540,7 @@ async def test_sigterm_drains_commits_and_exits_zero(
     exits 0 within the grace period having committed exactly the requests it finished; a
     restart settles the rest, none twice."""
     topics = await make_topics()
-    grace = 8.0  # the held requests are let go at its end, less the shutdown reserve
+    grace = 5.0  # the held requests are let go at its end, less the shutdown reserve
     requests = _export_requests(tmp_path, 16, 5_000)
     ids = [rid for rid, _, _ in requests]
     async with switched_proxy(s3_service.endpoint) as proxy:
@@ -575,7 +575,10 @@ async def test_sigterm_drains_commits_and_exits_zero(
         finally:
             run.kill()
     assert len(found) == len(requests)
-    assert all(outcome.status == "created" for outcome in found.values())
+    # `duplicate` only if S3 went away between a commit and its answer: still one snapshot.
+    assert {outcome.status for outcome in found.values()} <= {"created", "duplicate"}
+    results = await read_topic(kafka_bootstrap, topics.results)
+    assert sorted(parse_result(r.value).request_id for r in results) == sorted(ids)  # none twice
     assert await read_topic(kafka_bootstrap, topics.dlq) == []
     assert sorted(await _s3_snapshot_ids(settings, s3_service)) == sorted(
         snapshot_id_for(key.decode(), r) for r, key, _ in requests

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import TopicPartition
+from aiokafka.admin import NewTopic
 
+from daemon.kafka import KafkaClients
 from tests.support import s3_options, service_env
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def s3_settings() -> dict[str, Any]:
 
 
 async def describe(bootstrap: str, topics: list[str]) -> dict[str, list[dict[str, Any]]]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    admin = KafkaClients(bootstrap).admin(request_timeout_ms=10_000)
     await admin.start()
     try:
         described = await admin.describe_topics(topics)
@@ -73,19 +74,19 @@ def test_kafka_produce_consume_round_trip() -> None:
     payload = uuid.uuid4().bytes * 8
 
     async def round_trip() -> tuple[bytes | None, bytes | None]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+        admin = KafkaClients(bootstrap).admin(request_timeout_ms=10_000)
         await admin.start()
         try:
             response = await admin.create_topics([NewTopic(topic, 1, 1)], timeout_ms=10_000)
             errors = [e for e in response.to_object()["topic_errors"] if e["error_code"]]
             assert not errors, errors
-            producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+            producer = KafkaClients(bootstrap).producer(acks="all")
             await producer.start()
             try:
                 sent = await producer.send_and_wait(topic, payload, key=b"k")
             finally:
                 await producer.stop()
-            consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+            consumer = KafkaClients(bootstrap).consumer(enable_auto_commit=False)
             await consumer.start()
             try:
                 partition = TopicPartition(topic, sent.partition)
