@@ -9,10 +9,7 @@ never overwrites: if the snapshot got committed meanwhile, the outcome is a dupl
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -28,21 +25,13 @@ from handlers.model import DocumentBatch
 from handlers.overlap import Overlap
 from handlers.sources import OpenedSource, SourceReader
 from handlers.spool import process_spool
+from handlers.stages import StageClock
 from handlers.stores import ObjectStore, S3Options
 from handlers.upload import Uploader
 from handlers.verify import Verifier
 
-StageTimer = Callable[[str], AbstractAsyncContextManager[None]]
-"""Wraps each stage call (the daemon records metrics and the failing stage with it)."""
-
-STAGES = ("source", "encode", "upload", "verify")
 DEFAULT_PART_SIZE_BYTES = 64 * 1024 * 1024
 UNBOUNDED = 1 << 62  # the CLI makes one snapshot at a time: no budget to share
-
-
-@contextlib.asynccontextmanager
-async def untimed(stage: str) -> AsyncIterator[None]:
-    yield
 
 
 @dataclass(frozen=True)
@@ -81,10 +70,13 @@ class SnapshotCreator:
         return await self._catalog.find(job.collection_id, job.snapshot_id, job.format)
 
     async def __call__(
-        self, job: SnapshotJob, timer: StageTimer = untimed, progress: ProgressSink | None = None
+        self,
+        job: SnapshotJob,
+        clock: StageClock | None = None,
+        progress: ProgressSink | None = None,
     ) -> CreateOutcome:
-        seconds: dict[str, float] = {}
-        async with _timed(timer, "source", seconds):
+        clock = clock or StageClock()
+        async with clock("source"):
             source = await self._read_source(job)
             if job.exact and source.source_dtype is not None:
                 source.close()
@@ -97,7 +89,7 @@ class SnapshotCreator:
             source.batches = _counted(source.batches, progress)
         try:
             async with self._budget.hold(source.nbytes):
-                return await self._create(job, source, timer, seconds)
+                return await self._create(job, source, clock)
         finally:
             source.close()
 
@@ -105,16 +97,15 @@ class SnapshotCreator:
         self,
         job: SnapshotJob,
         source: OpenedSource,
-        timer: StageTimer,
-        seconds: dict[str, float],
+        clock: StageClock,
     ) -> CreateOutcome:
         overlap = Overlap(self._encode, self._upload, job, source)
-        async with _timed(timer, "encode", seconds):  # uploads of finished parts run meanwhile
+        async with clock("encode"):  # uploads of finished parts run meanwhile
             encoded = await overlap.encoded()
         source.close()  # the export's spool copy is no longer needed
-        async with _timed(timer, "upload", seconds):  # what is left of the uploads
+        async with clock("upload"):  # what is left of the uploads
             uploaded = await overlap.uploaded(encoded)
-        async with _timed(timer, "verify", seconds):
+        async with clock("verify"):
             try:
                 await self._verify(uploaded.unvouched)
             except CorruptSnapshotError as exc:
@@ -124,8 +115,8 @@ class SnapshotCreator:
                 job, encoded, uploaded.parts, source.source_dtype
             )
         if not committed:
-            return await self._committed_meanwhile(job, seconds)
-        return CreateOutcome(metadata, duplicate=False, stage_seconds=seconds)
+            return await self._committed_meanwhile(job, clock.seconds)
+        return CreateOutcome(metadata, duplicate=False, stage_seconds=clock.seconds)
 
     async def _commit(
         self,
@@ -152,16 +143,6 @@ class SnapshotCreator:
                 f"snapshot {job.snapshot_id} was committed and removed while being written"
             )
         return CreateOutcome(existing, duplicate=True, stage_seconds=seconds)
-
-
-@contextlib.asynccontextmanager
-async def _timed(timer: StageTimer, stage: str, seconds: dict[str, float]) -> AsyncIterator[None]:
-    started = time.perf_counter()
-    try:
-        async with timer(stage):
-            yield
-    finally:
-        seconds[stage] = time.perf_counter() - started
 
 
 class ProgressSink(Protocol):

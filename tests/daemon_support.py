@@ -31,7 +31,7 @@ from daemon.demo import random_documents
 from daemon.events import build_request
 from daemon.kafka import MIB, KafkaClients
 from daemon.metrics import Metrics
-from daemon.results import OutcomeWatcher
+from daemon.outcomes import OutcomeWatcher
 from daemon.settings import Settings, env_name
 from handlers.catalog import Catalog
 from handlers.job import InlineSource
@@ -137,14 +137,19 @@ async def send(
     )
     await producer.start()
     try:
-        stamps = list(timestamps) or [None] * len(messages)
+        now = int(time.time() * 1000)
+        stamps = [now if t is None else t for t in list(timestamps) or [None] * len(messages)]
         sent = [
             await producer.send(
                 topic, value=value, key=key, headers=headers or None, timestamp_ms=t
             )
             for (key, value, headers), t in zip(messages, stamps, strict=True)
         ]
-        return list(await asyncio.gather(*sent))
+        # aiokafka reports the first record's create time for every record of a batch.
+        return [
+            meta._replace(timestamp=t) if meta.timestamp_type == 0 else meta
+            for meta, t in zip(await asyncio.gather(*sent), stamps, strict=True)
+        ]
     finally:
         await producer.stop()
 

@@ -17,18 +17,14 @@ from typing import Any
 
 import pytest
 
-from daemon.dlq import (
+from daemon.dead_letters.progress import PartitionProgress, decode_progress, encode_progress
+from daemon.dead_letters.reading import (
     DlqFilter,
-    PartitionProgress,
-    Replayer,
-    ReplayObserver,
-    ReplayOptions,
     TopicMissingError,
-    decode_progress,
-    encode_progress,
     list_dead_letters,
     parse_when,
 )
+from daemon.dead_letters.replay import Replayer, ReplayObserver, ReplayOptions
 from daemon.events import build_request
 from daemon.kafka import KafkaClients
 from handlers.job import InlineSource, snapshot_id_for

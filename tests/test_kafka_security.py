@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from daemon.app import explain_kafka_failure
 from daemon.kafka import KafkaClients
-from daemon.results import publish
+from daemon.kafka_explain import explain_kafka_failure
+from daemon.send_requests import publish
 from daemon.settings import Settings
 from handlers.job import snapshot_id_for
 from tests.daemon_support import (

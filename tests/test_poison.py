@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from daemon.dead_letter import (
+from daemon.dead_letters.letter import (
     H_ATTEMPTS,
     H_CLASS,
     H_MESSAGE,

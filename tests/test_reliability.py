@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from daemon.app import Daemon
-from daemon.dead_letter import H_CLASS, H_RETRYABLE, H_STAGE
+from daemon.dead_letters.letter import H_CLASS, H_RETRYABLE, H_STAGE
 from daemon.events import build_request
 from handlers.job import UriSource, snapshot_id_for
 from handlers.layout import metadata_key

@@ -25,7 +25,7 @@ import pytest
 
 from daemon.events import build_request
 from daemon.kafka import KafkaClients
-from daemon.results import publish
+from daemon.send_requests import publish
 from daemon.settings import Settings
 from daemon.settings_error import SettingsError
 from handlers.job import InlineSource, UriSource
