@@ -158,6 +158,15 @@ def _snapshot_verbs(commands: Subparsers) -> None:
         help="refuse an export whose vectors are not float32 (default: convert them, say so, "
         "and record source_dtype in the metadata)",
     )
+    create.add_argument(
+        "--base", metavar="ID", help="write a delta against this snapshot, or 'latest'"
+    )
+    create.add_argument(
+        "--deletes",
+        type=Path,
+        metavar="FILE",
+        help="with --base: --from is a change set and FILE lists deleted ids, one a line",
+    )
 
     listing = _leaf(verbs, "list", "committed snapshots, oldest first", run)
     listing.add_argument("collection", nargs="?", help="only this collection")
@@ -170,6 +179,9 @@ def _snapshot_verbs(commands: Subparsers) -> None:
 
     delete = _leaf(verbs, "delete", "remove a snapshot (metadata first, then parts)", run)
     add_yes_option(_with_id(delete))
+    delete.add_argument("--cascade", action="store_true", help="also delete the deltas built on it")
+
+    _with_id(_leaf(verbs, "compact", "write a delta chain again as one full snapshot", run))
 
     restore = _with_id(
         _leaf(verbs, "restore", "write a snapshot to .parquet/.arrow/.npy/.jsonl", run)

@@ -11,8 +11,8 @@ import asyncio
 import json
 import os
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from handlers.chain import chain_parts, chain_rows
 from handlers.codecs import read_part
 from handlers.codecs.documents_json import batch_to_documents
 from handlers.codecs.parquet import file_schema, parquet_part_rows, writer_options
@@ -72,13 +73,15 @@ async def restore_snapshot(
     temp = Path(handle.name)
     handle.close()
     try:
-        if kind == "parquet" and metadata.format == "parquet" and len(metadata.parts) == 1:
+        if metadata.delta is not None:
+            rows = await _restore_chain(store, metadata, temp, kind, progress)
+        elif kind == "parquet" and metadata.format == "parquet" and len(metadata.parts) == 1:
             rows = await _copy_single_part(store, metadata, temp, out.parent, progress)
         else:
             rows = await _decode_parts_into(
                 store, metadata, temp, kind, out.parent, progress=progress
             )
-        if rows != metadata.vector_count:
+        if rows != metadata.collection_rows:
             raise CorruptSnapshotError(
                 f"snapshot decodes to {rows} rows, metadata says {metadata.vector_count}"
             )
@@ -88,6 +91,38 @@ async def restore_snapshot(
         temp.unlink(missing_ok=True)
         raise
     return RestoreResult(out, rows, out.stat().st_size)
+
+
+async def _restore_chain(
+    store: ObjectStore,
+    metadata: SnapshotMetadata,
+    target: Path,
+    kind: str,
+    progress: Callable[[int], None] | None,
+) -> int:
+    """A delta: its chain's rows streamed part by part into one output (handlers.chain)."""
+    writer = _open_writer(kind, target, replace(metadata, vector_count=metadata.collection_rows))
+    try:
+        async with chain_parts(store, metadata, target.parent) as parts:
+            return await asyncio.to_thread(
+                _write_rows, chain_rows(parts, metadata.collection_rows), writer, progress
+            )
+    finally:
+        await asyncio.to_thread(writer.close)
+
+
+def _write_rows(
+    rows: Iterator[pa.RecordBatch],
+    writer: OutputWriter,
+    progress: Callable[[int], None] | None,
+) -> int:
+    written = 0
+    for record in rows:
+        writer.write(DocumentBatch(record))
+        written += record.num_rows
+        if progress is not None:
+            progress(record.num_rows)
+    return written
 
 
 async def _copy_single_part(
