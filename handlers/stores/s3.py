@@ -3,6 +3,10 @@
 Big files go up as multipart uploads with bounded concurrency, so memory holds at most
 ``max_concurrency`` parts; small ones as one streamed PutObject. Every failure leaves this
 module as one of our errors (see ``s3_error``), so the daemon can tell retry from dead letter.
+
+Longer than most modules on purpose: the write path (checksums, conditional commit, their
+probes and fallbacks) and the error classes of AWS, s3proxy and MinIO are one unit, and
+splitting them would spread one store's behaviour across files.
 """
 
 from __future__ import annotations
