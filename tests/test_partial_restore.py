@@ -162,6 +162,26 @@ async def test_delta_chain_selection_applies_the_chain(snaps: Snapshots) -> None
     assert got == expected(at_middle, lambda r: True, columns, None)
 
 
+@pytest.mark.parametrize("fmt", ["akidb-parquet", "akidb-json"])
+async def test_akidb_formats_select_from_the_whole_restore(snaps: Snapshots, fmt: str) -> None:
+    rows = stamped(new_rows(50, 8), 0)
+    table = pa.Table.from_pylist(rows, snapshot_schema(DIM))
+    uri = write_export(table, snaps.tmp / "exports", f"{fmt}.parquet")
+    job = SnapshotJob(str(uuid.uuid4()), str(uuid.uuid4()), UriSource(uri, "parquet"), format=fmt)
+    meta = (await snaps.creator(job)).metadata
+    whole, _ = await snaps.restore(meta, Selection())  # AkiDB's precision, as a restore gives
+    asked = {rows[i]["document_id"] for i in (1, 17, 33)}
+    selection = Selection(
+        ids=pa.array(sorted(asked), pa.binary(16)),
+        columns=parse_columns("document_id,vector,external_id"),
+        where=parse_where(["external_id!=x17"]),
+    )
+    got, result = await snaps.restore(meta, selection)
+    keep: Pick = lambda r: r["document_id"] in asked and r["external_id"] != "x17"  # noqa: E731
+    assert got == expected(whole, keep, selection.columns, None)
+    assert len(got) == 2 and result.bytes_read == meta.total_bytes  # fetched whole, checked
+
+
 async def test_local_id_lookup_reads_only_what_can_hold_the_ids(tmp_path: Path) -> None:
     store = open_test_store("local", tmp_path)
     snaps = Snapshots(store, tmp_path, part_size=64 * 1024)  # footers small beside the data
