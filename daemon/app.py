@@ -32,6 +32,7 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 
+from daemon.compaction import CompactingCreator
 from daemon.consumer import CANCEL_WAIT_SECONDS, ConsumerOptions, RequestConsumer
 from daemon.dead_letter import safe_message
 from daemon.environment import EnvironmentGate
@@ -157,14 +158,18 @@ class Daemon:
             await start_process_worker()
             self._store = open_store(self.settings.store, self.settings.s3_options())
             self._store.watch_features(self._store_feature)
-            creator = SnapshotCreator(
-                self._store,
-                source_roots=self.settings.source_roots(),
-                s3=self.settings.s3_options(),
-                part_size_bytes=self.settings.part_size_bytes,
-                budget=ByteBudget(
-                    self.settings.max_in_flight_bytes, self.metrics.in_flight_bytes.set
+            creator = CompactingCreator(
+                SnapshotCreator(
+                    self._store,
+                    source_roots=self.settings.source_roots(),
+                    s3=self.settings.s3_options(),
+                    part_size_bytes=self.settings.part_size_bytes,
+                    budget=ByteBudget(
+                        self.settings.max_in_flight_bytes, self.metrics.in_flight_bytes.set
+                    ),
                 ),
+                self.metrics,
+                self.settings.compact_after_deltas,
             )
             await self._serve(creator, self._store)
         finally:
@@ -191,7 +196,7 @@ class Daemon:
         )
         self._stop.set()
 
-    async def _serve(self, creator: SnapshotCreator, store: ObjectStore) -> None:
+    async def _serve(self, creator: CompactingCreator, store: ObjectStore) -> None:
         s = self.settings
         backoff = Backoff.from_settings(s)
         connect = Backoff(
@@ -267,7 +272,7 @@ class Daemon:
         self,
         consumer: Any,
         producer: Any,
-        creator: SnapshotCreator,
+        creator: CompactingCreator,
         store: ObjectStore,
         backoff: Backoff,
     ) -> RequestConsumer:

@@ -21,8 +21,6 @@ from daemon.exit_codes import CORRUPT, UsageError
 from daemon.progress import Progress
 from daemon.settings import Settings
 from handlers.catalog import Catalog
-from handlers.compact import compact
-from handlers.create import SnapshotCreator
 from handlers.dependants import delete_snapshot
 from handlers.errors import InvalidRequestError
 from handlers.job import (
@@ -214,6 +212,9 @@ async def _delete(args: argparse.Namespace, settings: Settings, store: ObjectSto
 
 
 async def _compact(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
+    from handlers.compact import compact  # noqa: PLC0415 (pyarrow: see _create)
+    from handlers.create import SnapshotCreator  # noqa: PLC0415 (pyarrow: see _create)
+
     metadata = await _find(args, store)
     creator = SnapshotCreator(
         store, source_roots=[], s3=settings.s3_options(), part_size_bytes=settings.part_size_bytes

@@ -67,9 +67,9 @@ class InlineSourceV1(_Strict):
     """Documents carried in the request (small collections)."""
 
     documents: list[dict[str, Any]] = Field(
-        min_length=1,
         description="id, external_id, vector, metadata, inserted_at per document; "
-        "checked by the snapshot model, not by this schema",
+        "checked by the snapshot model, not by this schema; empty only in a change set "
+        "that just deletes",
     )
 
 
@@ -106,7 +106,22 @@ class OptionsV1(_Strict):
 class SnapshotRequestV1(_Strict):
     """``akisnap.snapshot-request/v1``: topic ``akidb.snapshot.requests``, key = collection."""
 
-    model_config = ConfigDict(title="akisnap snapshot request v1")
+    model_config = ConfigDict(
+        title="akisnap snapshot request v1",
+        # Empty inline documents only in a change set that just deletes (to_job checks it).
+        json_schema_extra={
+            "if": {
+                "properties": {
+                    "source": {
+                        "properties": {"documents": {"maxItems": 0}},
+                        "required": ["documents"],
+                    }
+                },
+                "required": ["source"],
+            },
+            "then": {"required": ["deletes"], "properties": {"deletes": {"type": "array"}}},
+        },
+    )
 
     schema_: Literal["akisnap.snapshot-request/v1"] = Field(alias="schema")
     request_id: str = Field(min_length=1, max_length=MAX_REQUEST_ID_CHARS)
@@ -128,6 +143,8 @@ class SnapshotRequestV1(_Strict):
     def to_job(self) -> SnapshotJob:
         source: SourceSpec
         if isinstance(self.source, InlineSourceV1):
+            if not self.source.documents and self.deletes is None:
+                raise InvalidRequestError("source.documents is empty: a snapshot needs documents")
             source = InlineSource(documents=self.source.documents)
         else:
             source = UriSource(uri=self.source.uri, format=self.source.format)
@@ -215,7 +232,7 @@ def prepare_request(value: bytes | None, *, max_bytes: int) -> SnapshotJob:
     """:func:`parse_request`, and inline documents already built into their batch: both are
     CPU-bound for about a second on a 15 MB request (run it in the worker process)."""
     job = parse_request(value, max_bytes=max_bytes)
-    if isinstance(job.source, InlineSource) and job.source.batch is None:
+    if isinstance(job.source, InlineSource) and job.source.documents:
         batch = DocumentBatch.from_documents(job.source.documents)
         return dataclasses.replace(job, source=InlineSource((), batch))
     return job
@@ -449,7 +466,7 @@ def build_result(
 
 
 def _delta_fields(meta: SnapshotMetadata) -> dict[str, Any]:
-    written = meta.total_bytes + sum(side.size for side in meta.side_objects)
+    written = meta.written_bytes
     if meta.delta is None:
         return {"kind": "full", "bytes_written": written}
     return {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from handlers.chain import materialize
+from handlers.chain import chain_parts, chain_rows
 from handlers.create import SnapshotCreator
 from handlers.errors import CorruptSnapshotError
 from handlers.job import InlineSource, SnapshotJob
@@ -30,10 +30,11 @@ async def compact(creator: SnapshotCreator, metadata: SnapshotMetadata) -> Snaps
     if existing is not None:
         return existing
     store = creator.catalog.store
-    whole = await materialize(store, metadata, store.spool_dir())
-    batches = (DocumentBatch(batch) for batch in whole.to_batches())
-    source = OpenedSource(batches, f"chain of {metadata.snapshot_id}", expected_rows=whole.num_rows)
-    made = (await creator.create_from(job, source)).metadata
+    async with chain_parts(store, metadata, store.spool_dir()) as parts:
+        rows = metadata.collection_rows
+        batches = (DocumentBatch(batch) for batch in chain_rows(parts, rows))
+        source = OpenedSource(batches, f"chain of {metadata.snapshot_id}", expected_rows=rows)
+        made = (await creator.create_from(job, source)).metadata
     report = await verify_snapshot(store, made, full=True)
     if not report.ok:
         raise CorruptSnapshotError(f"compacted snapshot {made.snapshot_id}: {report.problems[0]}")

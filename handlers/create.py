@@ -21,6 +21,7 @@ from typing import Protocol
 from handlers.akidb.sidecar import akidb_records, is_akidb_format, to_metadata
 from handlers.budget import ByteBudget
 from handlers.catalog import Catalog
+from handlers.chain import chain_of
 from handlers.delta import (
     DeltaRows,
     base_index,
@@ -33,10 +34,10 @@ from handlers.delta import (
 from handlers.encode import EncodedSnapshot, Encoder
 from handlers.errors import CorruptSnapshotError, InvalidDocumentsError, WriteNotVerifiedError
 from handlers.job import SnapshotJob
-from handlers.metadata import PartInfo, SnapshotMetadata
+from handlers.metadata import PartInfo, RowIndexInfo, SnapshotMetadata
 from handlers.model import DocumentBatch
 from handlers.overlap import Overlap
-from handlers.row_index import INDEX_NAME, RowIndexer, index_bytes, put_side_object
+from handlers.row_index import RowIndexer, store_index
 from handlers.sources import OpenedSource, SourceReader
 from handlers.spool import process_spool
 from handlers.stores import ObjectStore, S3Options
@@ -137,7 +138,7 @@ class SnapshotCreator:
             row_index = await self._put_row_index(job, indexer)
         async with _timed(timer, "verify", seconds):
             try:
-                await self._verify((*uploaded.unvouched, *([row_index] if row_index else [])))
+                await self._verify((*uploaded.unvouched, *_index_object(row_index)))
             except CorruptSnapshotError as exc:
                 # Nothing is committed yet: a redo writes the same keys again.
                 raise WriteNotVerifiedError(exc.message) from None
@@ -148,12 +149,11 @@ class SnapshotCreator:
             return await self._committed_meanwhile(job, seconds)
         return CreateOutcome(metadata, duplicate=False, stage_seconds=seconds)
 
-    async def _put_row_index(self, job: SnapshotJob, indexer: RowIndexer) -> PartInfo | None:
+    async def _put_row_index(self, job: SnapshotJob, indexer: RowIndexer) -> RowIndexInfo | None:
         if job.format != "parquet":
             return None
-        data = await asyncio.to_thread(index_bytes, indexer.index)
         store = self._catalog.store
-        return await put_side_object(store, job.collection_id, job.snapshot_id, INDEX_NAME, data)
+        return await store_index(store, job.collection_id, job.snapshot_id, indexer.index)
 
     async def _delta(
         self,
@@ -166,7 +166,8 @@ class SnapshotCreator:
         store = self._catalog.store
         async with _timed(timer, "encode", seconds):
             base = await resolve_base(self._catalog, job)
-            index = await base_index(store, base, self._encode.spool_dir)
+            chain = await chain_of(store, base)
+            index = await base_index(store, chain, self._encode.spool_dir)
             rows = await asyncio.to_thread(split_rows, job, source.batches, index)
             check_dimension(base, rows)
             parts, unvouched = await self._delta_parts(job, rows)
@@ -174,11 +175,11 @@ class SnapshotCreator:
         async with _timed(timer, "upload", seconds):
             side = await put_delta_objects(store, job, rows)
         async with _timed(timer, "verify", seconds):
+            metadata = delta_metadata(job, chain, rows, parts, side)
             try:
-                await self._verify((*unvouched, *(info for info in side if info)))
+                await self._verify((*unvouched, *metadata.side_objects))
             except CorruptSnapshotError as exc:
                 raise WriteNotVerifiedError(exc.message) from None
-            metadata = delta_metadata(job, base, rows, parts, side)
             committed = await self._catalog.commit(metadata)
         if not committed:
             return await self._committed_meanwhile(job, seconds)
@@ -201,7 +202,7 @@ class SnapshotCreator:
         encoded: EncodedSnapshot,
         parts: tuple[PartInfo, ...],
         source_dtype: str | None,
-        row_index: PartInfo | None = None,
+        row_index: RowIndexInfo | None = None,
     ) -> tuple[SnapshotMetadata, bool]:
         """The snapshot's metadata, and False when another run had committed it first."""
         if is_akidb_format(job.format):
@@ -239,6 +240,11 @@ class ProgressSink(Protocol):
     def start(self, total: int | None) -> None: ...
 
     def update(self, amount: int = 1) -> None: ...
+
+
+def _index_object(row_index: RowIndexInfo | None) -> tuple[PartInfo, ...]:
+    """A large index is a side object, checked with the parts; an inline one needs no check."""
+    return (row_index.object,) if row_index and row_index.object else ()
 
 
 def _counted(batches: Iterator[DocumentBatch], progress: ProgressSink) -> Iterator[DocumentBatch]:

@@ -11,26 +11,26 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
 
 from handlers.catalog import Catalog
-from handlers.errors import InvalidRequestError, SnapshotNotFoundError
+from handlers.chain import deleted_ids
+from handlers.errors import CorruptSnapshotError, InvalidRequestError, SnapshotNotFoundError
 from handlers.job import SnapshotJob
-from handlers.metadata import DeltaInfo, PartInfo, SnapshotMetadata
+from handlers.metadata import DeltaInfo, PartInfo, RowIndexInfo, SnapshotMetadata
 from handlers.model import DocumentBatch
 from handlers.row_index import (
     DELETES_NAME,
-    INDEX_NAME,
     RowIndex,
     deletes_bytes,
-    index_bytes,
     load_index,
     put_side_object,
     row_hashes,
+    store_index,
 )
 from handlers.stores import ObjectStore
 
@@ -41,7 +41,10 @@ class DeltaRows:
 
     batches: list[DocumentBatch]
     index: RowIndex
+    """The whole collection's, as of the delta."""
     deleted: list[bytes]
+    written: RowIndex = field(default_factory=dict)
+    """The delta's own rows: what its row index stores."""
     added: int = 0
     changed: int = 0
 
@@ -67,9 +70,19 @@ async def resolve_base(catalog: Catalog, job: SnapshotJob) -> SnapshotMetadata:
     return base
 
 
-async def base_index(store: ObjectStore, base: SnapshotMetadata, scratch: Path) -> RowIndex:
-    assert base.row_index is not None  # resolve_base let only indexed snapshots through
-    return await load_index(store, base.row_index, scratch)
+async def base_index(store: ObjectStore, chain: list[SnapshotMetadata], scratch: Path) -> RowIndex:
+    """The collection's index as of the top of ``chain``: each member's own index, folded in
+    chain order (a rewritten row moves to its delta's place, as in handlers.chain)."""
+    index: RowIndex = {}
+    for member in chain:
+        if member.row_index is None:
+            raise CorruptSnapshotError(f"snapshot {member.snapshot_id} in the chain has no index")
+        for doc in (await deleted_ids(store, member, scratch)).to_pylist():
+            index.pop(doc, None)
+        for doc, digest in (await load_index(store, member.row_index, scratch)).items():
+            index.pop(doc, None)
+            index[doc] = digest
+    return index
 
 
 def split_rows(job: SnapshotJob, batches: Iterator[DocumentBatch], index: RowIndex) -> DeltaRows:
@@ -88,6 +101,7 @@ def split_rows(job: SnapshotJob, batches: Iterator[DocumentBatch], index: RowInd
             if before == digest and not change_set:
                 continue
             keep.append(position)
+            found.written[doc] = digest
             found.added += before is None
             found.changed += before is not None
         if keep:
@@ -109,11 +123,10 @@ def split_rows(job: SnapshotJob, batches: Iterator[DocumentBatch], index: RowInd
 
 async def put_delta_objects(
     store: ObjectStore, job: SnapshotJob, rows: DeltaRows
-) -> tuple[PartInfo, PartInfo | None]:
-    """The delta's row index (the whole collection's, so the next delta needs only it) and
-    its deleted ids, both beside its parts."""
-    index = await asyncio.to_thread(index_bytes, rows.index)
-    index_info = await put_side_object(store, job.collection_id, job.snapshot_id, INDEX_NAME, index)
+) -> tuple[RowIndexInfo, PartInfo | None]:
+    """The index of the delta's own rows and its deleted ids (a side object: a delta is never
+    on the small-snapshot path)."""
+    index_info = await store_index(store, job.collection_id, job.snapshot_id, rows.written)
     if not rows.deleted:
         return index_info, None
     deletes = await asyncio.to_thread(deletes_bytes, rows.deleted)
@@ -124,11 +137,14 @@ async def put_delta_objects(
 
 def delta_metadata(
     job: SnapshotJob,
-    base: SnapshotMetadata,
+    chain: list[SnapshotMetadata],
     rows: DeltaRows,
     parts: tuple[PartInfo, ...],
-    side: tuple[PartInfo, PartInfo | None],
+    side: tuple[RowIndexInfo, PartInfo | None],
 ) -> SnapshotMetadata:
+    """``chain``: the base's, full snapshot first."""
+    base, full = chain[-1], chain[0]
+    per_row = full.total_bytes / full.vector_count if full.vector_count else 0.0
     return SnapshotMetadata(
         snapshot_id=job.snapshot_id,
         collection_id=job.collection_id,
@@ -148,6 +164,7 @@ def delta_metadata(
             rows_changed=rows.changed,
             rows_deleted=len(rows.deleted),
             collection_rows=len(rows.index),
+            full_equivalent_bytes=round(per_row * len(rows.index)),
         ),
     )
 

@@ -21,6 +21,18 @@ class PartInfo:
 
 
 @dataclass(frozen=True)
+class RowIndexInfo:
+    """Where a snapshot's row index (its own rows' id → content hash) is: inline in the
+    metadata (base64 of its Parquet bytes) while small, so a small snapshot costs no extra
+    object, else a side object beside the parts."""
+
+    rows: int
+    sha256: str
+    inline: str | None = None
+    object: PartInfo | None = None
+
+
+@dataclass(frozen=True)
 class DeltaInfo:
     """What a delta snapshot holds besides its parts: the snapshot it applies to, the ids it
     deletes (a small object of its own) and the counts of the whole collection it gives."""
@@ -31,6 +43,9 @@ class DeltaInfo:
     rows_changed: int
     rows_deleted: int
     collection_rows: int
+    full_equivalent_bytes: int = 0
+    """What a full snapshot of the collection would take, at its chain's full snapshot's bytes
+    per row: the bytes this delta saved are that minus what it wrote."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +64,7 @@ class SnapshotMetadata:
     # Set only when the export's vectors were not float32 and were converted to it.
     source_dtype: str | None = None
     delta: DeltaInfo | None = None
-    row_index: PartInfo | None = None
+    row_index: RowIndexInfo | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -65,9 +80,21 @@ class SnapshotMetadata:
         return self.vector_count if self.delta is None else self.delta.collection_rows
 
     @property
+    def written_bytes(self) -> int:
+        """Parts and side objects: what making this snapshot stored."""
+        return self.total_bytes + sum(side.size for side in self.side_objects)
+
+    @property
+    def bytes_saved(self) -> int:
+        """A delta's saving over a full snapshot of the same collection (0 for a full one)."""
+        if self.delta is None:
+            return 0
+        return max(0, self.delta.full_equivalent_bytes - self.written_bytes)
+
+    @property
     def side_objects(self) -> tuple[PartInfo, ...]:
-        """Checked objects beside the parts: the row index and a delta's deleted ids."""
-        found = [self.row_index] if self.row_index else []
+        """Checked objects beside the parts: a large row index and a delta's deleted ids."""
+        found = [self.row_index.object] if self.row_index and self.row_index.object else []
         if self.delta is not None and self.delta.deletes is not None:
             found.append(self.delta.deletes)
         return tuple(found)
@@ -83,6 +110,8 @@ class SnapshotMetadata:
         for optional in ("delta", "row_index"):
             if body[optional] is None:
                 del body[optional]
+        if "row_index" in body:  # inline or object, never both
+            body["row_index"] = {k: v for k, v in body["row_index"].items() if v is not None}
         return {"schema": METADATA_SCHEMA, **body}
 
     def to_json(self) -> bytes:
@@ -109,7 +138,7 @@ class SnapshotMetadata:
                 json_equivalent_bytes=int(body.get("json_equivalent_bytes", 0)),
                 source_dtype=_optional_str(body.get("source_dtype")),
                 delta=_delta(body.get("delta")),
-                row_index=PartInfo(**body["row_index"]) if body.get("row_index") else None,
+                row_index=_row_index(body.get("row_index")),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CorruptSnapshotError(f"metadata file {key or '?'} is unreadable: {exc}") from None
@@ -117,6 +146,18 @@ class SnapshotMetadata:
 
 def _optional_str(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def _row_index(body: Mapping[str, Any] | None) -> RowIndexInfo | None:
+    if body is None:
+        return None
+    stored = body.get("object")
+    return RowIndexInfo(
+        rows=int(body["rows"]),
+        sha256=str(body["sha256"]),
+        inline=_optional_str(body.get("inline")),
+        object=PartInfo(**stored) if stored else None,
+    )
 
 
 def _delta(body: Mapping[str, Any] | None) -> DeltaInfo | None:
@@ -130,4 +171,5 @@ def _delta(body: Mapping[str, Any] | None) -> DeltaInfo | None:
         rows_changed=int(body["rows_changed"]),
         rows_deleted=int(body["rows_deleted"]),
         collection_rows=int(body["collection_rows"]),
+        full_equivalent_bytes=int(body.get("full_equivalent_bytes", 0)),
     )

@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from handlers.chain import materialize
+from handlers.chain import chain_parts, chain_rows
 from handlers.codecs import read_part
 from handlers.codecs.documents_json import batch_to_documents, table_to_documents
 from handlers.codecs.parquet import file_schema, parquet_part_rows, writer_options
@@ -157,17 +157,29 @@ async def _restore_chain(
     kind: str,
     progress: Callable[[int], None] | None,
 ) -> int:
-    """A delta: its chain applied in memory (handlers.chain), then written as one."""
-    whole = await materialize(store, metadata, target.parent)
-    writer = _open_writer(kind, target, replace(metadata, vector_count=whole.num_rows))
+    """A delta: its chain's rows streamed part by part into one output (handlers.chain)."""
+    writer = _open_writer(kind, target, replace(metadata, vector_count=metadata.collection_rows))
     try:
-        for batch in whole.to_batches():
-            await asyncio.to_thread(writer.write, DocumentBatch(batch))
+        async with chain_parts(store, metadata, target.parent) as parts:
+            return await asyncio.to_thread(
+                _write_rows, chain_rows(parts, metadata.collection_rows), writer, progress
+            )
     finally:
         await asyncio.to_thread(writer.close)
-    if progress is not None:
-        progress(whole.num_rows)
-    return int(whole.num_rows)
+
+
+def _write_rows(
+    rows: Iterator[pa.RecordBatch],
+    writer: OutputWriter,
+    progress: Callable[[int], None] | None,
+) -> int:
+    written = 0
+    for record in rows:
+        writer.write(DocumentBatch(record))
+        written += record.num_rows
+        if progress is not None:
+            progress(record.num_rows)
+    return written
 
 
 async def _copy_single_part(

@@ -63,6 +63,24 @@ def documents_table(rows: int, dim: int, seed: int = 0, *, metadata: bool = True
     return pa.Table.from_batches([batch.record_batch])
 
 
+class CollectionModel:
+    """A collection as a test alone computes it, for comparing with what a delta chain
+    restores: rows keyed by ``key``; a write moves a row to the end (chain order)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.rows: dict[Any, dict[str, Any]] = {}
+
+    def write(self, rows: Sequence[dict[str, Any]]) -> None:
+        for row in rows:
+            self.rows.pop(row[self.key], None)
+            self.rows[row[self.key]] = row
+
+    def delete(self, ids: Sequence[Any]) -> None:
+        for doc in ids:
+            del self.rows[doc]
+
+
 def write_export(table: pa.Table, directory: Path, name: str = "export.parquet") -> str:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name

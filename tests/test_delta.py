@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.events import build_request, build_result, parse_request, parse_result
+from handlers import row_index
 from handlers.compact import compact
 from handlers.create import CreateOutcome, SnapshotCreator
 from handlers.dependants import delete_snapshot
@@ -26,26 +27,22 @@ from handlers.restore import restore_snapshot
 from handlers.retention import prune
 from handlers.stores import ObjectStore
 from handlers.verify import verify_snapshot
-from tests.support import documents_table, open_test_store, run_cli, unit_vectors, write_export
+from tests.support import (
+    CollectionModel,
+    documents_table,
+    open_test_store,
+    run_cli,
+    unit_vectors,
+    write_export,
+)
 
 DIM = 8
 Row = dict[str, Any]
 
 
-class Collection:
-    """The collection as the test alone computes it: a write moves a row to the end."""
-
+class Collection(CollectionModel):
     def __init__(self) -> None:
-        self.rows: dict[bytes, Row] = {}
-
-    def write(self, rows: list[Row]) -> None:
-        for row in rows:
-            self.rows.pop(row["document_id"], None)
-            self.rows[row["document_id"]] = row
-
-    def delete(self, ids: list[bytes]) -> None:
-        for doc in ids:
-            del self.rows[doc]
+        super().__init__("document_id")
 
     def table(self) -> pa.Table:
         return pa.Table.from_pylist(list(self.rows.values()), snapshot_schema(DIM))
@@ -62,7 +59,7 @@ def updated(row: Row, seed: int) -> Row:
     return {**row, "vector": unit_vectors(1, DIM, seed)[0].tolist(), "metadata": f'{{"v":{seed}}}'}
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3proxy", "minio"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ObjectStore]:
     opened = open_test_store(request.param, tmp_path)
     yield opened
@@ -144,6 +141,47 @@ async def test_full_then_deltas_restore_the_collection_bit_for_bit(snaps: Snapsh
     for meta in (full, from_export, from_changes):
         report = await verify_snapshot(store, meta, full=True)
         assert report.ok, report.problems
+
+
+def test_row_hash_tells_every_column_apart() -> None:
+    """Null vs empty text, where one text ends and the next begins, one microsecond, one
+    vector bit: each gives another hash; a slice hashes like the rows it holds."""
+    base = {"document_id": bytes(16), "vector": [1.0, 2.0], "inserted_at": 0}
+    variants = [
+        {"external_id": None, "metadata": "ab"},
+        {"external_id": "", "metadata": "ab"},
+        {"external_id": "a", "metadata": "b"},
+        {"external_id": "ab", "metadata": ""},
+        {"external_id": "ab", "metadata": None},
+        {"external_id": "ab", "metadata": None, "inserted_at": 1},
+        {"external_id": "ab", "metadata": None, "vector": [1.0, -2.0]},
+    ]
+    table = pa.Table.from_pylist([{**base, **change} for change in variants], snapshot_schema(2))
+    hashes = row_index.row_hashes(table)
+    assert len(set(hashes)) == len(variants) and {len(h) for h in hashes} == {16}
+    assert row_index.row_hashes(table.slice(2, 3)) == hashes[2:5]
+
+
+async def test_index_is_inline_when_small_else_an_object(
+    snaps: Snapshots, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chain whose members keep their index either way folds them into one: the third
+    snapshot sees exactly what changed since the second."""
+    model = Collection()
+    model.write(new_rows(30, 3))
+    small = await snaps.export(model.table())
+    assert small.row_index is not None and small.row_index.inline and small.side_objects == ()
+    monkeypatch.setattr(row_index, "INLINE_INDEX_BYTES", 0)
+    model.write([updated(next(iter(model.rows.values())), 9), *new_rows(3, 4)])
+    middle = await snaps.export(model.table(), base="latest")
+    assert middle.row_index is not None and middle.row_index.object in middle.side_objects
+    assert middle.row_index.rows == 4  # its own rows only, not the collection's
+    model.write(new_rows(2, 5))
+    top = await snaps.export(model.table(), base="latest")
+    assert top.delta is not None
+    assert (top.delta.rows_added, top.delta.rows_changed, top.delta.rows_deleted) == (2, 0, 0)
+    assert (await snaps.restored(top)).equals(model.table())
+    assert (await verify_snapshot(snaps.creator.catalog.store, top, full=True)).ok
 
 
 async def test_unchanged_export_is_an_empty_delta(snaps: Snapshots) -> None:

@@ -76,8 +76,14 @@ def test_metadata_files_match_their_schema(tmp_path: Path, monkeypatch: pytest.M
             ]
         )
         assert code == 0, err
+    (tmp_path / "no-deletes.txt").write_text("")
+    delta = ["--base", "latest", "--deletes", str(tmp_path / "no-deletes.txt")]
+    create = ["snapshots", "create", "--collection", "c", "--store", str(store)]
+    code, _, err = run_cli([*create, "--from", str(tmp_path / "f32.npy"), *delta])
+    assert code == 0, err
     bodies = [json.loads(p.read_text()) for p in store.glob("snapshots/c/*.metadata.json")]
-    assert len(bodies) == 2 and sum("source_dtype" in body for body in bodies) == 1
+    assert len(bodies) == 3 and sum("source_dtype" in body for body in bodies) == 1
+    assert sum("delta" in body for body in bodies) == 1
     for body in bodies:
         jsonschema.validate(body, schema)
     written = set().union(*(body.keys() for body in bodies))
