@@ -7,9 +7,9 @@ row matched. Such a part is checked for its size and its Parquet schema, not for
 (that needs every byte; ``snapshots verify`` does it). A part anywhere else (S3), and any
 AkiDB-format part, is fetched whole and its SHA-256 checked before anything is decoded.
 
-A delta chain is selected member by member, newest first: a row is visible when no snapshot
-above it in the chain wrote or deleted its id (the rules of handlers.chain); restore order
-is the chain's.
+A delta chain is selected member by member in chain order: a row is visible when no
+snapshot above it wrote or deleted its id (handlers.chain gives those ids, from the row
+indexes and deletes of the members above); restore order is the chain's.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from handlers.chain import chain_of, deleted_ids
+from handlers.chain import chain_of, hidden_ids
 from handlers.codecs import read_part
 from handlers.codecs.parquet import open_checked_parquet
 from handlers.errors import CorruptSnapshotError
@@ -65,24 +65,24 @@ async def select_rows(
 ) -> tuple[pa.Table, Picked]:
     """The selected rows of the snapshot as of ``metadata`` (a chain applied), in order."""
     members = await chain_of(store, metadata) if metadata.delta is not None else [metadata]
-    picked = Picked()
-    hidden: list[pa.Array] = []  # ids written or deleted above the current member
-    per_member: list[list[pa.Table]] = []
-    for depth, member in enumerate(reversed(members)):
-        below = depth < len(members) - 1
-        # A chain's base comes first in restore order but is read last: no early stop there.
-        room = selection.limit if len(members) == 1 else None
-        gone = pa.concat_arrays(hidden) if hidden else None
-        reading = Reading(selection, gone, below, room)
-        tables, written = await _select_member(store, member, reading, picked, scratch)
-        per_member.append(tables)
-        if below:
-            hidden.extend([written, await _deleted(store, member, picked, scratch)])
+    hidden = await hidden_ids(store, members, scratch) if len(members) > 1 else [None]
+    picked = Picked(bytes_read=sum(_side_bytes(member) for member in members))
+    tables: list[pa.Table] = []
+    room = selection.limit
+    for member, gone in zip(members, hidden, strict=True):
+        reading = Reading(selection, gone if gone is not None and len(gone) else None, room)
+        for part in member.parts:
+            found = await _pick_part(store, member, part, reading, scratch)
+            tables.append(found.table)
+            picked.found.append(found.found)
+            picked.bytes_read += found.bytes_read
+            if reading.room is not None:
+                reading = replace(reading, room=max(0, reading.room - found.table.num_rows))
+        room = reading.room
     schema = snapshot_schema(metadata.dimension)
     out_schema = pa.schema([schema.field(name) for name in selection.columns])
-    ordered = [table for tables in reversed(per_member) for table in tables]
     table = pa.concat_tables(
-        [t.select(list(selection.columns)).cast(out_schema) for t in ordered]
+        [t.select(list(selection.columns)).cast(out_schema) for t in tables]
         or [out_schema.empty_table()]
     )
     if selection.limit is not None:
@@ -90,71 +90,43 @@ async def select_rows(
     return table, picked
 
 
-async def _deleted(
-    store: ObjectStore, member: SnapshotMetadata, picked: Picked, scratch: Path
-) -> pa.Array:
-    if member.delta is not None and member.delta.deletes is not None:
-        picked.bytes_read += member.delta.deletes.size
-    return await deleted_ids(store, member, scratch)
+def _side_bytes(member: SnapshotMetadata) -> int:
+    """What applying a delta reads besides its parts: its deletes and row index objects."""
+    if member.delta is None:
+        return 0
+    deletes = member.delta.deletes.size if member.delta.deletes is not None else 0
+    index = member.row_index.object if member.row_index is not None else None
+    return deletes + (index.size if index is not None else 0)
 
 
 @dataclass(frozen=True)
 class Reading:
-    """How one chain member is read: the selection, the ids hidden by the members above it,
-    whether a member lies below it (then the ids it writes are wanted too), and how many
-    rows may still be taken (None: no early stop)."""
+    """How one chain member is read: the selection, the ids the members above it write or
+    delete (hidden here), and how many rows may still be taken (None: no limit)."""
 
     selection: Selection
     gone: pa.Array | None
-    below: bool
     room: int | None
-
-
-async def _select_member(
-    store: ObjectStore,
-    member: SnapshotMetadata,
-    reading: Reading,
-    picked: Picked,
-    scratch: Path,
-) -> tuple[list[pa.Table], pa.Array]:
-    """The member's selected rows, part by part, and the ids it writes that matter below."""
-    tables: list[pa.Table] = []
-    written: list[pa.Array] = []
-    for part in member.parts:
-        local = store.local_path(part.key) if member.format == "parquet" else None
-        if local is not None:
-            found = await asyncio.to_thread(_pick_in_place, local, part, member.dimension, reading)
-        else:
-            found = await _pick_fetched(store, member, part, reading, scratch)
-        tables.append(found.table)
-        picked.found.append(found.found)
-        picked.bytes_read += found.bytes_read
-        written.append(found.written)
-        if reading.room is not None:
-            reading = replace(reading, room=max(0, reading.room - found.table.num_rows))
-    return tables, pa.concat_arrays(written) if written else pa.array([], ID_TYPE)
 
 
 @dataclass(frozen=True)
 class PartPick:
-    """Of one part: the selected rows, the wanted ids it holds visibly, the ids that hide
-    rows below it, and the bytes read."""
+    """Of one part: the selected rows, the wanted ids it holds visibly, and the bytes read."""
 
     table: pa.Table
     found: pa.Array
-    written: pa.Array
     bytes_read: int = 0
 
 
-async def _pick_fetched(
+async def _pick_part(
     store: ObjectStore, member: SnapshotMetadata, part: PartInfo, reading: Reading, scratch: Path
 ) -> PartPick:
+    local = store.local_path(part.key) if member.format == "parquet" else None
+    if local is not None:
+        return await asyncio.to_thread(_pick_in_place, local, part, member.dimension, reading)
     async with checked_part_file(store, part, scratch) as path:
         if member.format == "parquet":
-            whole_read = replace(reading, room=None)
-            picked = await asyncio.to_thread(
-                _pick_in_place, path, part, member.dimension, whole_read
-            )
+            picked = await asyncio.to_thread(_pick_in_place, path, part, member.dimension, reading)
             return replace(picked, bytes_read=part.size)
         batches = await asyncio.to_thread(
             lambda: list(read_part(path, member.format, member.dimension))
@@ -164,24 +136,25 @@ async def _pick_fetched(
         raise CorruptSnapshotError(
             f"part {part.key} decodes to {whole.num_rows} rows, metadata says {part.rows}"
         )
-    mask, found, written = _pick(whole, reading)
-    return PartPick(whole.filter(mask), found, written, part.size)
+    mask, found = _pick(whole, reading)
+    if reading.room is not None:
+        mask = _first(mask, reading.room)
+    return PartPick(whole.filter(mask), found, part.size)
 
 
-def _pick(keys: pa.Table, reading: Reading) -> tuple[pa.Array, pa.Array, pa.Array]:
-    """Of rows ``keys``: which are selected, the wanted ids seen, the ids that hide rows below."""
+def _pick(keys: pa.Table, reading: Reading) -> tuple[pa.Array, pa.Array]:
+    """Of rows ``keys``: which are selected, and the wanted ids among the visible ones."""
     selection, gone = reading.selection, reading.gone
     id_column = keys.column("document_id").combine_chunks().cast(ID_TYPE)
     every = pa.array(np.ones(keys.num_rows, dtype=bool))
     visible = every if gone is None else pc.invert(pc.is_in(id_column, value_set=gone))
-    wanted = every if selection.ids is None else pc.is_in(id_column, value_set=selection.ids)
-    empty = pa.array([], ID_TYPE)
-    found = empty if selection.ids is None else id_column.filter(pc.and_(wanted, visible))
-    written = id_column.filter(wanted) if reading.below else empty
+    found = pa.array([], ID_TYPE)
+    if selection.ids is not None:
+        found = id_column.filter(pc.and_(pc.is_in(id_column, value_set=selection.ids), visible))
     mask = pc.and_(selection.row_mask(keys), visible)
     if isinstance(mask, pa.ChunkedArray):
         mask = mask.combine_chunks()
-    return mask, found, written
+    return mask, found
 
 
 def _pick_in_place(path: Path, part: PartInfo, dimension: int, reading: Reading) -> PartPick:
@@ -202,17 +175,15 @@ def _pick_groups(part: pq.ParquetFile, reading: Reading) -> PartPick:
     wanted = sorted(selection.ids.to_pylist()) if selection.ids is not None else None
     tables: list[pa.Table] = []
     found: list[pa.Array] = []
-    written: list[pa.Array] = []
     keys_read = selection.key_columns
     rest = [name for name in selection.columns if name not in keys_read]
     for group in range(part.num_row_groups):
         stats = _group_ranges(part.metadata.row_group(group))
-        if not _worth_reading(reading, wanted, stats, room):
+        if not _worth_reading(selection, wanted, stats, room):
             continue
         keys = part.read_row_group(group, columns=keys_read)
-        mask, seen, ids = _pick(keys, reading)
+        mask, seen = _pick(keys, reading)
         found.append(seen)
-        written.append(ids)
         taken = pc.sum(mask).as_py() or 0
         if room is not None:
             mask, taken = _first(mask, room), min(taken, room)
@@ -224,30 +195,24 @@ def _pick_groups(part: pq.ParquetFile, reading: Reading) -> PartPick:
                 assert others is not None
                 selected = selected.append_column(name, others.column(name))
             tables.append(selected)
-    empty = pa.array([], ID_TYPE)
     return PartPick(
         pa.concat_tables(tables) if tables else part.schema_arrow.empty_table(),
-        pa.concat_arrays(found) if found else empty,
-        pa.concat_arrays(written) if written else empty,
+        pa.concat_arrays(found) if found else pa.array([], ID_TYPE),
     )
 
 
 def _worth_reading(
-    reading: Reading,
+    selection: Selection,
     wanted: list[bytes] | None,
     stats: dict[str, tuple[object, object]],
     room: int | None,
 ) -> bool:
     """From a row group's statistics: whether it can hold a wanted id or a row to take.
-
-    With ids, a group that may hold one is read even when no row of it can be taken (the
-    report says which wanted ids the snapshot holds); a member with others below it is read
-    for the ids that hide theirs."""
+    With ids, a group that may hold one is read even when no row of it can be taken: the
+    report says which wanted ids the snapshot holds."""
     if wanted is not None:
         return _ids_may_hold(wanted, stats.get("document_id"))
-    if reading.below:
-        return True
-    return room != 0 and _conditions_may_hold(reading.selection, stats)
+    return room != 0 and _conditions_may_hold(selection, stats)
 
 
 def _first(mask: pa.Array, count: int) -> pa.Array:
