@@ -3,9 +3,10 @@
 A native part in a local store is read in place, row group by row group: a group whose
 document_id (or inserted_at) statistics cannot hold a wanted row is skipped, then the columns
 that decide the selection are read, and the other asked-for columns only of groups where a
-row matched. Such a part is checked for its size and its Parquet schema, not for its SHA-256
-(that needs every byte; ``snapshots verify`` does it). A part anywhere else (S3), and any
-AkiDB-format part, is fetched whole and its SHA-256 checked before anything is decoded.
+row matched. Such a part is checked for its size, its schema and its footer's row count, not
+for its SHA-256 (that needs every byte; ``snapshots verify`` does it). A part anywhere else
+(S3), and any AkiDB-format part, is fetched whole and its SHA-256 checked before anything is
+decoded.
 
 A delta chain is selected member by member in chain order: a row is visible when no
 snapshot above it wrote or deleted its id (handlers.chain gives those ids, from the row
@@ -164,7 +165,13 @@ def _pick_in_place(path: Path, part: PartInfo, dimension: int, reading: Reading)
         raise CorruptSnapshotError(f"part {part.key} has {size} bytes, metadata says {part.size}")
     with CountingFile(path, "rb") as handle:
         try:
-            picked = _pick_groups(open_checked_parquet(handle, dimension), reading)
+            parquet = open_checked_parquet(handle, dimension)
+            if parquet.metadata.num_rows != part.rows:
+                raise CorruptSnapshotError(
+                    f"part {part.key} holds {parquet.metadata.num_rows} rows, "
+                    f"metadata says {part.rows}"
+                )
+            picked = _pick_groups(parquet, reading)
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise CorruptSnapshotError(f"part {part.key} is unreadable: {exc}") from None
         return replace(picked, bytes_read=handle.bytes_read)

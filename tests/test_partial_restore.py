@@ -17,7 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from handlers.create import SnapshotCreator
-from handlers.errors import IdsNotFoundError, InvalidRequestError, SelectionError
+from handlers.errors import (
+    CorruptSnapshotError,
+    IdsNotFoundError,
+    InvalidRequestError,
+    SelectionError,
+)
 from handlers.job import SnapshotJob, UriSource
 from handlers.metadata import SnapshotMetadata
 from handlers.model import snapshot_schema
@@ -204,6 +209,28 @@ async def test_strict_refuses_missing_ids_and_writes_nothing(snaps: Snapshots) -
     with pytest.raises(IdsNotFoundError, match="1 of the 2 ids"):
         await restore_snapshot(snaps.store, meta, out, selection=Selection(ids=asked, strict=True))
     assert not out.exists()
+
+
+async def test_damaged_parts_are_refused_as_partial_restore_documents(
+    snaps: Snapshots, store: ObjectStore
+) -> None:
+    rows = new_rows(30, 9)
+    meta = await snaps.make(rows)
+    part = meta.parts[0]
+    data = await store.get_bytes(part.key)
+    selection = Selection(ids=ids_of(rows[:1]), columns=parse_columns("document_id"))
+    if store.local_path(part.key) is None:  # S3: fetched whole, SHA-256 checked
+        flipped = data[:-100] + bytes([data[-100] ^ 1]) + data[-99:]
+        await store.put_bytes(part.key, flipped)
+        with pytest.raises(CorruptSnapshotError, match="SHA-256"):
+            await snaps.restore(meta, selection)
+        return
+    await store.put_bytes(part.key, data + b"x")  # local: size and footer are checked
+    with pytest.raises(CorruptSnapshotError, match="bytes, metadata says"):
+        await snaps.restore(meta, selection)
+    await store.put_bytes(part.key, data[:-12] + b"\0" * 8 + data[-4:])
+    with pytest.raises(CorruptSnapshotError, match=r"unreadable|footer"):
+        await snaps.restore(meta, selection)
 
 
 def test_ids_files_in_every_kind_give_the_same_ids(tmp_path: Path) -> None:
