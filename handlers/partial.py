@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -62,33 +63,38 @@ class CountingFile(io.FileIO):
 
 
 async def select_rows(
-    store: ObjectStore, metadata: SnapshotMetadata, selection: Selection, scratch: Path
-) -> tuple[pa.Table, Picked]:
-    """The selected rows of the snapshot as of ``metadata`` (a chain applied), in order."""
+    store: ObjectStore,
+    metadata: SnapshotMetadata,
+    selection: Selection,
+    scratch: Path,
+    sink: Callable[[pa.Table], None],
+) -> Picked:
+    """The selected rows of the snapshot as of ``metadata`` (a chain applied), in order,
+    given part by part to ``sink`` (run in a worker thread) with only the asked-for columns."""
     members = await chain_of(store, metadata) if metadata.delta is not None else [metadata]
     hidden = await hidden_ids(store, members, scratch) if len(members) > 1 else [None]
     picked = Picked(bytes_read=sum(_side_bytes(member) for member in members))
-    tables: list[pa.Table] = []
+    schema = output_schema(metadata.dimension, selection)
     room = selection.limit
     for member, gone in zip(members, hidden, strict=True):
         reading = Reading(selection, gone if gone is not None and len(gone) else None, room)
         for part in member.parts:
             found = await _pick_part(store, member, part, reading, scratch)
-            tables.append(found.table)
+            table = found.table.select(list(selection.columns)).cast(schema)
+            if reading.room is not None:
+                table = table.slice(0, reading.room)
+                reading = replace(reading, room=reading.room - table.num_rows)
+            if table.num_rows:
+                await asyncio.to_thread(sink, table)
             picked.found.append(found.found)
             picked.bytes_read += found.bytes_read
-            if reading.room is not None:
-                reading = replace(reading, room=max(0, reading.room - found.table.num_rows))
         room = reading.room
-    schema = snapshot_schema(metadata.dimension)
-    out_schema = pa.schema([schema.field(name) for name in selection.columns])
-    table = pa.concat_tables(
-        [t.select(list(selection.columns)).cast(out_schema) for t in tables]
-        or [out_schema.empty_table()]
-    )
-    if selection.limit is not None:
-        table = table.slice(0, selection.limit)
-    return table, picked
+    return picked
+
+
+def output_schema(dimension: int, selection: Selection) -> pa.Schema:
+    schema = snapshot_schema(dimension)
+    return pa.schema([schema.field(name) for name in selection.columns])
 
 
 def _side_bytes(member: SnapshotMetadata) -> int:

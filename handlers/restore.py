@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from handlers.chain import chain_parts, chain_rows
 from handlers.codecs import read_part
-from handlers.codecs.documents_json import batch_to_documents, table_to_documents
+from handlers.codecs.documents_json import batch_to_documents
 from handlers.codecs.parquet import file_schema, parquet_part_rows, writer_options
 from handlers.errors import (
     CorruptSnapshotError,
@@ -33,8 +33,9 @@ from handlers.errors import (
 )
 from handlers.filemode import new_file_mode
 from handlers.metadata import SnapshotMetadata
-from handlers.model import ID_TYPE, DocumentBatch, fixed_size_list_to_matrix, snapshot_schema
-from handlers.partial import select_rows
+from handlers.model import ID_TYPE, DocumentBatch, snapshot_schema
+from handlers.partial import output_schema, select_rows
+from handlers.selected_output import SelectedOutput
 from handlers.selection import Selection, id_texts
 from handlers.stores import ObjectStore
 from handlers.verify import checked_part_file
@@ -118,8 +119,14 @@ async def restore_snapshot(
 async def _restore_selection(
     store: ObjectStore, metadata: SnapshotMetadata, selection: Selection, target: Path, kind: str
 ) -> RestoreResult:
-    """Selected rows into ``target``; with ``strict``, refuses before writing if ids lack."""
-    table, picked = await select_rows(store, metadata, selection, target.parent)
+    """Selected rows into ``target``; with ``strict``, refuses if ids lack (the caller then
+    removes ``target``: nothing is written)."""
+    schema = output_schema(metadata.dimension, selection)
+    output = SelectedOutput(kind, target, schema, metadata.collection_rows)
+    try:
+        picked = await select_rows(store, metadata, selection, target.parent, output.write)
+    finally:
+        await asyncio.to_thread(output.close)
     missing = pa.array([], ID_TYPE)
     if selection.ids is not None:
         found = pa.concat_arrays(picked.found) if picked.found else missing
@@ -130,24 +137,7 @@ async def _restore_selection(
             f"{len(missing)} of the {len(selection.ids or [])} ids are not in snapshot "
             f"{metadata.snapshot_id}, e.g. {', '.join(examples)}"
         )
-    await asyncio.to_thread(write_selected, kind, target, table)
-    return RestoreResult(target, table.num_rows, 0, picked.bytes_read, len(missing), examples)
-
-
-def write_selected(kind: str, path: Path, table: pa.Table) -> None:
-    """Any subset of the snapshot's columns, in the output format of ``kind``."""
-    if kind == "parquet":
-        pq.write_table(table, path, compression="zstd")
-    elif kind == "arrow":
-        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-    elif kind == "npy":
-        with path.open("wb") as handle:  # a handle: np.save would add .npy to a temp name
-            np.save(handle, fixed_size_list_to_matrix(table.column("vector").combine_chunks()))
-    else:
-        with path.open("w", encoding="utf-8") as handle:
-            for document in table_to_documents(table):
-                handle.write(json.dumps(document, ensure_ascii=False) + "\n")
+    return RestoreResult(target, output.rows, 0, picked.bytes_read, len(missing), examples)
 
 
 async def _restore_chain(

@@ -294,6 +294,9 @@ def test_cli_partial_restore_outputs_and_errors(tmp_path: Path) -> None:
     assert json.loads(out)["partial"]["ids_missing"] == 0
     vectors = np.load(tmp_path / "a.npy")
     assert vectors.tolist() == [r["vector"] for r in wanted]
+    code, _, err = restore("none.npy", "--where", "external_id=nothing")
+    assert code == 0, err
+    assert np.load(tmp_path / "none.npy").shape == (0, DIM)
     code, _, err = restore("b.jsonl", "--columns", "document_id,inserted_at", "--limit", "2")
     assert code == 0, err
     lines = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
