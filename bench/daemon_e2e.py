@@ -39,7 +39,7 @@ from bench.exports import write_random_export
 from bench.procs import GIB, MIB, REPO_ROOT, Measured, akisnap_exe, check_disk
 from daemon.events import build_request
 from daemon.kafka import KafkaClients
-from daemon.results import Outcome, OutcomeWatcher
+from daemon.outcomes import Outcome, OutcomeWatcher
 from handlers.codecs.parquet import DEFAULT_ROW_GROUP_BYTES, writer_options
 from handlers.executor import usable_cpus
 from handlers.hashing import sha256_file

@@ -18,30 +18,27 @@ import asyncio
 import contextlib
 import signal
 import socket
-import ssl
 import time
 from collections.abc import Awaitable
 from typing import Any
 
-from aiokafka.conn import create_conn
 from aiokafka.errors import (
-    AuthenticationFailedError,
     KafkaConnectionError,
     KafkaError,
-    SaslAuthenticationFailed,
-    UnsupportedSaslMechanismError,
 )
 
 from daemon.compaction import CompactingCreator
-from daemon.consumer import CANCEL_WAIT_SECONDS, ConsumerOptions, RequestConsumer
-from daemon.dead_letter import safe_message
+from daemon.consumer import ConsumerOptions, RequestConsumer
+from daemon.dead_letters.letter import safe_message
 from daemon.environment import EnvironmentGate
 from daemon.fate import Fate
 from daemon.health import HealthServer, Liveness
 from daemon.kafka import DURABLE, KafkaClients, fetch_limits, request_size_for
+from daemon.kafka_explain import explain_kafka_failure
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
-from daemon.results import Publisher
+from daemon.partition import CANCEL_WAIT_SECONDS
+from daemon.publisher import Publisher
 from daemon.retry import Backoff, sleep_unless
 from daemon.settings import Settings
 from handlers.budget import ByteBudget
@@ -84,7 +81,7 @@ FEATURE_PATHS = {
 }
 
 
-def settle_seconds(grace: float) -> float:
+def drain_seconds(grace: float) -> float:
     """The part of the grace period workers get; the rest is kept to commit and close."""
     return max(0.0, grace - shutdown_reserve(grace))
 
@@ -295,7 +292,7 @@ class Daemon:
         options = ConsumerOptions(
             max_in_flight_requests=s.max_in_flight_requests,
             max_in_flight_bytes=s.max_in_flight_bytes,
-            settle_seconds=settle_seconds(s.shutdown_grace_seconds),
+            drain_seconds=drain_seconds(s.shutdown_grace_seconds),
             final_commit_seconds=_closing_seconds(s.shutdown_grace_seconds),
             fetch_error_unhealthy_seconds=s.fetch_error_unhealthy_seconds,
         )
@@ -350,15 +347,15 @@ class Daemon:
 
     def _kafka_consumer(self) -> Any:
         s = self.settings
-        settle = settle_seconds(s.shutdown_grace_seconds)
+        drain = drain_seconds(s.shutdown_grace_seconds)
         return KafkaClients.of(s, self._client_id).consumer(
             group_id=s.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=s.max_in_flight_requests,
             **fetch_limits(s.max_message_bytes),
-            # A revoked partition may take `settle` seconds to finish its request in hand.
-            rebalance_timeout_ms=int((settle + 15.0) * 1000),
+            # A revoked partition may take `drain` seconds to finish its request in hand.
+            rebalance_timeout_ms=int((drain + 15.0) * 1000),
         )
 
     # -- health -----------------------------------------------------------------------------
@@ -439,55 +436,3 @@ def _no_bootstrap(err: KafkaError) -> bool:
 
 async def _bounded(awaitable: Awaitable[None], seconds: float) -> None:
     await asyncio.wait_for(awaitable, seconds)
-
-
-async def explain_kafka_failure(
-    settings: Settings, timeout_seconds: float = 10.0
-) -> tuple[str, bool]:
-    """Why the first bootstrap broker cannot be used, in one line naming the setting to check
-    (aiokafka only says "Unable to bootstrap" when SASL or TLS is what failed), and whether
-    the broker refused us (credentials, certificates: retrying will not help) rather than
-    being unreachable."""
-    host, _, port = settings.kafka_bootstrap.split(",")[0].strip().rpartition(":")
-    security = settings.kafka_security_kwargs()
-    try:
-        conn = await create_conn(
-            host.strip("[]") or "localhost",
-            int(port) if port.isdigit() else 9092,
-            request_timeout_ms=int(timeout_seconds * 1000),
-            **security,
-        )
-    except (SaslAuthenticationFailed, AuthenticationFailedError) as err:
-        return (
-            f"SASL {settings.kafka_sasl_mechanism} authentication failed for user "
-            f"{settings.kafka_sasl_username!r}: {_broker_text(err)} (check "
-            "AKISNAP_KAFKA_SASL_USERNAME and AKISNAP_KAFKA_SASL_PASSWORD)",
-            True,
-        )
-    except UnsupportedSaslMechanismError as err:
-        return f"{err} (check AKISNAP_KAFKA_SASL_MECHANISM)", True
-    except ssl.SSLCertVerificationError as err:
-        return (
-            f"TLS: the broker's certificate is not trusted: {err.verify_message} (check "
-            "AKISNAP_KAFKA_SSL_CAFILE)",
-            True,
-        )
-    except (ssl.SSLError, KafkaConnectionError) as err:
-        hint = (
-            " (does the listener want a client certificate? AKISNAP_KAFKA_SSL_CERTFILE and "
-            "AKISNAP_KAFKA_SSL_KEYFILE; or is it not a TLS listener?)"
-            if settings.kafka_security_protocol in ("SSL", "SASL_SSL")
-            else " (is it a TLS or SASL listener? AKISNAP_KAFKA_SECURITY_PROTOCOL)"
-        )
-        return f"the broker closed the connection during set-up: {err}{hint}", True
-    except (OSError, TimeoutError) as err:
-        return f"cannot reach {settings.kafka_bootstrap}: {type(err).__name__}: {err}", False
-    except KafkaError as err:
-        return f"{type(err).__name__}: {err}", False
-    conn.close()
-    return "the first bootstrap broker accepts the connection now", False
-
-
-def _broker_text(err: KafkaError) -> str:
-    text = str(err)
-    return text.split(": ", 1)[1] if text.startswith("[Error") and ": " in text else text

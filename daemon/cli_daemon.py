@@ -10,19 +10,21 @@ from typing import Any
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from daemon.app import Daemon, explain_kafka_failure
+from daemon.app import Daemon
 from daemon.cli_common import (
     emit,
     fail,
     labels_from,
     load_settings,
 )
-from daemon.dead_letter import H_CLASS, H_MESSAGE, H_STAGE, safe_message
+from daemon.dead_letters.letter import H_CLASS, H_MESSAGE, H_STAGE, safe_message
 from daemon.demo import random_documents, run_demo
 from daemon.events import build_request
 from daemon.exit_codes import BAD_INPUT, ENVIRONMENT, UsageError, os_error_text
+from daemon.kafka_explain import explain_kafka_failure
 from daemon.logging import configure_logging
-from daemon.results import Outcome, OutcomeWatcher, publish
+from daemon.outcomes import Outcome, OutcomeWatcher
+from daemon.send_requests import publish
 from daemon.settings import BOOTSTRAP_HINT, Settings
 from handlers.job import (
     InlineSource,

@@ -1,9 +1,9 @@
 """Operator verbs: ``dlq list|replay``, ``migrate`` and ``snapshots prune``.
 
 Thin, like the rest of the CLI: parse, call the handlers (``handlers.retention``,
-``handlers.migrate``) or :mod:`daemon.dlq`, print one line per thing done (or one JSON document
-with ``--json``), return an exit code. Progress bars (tqdm, on stderr) only when stderr is a
-terminal and ``--json`` is off.
+``handlers.migrate``) or :mod:`daemon.dead_letters`, print one line per thing done (or one JSON
+document with ``--json``), return an exit code. Progress bars (tqdm, on stderr) only when stderr
+is a terminal and ``--json`` is off.
 """
 
 from __future__ import annotations
@@ -18,16 +18,9 @@ from daemon.cli_common import (
     human_bytes,
     load_settings,
 )
-from daemon.dlq import (
-    DeadLetterRecord,
-    DlqFilter,
-    ReplayAction,
-    Replayer,
-    ReplayObserver,
-    ReplayOptions,
-    list_dead_letters,
-    parse_when,
-)
+from daemon.dead_letters.letter import DeadLetterRecord
+from daemon.dead_letters.reading import DlqFilter, list_dead_letters, parse_when
+from daemon.dead_letters.replay import ReplayAction, Replayer, ReplayObserver, ReplayOptions
 from daemon.exit_codes import BAD_INPUT, UsageError
 from daemon.progress import Progress
 from handlers.errors import InvalidRequestError

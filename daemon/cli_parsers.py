@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import TypeAlias
 
-from daemon.replay_defaults import (
+from daemon.dead_letters.defaults import (
     DEFAULT_MAX_REPLAYS,
     DEFAULT_RATE_PER_SECOND,
     DEFAULT_REPLAY_GROUP,

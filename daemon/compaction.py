@@ -12,10 +12,11 @@ from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from handlers.chain import chain_of
 from handlers.compact import compact
-from handlers.create import CreateOutcome, SnapshotCreator, StageTimer
+from handlers.create import CreateOutcome, SnapshotCreator
 from handlers.errors import AkisnapError
 from handlers.job import SnapshotJob
 from handlers.metadata import SnapshotMetadata
+from handlers.stages import StageClock
 
 log = get_logger("akisnap.compaction")
 
@@ -31,8 +32,8 @@ class CompactingCreator:
     async def existing(self, job: SnapshotJob) -> SnapshotMetadata | None:
         return await self._creator.existing(job)
 
-    async def __call__(self, job: SnapshotJob, timer: StageTimer) -> CreateOutcome:
-        outcome = await self._creator(job, timer)
+    async def __call__(self, job: SnapshotJob, clock: StageClock) -> CreateOutcome:
+        outcome = await self._creator(job, clock)
         if self._after and outcome.metadata.delta is not None and not outcome.duplicate:
             await self._compact_if_long(outcome.metadata)
         return outcome

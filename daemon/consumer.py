@@ -2,9 +2,9 @@
 
 How offsets, order and backpressure work:
 
-- **Order.** Each assigned partition has one :class:`PartitionWorker` that settles its
-  records one at a time, in offset order (requests are keyed by collection, so one
-  collection's requests are in order); partitions are worked on concurrently.
+- **Order.** Each assigned partition has one :class:`~daemon.partition.PartitionWorker` that
+  settles its records one at a time, in offset order (requests are keyed by collection, so
+  one collection's requests are in order); partitions are worked on concurrently.
 - **Offsets.** A worker advances its partition's *done* offset (last settled offset + 1)
   only when :class:`~daemon.fate.Fate` returns, i.e. a result or a dead letter was
   acknowledged by the broker. A committer task commits done offsets shortly after they move,
@@ -25,7 +25,8 @@ How offsets, order and backpressure work:
   background loop (committer, lag) that dies. A fetch error that persists is counted, logged
   once when it starts and once when it ends, and turns ``/healthz`` unhealthy after
   ``fetch_error_unhealthy_seconds``. After a failed fetch the partitions are fetched one by
-  one: one that fails alone is held paused for a while, so the others are served.
+  one: one that fails alone is held paused for a while, so the others are served
+  (:mod:`daemon.fetch_health` keeps that account).
 - **Rebalance.** On revoke, the revoked partitions' workers stop taking records, finish the
   one in hand within a bound, the done offsets are committed, and the rest is dropped (the
   new owner fetches it again from the committed offset). ``CommitFailedError`` is logged and
@@ -37,8 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,32 +50,24 @@ from aiokafka.errors import (
     KafkaError,
 )
 
-from daemon.dead_letter import SourceRecord, describe
 from daemon.environment import EnvironmentGate
-from daemon.fate import AbandonedError, PublishStuckError, Settled
+from daemon.fetch_health import FetchHealth
 from daemon.health import Liveness
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
+from daemon.partition import Handler, InFlight, PartitionWorker
 from daemon.retry import sleep_unless
 
 log = get_logger("akisnap.consumer")
 
-Handler = Callable[[SourceRecord, asyncio.Event], Awaitable[Settled]]
-"""Settle one record (``Fate``); the event tells it to give up waiting (shutdown, revoke)."""
-
 KAFKA_ERROR_PAUSE_SECONDS = 1.0
-# A partition whose fetch fails on its own (a batch it cannot read) stays paused this long
-# before it is tried again, so the other partitions are served meanwhile.
-QUARANTINE_SECONDS = 5.0
-# How long a cancelled record may take to unwind (see PartitionWorker.settle).
-CANCEL_WAIT_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
 class ConsumerOptions:
     max_in_flight_requests: int = 32
     max_in_flight_bytes: int = 256 * 1024 * 1024
-    settle_seconds: float = 20.0
+    drain_seconds: float = 20.0
     """How long a revoked partition (or, on shutdown, every partition) may take to finish the
     record in hand before it is cancelled and left to be redone."""
     final_commit_seconds: float = 2.5
@@ -85,144 +77,6 @@ class ConsumerOptions:
     lag_interval_seconds: float = 10.0
     fetch_error_unhealthy_seconds: float = 300.0
     """How long fetches may keep failing before /healthz turns unhealthy."""
-
-
-def _record_bytes(record: SourceRecord) -> int:
-    return len(record.value or b"") + len(record.key or b"")
-
-
-class InFlight:
-    """Records fetched and not yet settled: the bounds (count, and message bytes queued), and
-    the in-flight request gauge. The in-flight bytes gauge counts what requests being worked
-    on hold (export or decoded payload): the creator's byte budget keeps it."""
-
-    def __init__(self, metrics: Metrics, max_requests: int, max_bytes: int) -> None:
-        self._metrics = metrics
-        self.max_requests = max_requests
-        self.max_bytes = max_bytes
-        self.count = 0
-        self.nbytes = 0
-
-    def add(self, record: SourceRecord) -> None:
-        size = _record_bytes(record)
-        self.count += 1
-        self.nbytes += size
-        self._metrics.in_flight_requests.inc()
-
-    def remove(self, record: SourceRecord) -> None:
-        size = _record_bytes(record)
-        self.count -= 1
-        self.nbytes -= size
-        self._metrics.in_flight_requests.dec()
-
-    @property
-    def full(self) -> bool:
-        return self.count >= self.max_requests or self.nbytes >= self.max_bytes
-
-    @property
-    def room(self) -> int:
-        """How many more records may be fetched now (at least 1 for getmany)."""
-        return max(1, self.max_requests - self.count)
-
-
-class PartitionWorker:
-    """Settles one partition's records, one at a time, in offset order."""
-
-    def __init__(
-        self,
-        tp: TopicPartition,
-        handle: Handler,
-        in_flight: InFlight,
-        on_settled: Callable[[TopicPartition, int], None],
-        *,
-        liveness: Liveness,
-        working_clock: Callable[[], float],
-    ) -> None:
-        self.tp = tp
-        self._handle = handle
-        self._in_flight = in_flight
-        self._on_settled = on_settled
-        self._liveness = liveness
-        self._clock = working_clock
-        self.busy_since: float | None = None
-        self._queue: deque[SourceRecord] = deque()
-        self._wake = asyncio.Event()
-        self._closing = False
-        self.stop = asyncio.Event()
-        self._task = asyncio.create_task(
-            self._run(), name=f"akisnap-partition-{tp.topic}-{tp.partition}"
-        )
-
-    @property
-    def backlog(self) -> int:
-        return len(self._queue)
-
-    def enqueue(self, records: Iterable[SourceRecord]) -> None:
-        if self._closing:
-            return
-        for record in records:
-            self._queue.append(record)
-            self._in_flight.add(record)
-        self._wake.set()
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                while not self._queue and not self._closing:
-                    self._wake.clear()
-                    await self._wake.wait()
-                if self._closing:
-                    return
-                record = self._queue[0]
-                self.busy_since = self._clock()
-                try:
-                    await self._handle(record, self.stop)
-                except PublishStuckError as why:
-                    self._liveness.fail(f"partition {_tp_text(self.tp)}: {why}")
-                    return
-                except AbandonedError as why:
-                    log.info("partition.abandoned", source=describe(record), reason=str(why))
-                    return
-                except Exception as err:
-                    # Fate settles every failure itself, even its own bugs; reaching here
-                    # means dead-lettering failed too. Never skip the record, never spin on
-                    # it: stop this partition, uncommitted, and let /healthz say so.
-                    log.exception("partition.handler_failed", source=describe(record))
-                    self._liveness.fail(
-                        f"partition {_tp_text(self.tp)} stopped: {type(err).__name__} while "
-                        f"settling {describe(record)}"
-                    )
-                    return
-                finally:
-                    self.busy_since = None
-                self._queue.popleft()
-                self._in_flight.remove(record)
-                self._on_settled(self.tp, record.offset + 1)
-        finally:
-            self._release_queue()
-
-    def _release_queue(self) -> None:
-        while self._queue:
-            self._in_flight.remove(self._queue.popleft())
-
-    async def settle(self, within: float) -> None:
-        """Take no more records, finish the one in hand within ``within`` s (else cancel it),
-        drop the rest. Waits (retry backoff, publish retries) are given up at once."""
-        self._closing = True
-        self.stop.set()
-        self._wake.set()
-        done, _ = await asyncio.wait({self._task}, timeout=max(within, 0.0))
-        if not done:
-            log.warning(
-                "partition.settle_timeout",
-                topic=self.tp.topic,
-                partition=self.tp.partition,
-                within_seconds=within,
-            )
-            self._task.cancel()
-            # A cancelled encoding stops at its next slice of rows; wait that long at most
-            # (the shutdown's budget is fixed), the thread finishes cleaning up by itself.
-            await asyncio.wait({self._task}, timeout=CANCEL_WAIT_SECONDS)
 
 
 class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -252,12 +106,10 @@ class RequestConsumer:
     ) -> None:
         self._consumer = consumer
         self._gate = gate or EnvironmentGate(metrics, {})
-        self._fetch_failing: tuple[float, str] | None = None
+        self._fetch_health = FetchHealth(metrics, options.fetch_error_unhealthy_seconds)
         # Per partition: the next offset after the last record enqueued (to rewind to after a
-        # failed fetch), since when and why its own fetch fails, until when it is held paused.
+        # failed fetch).
         self._next_offsets: dict[TopicPartition, int] = {}
-        self._bad: dict[TopicPartition, tuple[float, str]] = {}
-        self._quarantined: dict[TopicPartition, float] = {}
         self._on_joined = on_joined
         self._handle = handle
         self._metrics = metrics
@@ -277,7 +129,7 @@ class RequestConsumer:
     # -- the loop ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Fetch and dispatch until ``stop`` is set; then settle the workers and commit."""
+        """Fetch and dispatch until ``stop`` is set; then drain the workers and commit."""
         helpers = [
             asyncio.create_task(self._commit_loop(), name="akisnap-committer"),
             asyncio.create_task(self._lag_loop(), name="akisnap-lag"),
@@ -288,7 +140,7 @@ class RequestConsumer:
             await self._fetch_loop(stop)
         finally:
             self._pause(set(self._workers))
-            await self._settle(set(self._workers), self._options.settle_seconds)
+            await self._drain(set(self._workers), self._options.drain_seconds)
             for task in helpers:
                 task.remove_done_callback(self._helper_ended)
                 task.cancel()
@@ -317,17 +169,8 @@ class RequestConsumer:
         return self._gate.working_clock() - min(started) if started else 0.0
 
     def fetch_trouble(self) -> str | None:
-        """Why /healthz should fail for fetching: errors (of every fetch, or of one partition's)
-        for longer than the setting."""
-        now = asyncio.get_running_loop().time()
-        limit = self._options.fetch_error_unhealthy_seconds
-        if self._fetch_failing is not None and now - self._fetch_failing[0] > limit:
-            since, kind = self._fetch_failing
-            return f"fetching has failed for {now - since:.0f}s ({kind})"
-        for tp, (since, kind) in sorted(self._bad.items()):
-            if now - since > limit:
-                return f"fetching {_tp_text(tp)} has failed for {now - since:.0f}s ({kind})"
-        return None
+        """Why /healthz should fail for fetching (see :class:`FetchHealth`)."""
+        return self._fetch_health.trouble()
 
     async def _fetch_loop(self, stop: asyncio.Event) -> None:
         stopped = asyncio.create_task(stop.wait(), name="akisnap-stop-wait")
@@ -352,13 +195,13 @@ class RequestConsumer:
                 except ConsumerStoppedError:
                     return
                 except Exception as err:  # counted and logged; other partitions go on
-                    self._fetch_failed(err)
+                    self._fetch_health.failed(err)
                     batches = await self._isolate()
                     if not batches:
                         await sleep_unless(stop, KAFKA_ERROR_PAUSE_SECONDS)
                         continue
                 else:
-                    self._fetch_worked(included)
+                    self._fetch_health.worked(included)
                 self._liveness.beat()
                 for tp, records in batches.items():
                     worker = self._workers.get(tp)
@@ -370,34 +213,6 @@ class RequestConsumer:
             stopped.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await stopped
-
-    def _fetch_failed(self, err: Exception) -> None:
-        """Count every failed fetch; log when failing starts (and its kind changes)."""
-        kind = type(err).__name__
-        self._metrics.fetch_failed(kind)
-        if self._fetch_failing is None or self._fetch_failing[1] != kind:
-            log.error("consumer.fetch_failing", error_class=kind, error=str(err))
-            since = asyncio.get_running_loop().time()
-            self._fetch_failing = (
-                since if self._fetch_failing is None else self._fetch_failing[0],
-                kind,
-            )
-
-    def _fetch_worked(self, included: set[TopicPartition]) -> None:
-        now = asyncio.get_running_loop().time()
-        if self._fetch_failing is not None:
-            since, kind = self._fetch_failing
-            log.info("consumer.fetch_recovered", error_class=kind, seconds=round(now - since, 3))
-            self._fetch_failing = None
-        for tp in included & set(self._bad):
-            since, kind = self._bad.pop(tp)
-            self._quarantined.pop(tp, None)
-            log.info(
-                "consumer.partition_fetch_recovered",
-                partition=_tp_text(tp),
-                error_class=kind,
-                seconds=round(now - since, 3),
-            )
 
     async def _isolate(self) -> dict[TopicPartition, list[Any]]:
         """After a failed fetch: rewind (aiokafka may have dropped records it had drained for
@@ -421,23 +236,9 @@ class RequestConsumer:
                 failed[tp] = err
         if failed and len(failed) < len(candidates):
             for tp, error in failed.items():
-                self._quarantine(tp, error)
+                self._fetch_health.quarantine(tp, error)
+            self._pause(set(failed))
         return served
-
-    def _quarantine(self, tp: TopicPartition, err: Exception) -> None:
-        now = asyncio.get_running_loop().time()
-        kind = type(err).__name__
-        if tp not in self._bad:
-            log.error(
-                "consumer.partition_fetch_failing",
-                partition=_tp_text(tp),
-                error_class=kind,
-                error=str(err),
-                note="paused for a while; the other partitions are served",
-            )
-            self._bad[tp] = (now, kind)
-        self._quarantined[tp] = now + QUARANTINE_SECONDS
-        self._pause({tp})
 
     # -- backpressure -----------------------------------------------------------------------
 
@@ -452,8 +253,7 @@ class RequestConsumer:
             return
         share = max(1, math.ceil(self._in_flight.max_requests / len(owned)))
         busy = {tp for tp, worker in self._workers.items() if worker.backlog >= share}
-        now = asyncio.get_running_loop().time()
-        busy |= {tp for tp, until in self._quarantined.items() if until > now}
+        busy |= self._fetch_health.held()
         self._pause(busy)
         self._resume(owned - busy)
 
@@ -474,7 +274,7 @@ class RequestConsumer:
         except IllegalStateError:
             return set()
 
-    # -- settling and committing ------------------------------------------------------------
+    # -- settled requests, committing ------------------------------------------------------
 
     def _settled(self, tp: TopicPartition, next_offset: int) -> None:
         self._done[tp] = next_offset
@@ -483,10 +283,10 @@ class RequestConsumer:
         self._liveness.waiting(self._in_flight.count > 0)
         self._apply_backpressure()
 
-    async def _settle(self, tps: set[TopicPartition], within: float) -> None:
+    async def _drain(self, tps: set[TopicPartition], within: float) -> None:
         workers = [self._workers[tp] for tp in tps if tp in self._workers]
         if workers:
-            await asyncio.gather(*(worker.settle(within) for worker in workers))
+            await asyncio.gather(*(worker.drain(within) for worker in workers))
 
     async def commit(self, only: Collection[TopicPartition] | None = None) -> None:
         """Commit the done offsets that moved (of ``only``, if given). Never raises KafkaError."""
@@ -539,18 +339,17 @@ class RequestConsumer:
     # -- rebalance --------------------------------------------------------------------------
 
     async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Settle the revoked partitions' workers, commit what they finished, forget them."""
+        """Drain the revoked partitions' workers, commit what they finished, forget them."""
         log.info("consumer.partitions_revoked", partitions=_tps_text(revoked))
         self.joined = False
-        await self._settle(revoked, self._options.settle_seconds)
+        await self._drain(revoked, self._options.drain_seconds)
         await self.commit(only=revoked)
         for tp in revoked:
             self._workers.pop(tp, None)
             self._done.pop(tp, None)
             self._committed.pop(tp, None)
             self._next_offsets.pop(tp, None)
-            self._bad.pop(tp, None)
-            self._quarantined.pop(tp, None)
+            self._fetch_health.forget(tp)
             self._metrics.clear_lag(tp.topic, tp.partition)
 
     def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -596,10 +395,6 @@ class RequestConsumer:
             end = ends.get(tp)
             if end is not None and tp in self._workers:
                 self._metrics.set_lag(tp.topic, tp.partition, int(end) - int(base))
-
-
-def _tp_text(tp: TopicPartition) -> str:
-    return f"{tp.topic}[{tp.partition}]"
 
 
 def _tps_text(tps: Iterable[TopicPartition]) -> str:

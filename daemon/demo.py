@@ -32,12 +32,13 @@ from aiokafka.errors import KafkaError
 from daemon import sample_data
 from daemon.app import Daemon
 from daemon.cli_common import fail, hide_kafka_client_logs, human_bytes
-from daemon.dead_letter import H_ATTEMPTS, H_CLASS, H_MESSAGE, H_OFFSET, H_STAGE
+from daemon.dead_letters.letter import H_ATTEMPTS, H_CLASS, H_MESSAGE, H_OFFSET, H_STAGE
 from daemon.events import REQUEST_SCHEMA, build_request
 from daemon.exit_codes import ENVIRONMENT
 from daemon.kafka import KafkaClients
 from daemon.logging import configure_logging
-from daemon.results import Outcome, OutcomeWatcher, publish, topic_partitions
+from daemon.outcomes import Outcome, OutcomeWatcher, topic_partitions
+from daemon.send_requests import publish
 from daemon.settings import BOOTSTRAP_HINT, Settings
 from handlers.job import InlineSource, UriSource
 from handlers.model import DocumentBatch

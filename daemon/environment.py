@@ -20,10 +20,11 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from daemon.dead_letter import safe_message
+from daemon.dead_letters.letter import safe_message
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.retry import Backoff
+from daemon.verdict import AbandonedError
 from handlers.errors import EnvironmentFaultError
 
 log = get_logger("akisnap.environment")
@@ -105,6 +106,15 @@ class EnvironmentGate:
     def worked(self) -> None:
         """A request went through: the environment works (probes start small again)."""
         self._relapses = 0
+
+    async def wait_out(self, fault: EnvironmentFaultError, stop: asyncio.Event, what: str) -> None:
+        """Trip on ``fault`` and wait until the gate opens; AbandonedError if ``stop`` is set
+        first (``what`` was waiting: a request, a record's result)."""
+        self.trip(fault)
+        if not await self.wait_open(stop):
+            raise AbandonedError(
+                f"stopped while waiting out an environment fault ({fault.kind}) for {what}"
+            ) from fault
 
     async def wait_open(self, stop: asyncio.Event) -> bool:
         """Wait until the gate is open (True) or ``stop`` is set (False)."""

@@ -1,21 +1,22 @@
 """The Prometheus metrics of DESIGN.md ('Metrics', prefix ``akisnap_``), on a registry of
 their own so tests can make as many as they like.
 
-They are recorded by the daemon, never inside the handlers: around the stages
-(``stage_timer``), per request (``request_finished``), the in-flight request gauge by the
-consumer's ``InFlight`` and the in-flight bytes gauge by the creator's ``ByteBudget`` callback.
+They are recorded by the daemon, never inside the handlers: the stages as the
+:class:`~handlers.stages.StageClock` times them (``stage_observed``), per request
+(``request_finished``), the in-flight request gauge by the consumer's ``InFlight`` and the
+in-flight bytes gauge by the creator's ``ByteBudget`` callback.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, MutableMapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from daemon import __version__
 from handlers.metadata import SnapshotMetadata
+from handlers.stages import STAGES
 
 PREFIX = "akisnap_"
 # What generate_latest() writes (prometheus-client's own server sends the same).
@@ -23,7 +24,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OUTCOMES = ("created", "dead_lettered", "duplicate")
 SNAPSHOT_KINDS = ("full", "delta")
 COMPACTION_OUTCOMES = ("compacted", "failed")
-STAGES = ("decode", "validate", "source", "encode", "upload", "verify")
 # Dead-letter stages beyond the pipeline's: a bug in deciding a request's outcome.
 DEAD_LETTER_STAGES = (*STAGES, "internal")
 ENVIRONMENT_KINDS = (
@@ -243,20 +243,9 @@ class Metrics:
     def compacted(self, outcome: str) -> None:
         self.compactions.labels(outcome=outcome).inc()
 
-    @contextlib.asynccontextmanager
-    async def stage_timer(
-        self, stage: str, durations: MutableMapping[str, float] | None = None
-    ) -> AsyncIterator[None]:
-        """Observe the stage's duration, also when it raises; add it to ``durations`` too
-        (summed over attempts) when given, for the result event."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            seconds = time.perf_counter() - start
-            self.stage_duration.labels(stage=stage).observe(seconds)
-            if durations is not None:
-                durations[stage] = durations.get(stage, 0.0) + seconds
+    def stage_observed(self, stage: str, seconds: float) -> None:
+        """A stage ended (a failed one under the stage it is blamed on: handlers.stages)."""
+        self.stage_duration.labels(stage=stage).observe(seconds)
 
     def request_finished(self, outcome: str, seconds: float) -> None:
         self.requests.labels(outcome=outcome).inc()

@@ -10,10 +10,7 @@ never overwrites: if the snapshot got committed meanwhile, the outcome is a dupl
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
@@ -40,21 +37,13 @@ from handlers.overlap import Overlap
 from handlers.row_index import RowIndexer, store_index
 from handlers.sources import OpenedSource, SourceReader
 from handlers.spool import process_spool
+from handlers.stages import StageClock
 from handlers.stores import ObjectStore, S3Options
 from handlers.upload import Uploader
 from handlers.verify import Verifier
 
-StageTimer = Callable[[str], AbstractAsyncContextManager[None]]
-"""Wraps each stage call (the daemon records metrics and the failing stage with it)."""
-
-STAGES = ("source", "encode", "upload", "verify")
 DEFAULT_PART_SIZE_BYTES = 64 * 1024 * 1024
 UNBOUNDED = 1 << 62  # the CLI makes one snapshot at a time: no budget to share
-
-
-@contextlib.asynccontextmanager
-async def untimed(stage: str) -> AsyncIterator[None]:
-    yield
 
 
 @dataclass(frozen=True)
@@ -93,10 +82,13 @@ class SnapshotCreator:
         return await self._catalog.find(job.collection_id, job.snapshot_id, job.format)
 
     async def __call__(
-        self, job: SnapshotJob, timer: StageTimer = untimed, progress: ProgressSink | None = None
+        self,
+        job: SnapshotJob,
+        clock: StageClock | None = None,
+        progress: ProgressSink | None = None,
     ) -> CreateOutcome:
-        seconds: dict[str, float] = {}
-        async with _timed(timer, "source", seconds):
+        clock = clock or StageClock()
+        async with clock("source"):
             source = await self._read_source(job)
             if job.exact and source.source_dtype is not None:
                 source.close()
@@ -110,33 +102,32 @@ class SnapshotCreator:
         try:
             async with self._budget.hold(source.nbytes):
                 if job.base is not None:
-                    return await self._delta(job, source, timer, seconds)
-                return await self._create(job, source, timer, seconds)
+                    return await self._delta(job, source, clock)
+                return await self._create(job, source, clock)
         finally:
             source.close()
 
     async def create_from(self, job: SnapshotJob, source: OpenedSource) -> CreateOutcome:
         """A full snapshot of rows already at hand (compaction), without the source stage."""
-        return await self._create(job, source, untimed, {})
+        return await self._create(job, source, StageClock())
 
     async def _create(
         self,
         job: SnapshotJob,
         source: OpenedSource,
-        timer: StageTimer,
-        seconds: dict[str, float],
+        clock: StageClock,
     ) -> CreateOutcome:
         indexer = RowIndexer()
         if job.format == "parquet":  # a native snapshot can be a delta's base
             source.batches = indexer.wrap(source.batches)
         overlap = Overlap(self._encode, self._upload, job, source)
-        async with _timed(timer, "encode", seconds):  # uploads of finished parts run meanwhile
+        async with clock("encode"):  # uploads of finished parts run meanwhile
             encoded = await overlap.encoded()
         source.close()  # the export's spool copy is no longer needed
-        async with _timed(timer, "upload", seconds):  # what is left of the uploads
+        async with clock("upload"):  # what is left of the uploads
             uploaded = await overlap.uploaded(encoded)
             row_index = await self._put_row_index(job, indexer)
-        async with _timed(timer, "verify", seconds):
+        async with clock("verify"):
             try:
                 await self._verify((*uploaded.unvouched, *_index_object(row_index)))
             except CorruptSnapshotError as exc:
@@ -146,8 +137,8 @@ class SnapshotCreator:
                 job, encoded, uploaded.parts, source.source_dtype, row_index
             )
         if not committed:
-            return await self._committed_meanwhile(job, seconds)
-        return CreateOutcome(metadata, duplicate=False, stage_seconds=seconds)
+            return await self._committed_meanwhile(job, clock.seconds)
+        return CreateOutcome(metadata, duplicate=False, stage_seconds=clock.seconds)
 
     async def _put_row_index(self, job: SnapshotJob, indexer: RowIndexer) -> RowIndexInfo | None:
         if job.format != "parquet":
@@ -156,15 +147,11 @@ class SnapshotCreator:
         return await store_index(store, job.collection_id, job.snapshot_id, indexer.index)
 
     async def _delta(
-        self,
-        job: SnapshotJob,
-        source: OpenedSource,
-        timer: StageTimer,
-        seconds: dict[str, float],
+        self, job: SnapshotJob, source: OpenedSource, clock: StageClock
     ) -> CreateOutcome:
         """Only the rows that changed since the base, and the ids deleted (handlers.delta)."""
         store = self._catalog.store
-        async with _timed(timer, "encode", seconds):
+        async with clock("encode"):
             base = await resolve_base(self._catalog, job)
             chain = await chain_of(store, base)
             index = await base_index(store, chain, self._encode.spool_dir)
@@ -172,9 +159,9 @@ class SnapshotCreator:
             check_dimension(base, rows)
             parts, unvouched = await self._delta_parts(job, rows)
         source.close()
-        async with _timed(timer, "upload", seconds):
+        async with clock("upload"):
             side = await put_delta_objects(store, job, rows)
-        async with _timed(timer, "verify", seconds):
+        async with clock("verify"):
             metadata = delta_metadata(job, chain, rows, parts, side)
             try:
                 await self._verify((*unvouched, *metadata.side_objects))
@@ -182,8 +169,8 @@ class SnapshotCreator:
                 raise WriteNotVerifiedError(exc.message) from None
             committed = await self._catalog.commit(metadata)
         if not committed:
-            return await self._committed_meanwhile(job, seconds)
-        return CreateOutcome(metadata, duplicate=False, stage_seconds=seconds)
+            return await self._committed_meanwhile(job, clock.seconds)
+        return CreateOutcome(metadata, duplicate=False, stage_seconds=clock.seconds)
 
     async def _delta_parts(
         self, job: SnapshotJob, rows: DeltaRows
@@ -222,16 +209,6 @@ class SnapshotCreator:
                 f"snapshot {job.snapshot_id} was committed and removed while being written"
             )
         return CreateOutcome(existing, duplicate=True, stage_seconds=seconds)
-
-
-@contextlib.asynccontextmanager
-async def _timed(timer: StageTimer, stage: str, seconds: dict[str, float]) -> AsyncIterator[None]:
-    started = time.perf_counter()
-    try:
-        async with timer(stage):
-            yield
-    finally:
-        seconds[stage] = time.perf_counter() - started
 
 
 class ProgressSink(Protocol):

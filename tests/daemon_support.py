@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from daemon.app import Daemon
 from daemon.demo import random_documents
 from daemon.events import build_request
-from daemon.results import OutcomeWatcher
+from daemon.outcomes import OutcomeWatcher
 from daemon.settings import Settings
 from handlers.catalog import Catalog
 from handlers.job import InlineSource

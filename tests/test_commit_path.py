@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 
-from handlers.create import SnapshotCreator, untimed
+from handlers.create import SnapshotCreator
 from handlers.errors import WriteNotVerifiedError
 from handlers.job import InlineSource, SnapshotJob
 from handlers.layout import metadata_key
 from handlers.metadata import SnapshotMetadata
 from handlers.model import DocumentBatch, bytes_per_row_estimate
 from handlers.sources import OpenedSource
+from handlers.stages import StageClock
 from handlers.stores import ObjectStore, open_store
 from handlers.stores import conditional as conditional_module
 from handlers.stores.local import LocalStore
@@ -227,7 +228,7 @@ def test_a_part_uploads_while_the_next_is_encoded(tmp_path: Path) -> None:
     async def run() -> SnapshotMetadata:
         source = OpenedSource(batches(), "test", expected_rows=6 * rows)
         job = small_job(rows=1, dim=dim)
-        return (await creator._create(job, source, untimed, {})).metadata
+        return (await creator._create(job, source, StageClock())).metadata
 
     meta = asyncio.run(run())
     assert waited == [True]

@@ -18,15 +18,15 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import UnsupportedCodecError
 
-from daemon import consumer as consumer_module
+from daemon import fetch_health
 from daemon.app import Daemon
 from daemon.consumer import ConsumerOptions, RequestConsumer
-from daemon.dead_letter import SourceRecord
+from daemon.dead_letters.letter import SourceRecord
 from daemon.environment import EnvironmentGate
-from daemon.fate import PublishStuckError, Settled, Verdict
 from daemon.health import Liveness
 from daemon.metrics import Metrics
 from daemon.settings import Settings
+from daemon.verdict import PublishStuckError, Settled, Verdict
 from handlers.errors import StoreUnreachableError
 from tests.daemon_support import until as until_within
 from tests.support import FakeRecord
@@ -275,7 +275,7 @@ async def test_a_partition_whose_fetch_fails_is_held_while_the_others_are_served
     """A batch one partition cannot read: that partition is paused for a while (counted,
     logged once), the other partition's requests are settled, /healthz fails after the
     setting naming the partition; once it reads again it is served."""
-    monkeypatch.setattr(consumer_module, "QUARANTINE_SECONDS", 0.2)
+    monkeypatch.setattr(fetch_health, "QUARANTINE_SECONDS", 0.2)
     metrics, liveness = Metrics(), Liveness()
     fake, handler = FakeConsumer([TP0, TP1]), Handler()
     requests = consumer_for(fake, handler, metrics, liveness, fetch_error_unhealthy_seconds=0.5)

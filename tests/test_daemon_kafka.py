@@ -28,7 +28,7 @@ from aiokafka.partitioner import murmur2
 
 from daemon.app import Daemon
 from daemon.consumer import ConsumerOptions, RequestConsumer
-from daemon.dead_letter import (
+from daemon.dead_letters.letter import (
     H_ATTEMPTS,
     H_CLASS,
     H_FAILED_AT,
@@ -42,9 +42,9 @@ from daemon.dead_letter import (
     H_TOPIC,
 )
 from daemon.events import REQUEST_SCHEMA, build_request, parse_request, parse_result
-from daemon.fate import Settled, Verdict
 from daemon.metrics import Metrics
 from daemon.settings import Settings
+from daemon.verdict import Settled, Verdict
 from handlers.create import SnapshotCreator
 from handlers.job import SnapshotJob, UriSource, snapshot_id_for
 from handlers.layout import metadata_key
@@ -190,7 +190,7 @@ async def test_partitions_run_concurrently_each_in_order(
 ) -> None:
     """Four partitions are worked on at once, one record at a time each, offsets in order."""
     topics = await make_topics()
-    options = ConsumerOptions(max_in_flight_requests=16, settle_seconds=5, lag_interval_seconds=0.2)
+    options = ConsumerOptions(max_in_flight_requests=16, drain_seconds=5, lag_interval_seconds=0.2)
     calls, peak, _, _ = await _consume_with(kafka_bootstrap, topics, options, per_partition=3)
     assert peak == 4
     for partition in range(4):
@@ -208,7 +208,7 @@ async def test_in_flight_bound_pauses_partitions(
     """With at most 2 requests in flight, partitions are paused, never more than 2 run, and
     everything is still settled and committed."""
     topics = await make_topics()
-    options = ConsumerOptions(max_in_flight_requests=2, settle_seconds=5, lag_interval_seconds=0.2)
+    options = ConsumerOptions(max_in_flight_requests=2, drain_seconds=5, lag_interval_seconds=0.2)
     calls, peak, paused, metrics = await _consume_with(
         kafka_bootstrap, topics, options, per_partition=2
     )

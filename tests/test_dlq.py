@@ -20,18 +20,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from daemon.dlq import (
+from daemon.dead_letters.progress import PartitionProgress, decode_progress, encode_progress
+from daemon.dead_letters.reading import (
     DlqFilter,
-    PartitionProgress,
-    Replayer,
-    ReplayObserver,
-    ReplayOptions,
     TopicMissingError,
-    decode_progress,
-    encode_progress,
     list_dead_letters,
     parse_when,
 )
+from daemon.dead_letters.replay import Replayer, ReplayObserver, ReplayOptions
 from daemon.events import build_request
 from daemon.settings import Settings
 from handlers.catalog import Catalog

@@ -16,16 +16,18 @@ from datetime import UTC, datetime
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-from daemon.dead_letter import DeadLetter
+from daemon.dead_letters.letter import DeadLetter, DeadLetterRecord
 from daemon.environment import EnvironmentGate
 from daemon.events import build_request
-from daemon.fate import Fate, PublishStuckError, Verdict
+from daemon.fate import Fate
 from daemon.metrics import Metrics
 from daemon.retry import Backoff
-from handlers.create import CreateOutcome, StageTimer
+from daemon.verdict import PublishStuckError, Verdict
+from handlers.create import CreateOutcome
 from handlers.errors import InvalidDocumentsError, StoreCredentialsError
 from handlers.job import InlineSource, SnapshotJob
 from handlers.metadata import PartInfo, SnapshotMetadata
+from handlers.stages import StageClock
 from tests.support import FakeRecord, headers_dict
 
 FAST = Backoff(attempts=3, base_seconds=0.001, cap_seconds=0.01)
@@ -61,9 +63,9 @@ class Creator:
     async def existing(self, job: SnapshotJob) -> SnapshotMetadata | None:
         return None
 
-    async def __call__(self, job: SnapshotJob, timer: StageTimer) -> CreateOutcome:
+    async def __call__(self, job: SnapshotJob, clock: StageClock) -> CreateOutcome:
         self.attempts += 1
-        async with timer("upload"):
+        async with clock("upload"):
             if self.behaviour is not None:
                 await self.behaviour(self.attempts)
         return CreateOutcome(metadata(job), duplicate=False)
@@ -268,3 +270,42 @@ async def test_headers_reach_the_result_and_the_dead_letter() -> None:
     assert letter.headers[:2] == trace[:2]
     assert headers_dict(letter.headers)["akisnap.error.stage"] == "validate"
     assert [k for k, _ in letter.headers].count("akisnap.error.stage") == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "creator_raises", "stage"),
+    [
+        (b'{"schema": "akisnap.snapshot-request/v1"}', None, "validate"),  # breaks the contract
+        (b"\xff not json", None, "decode"),
+        (None, InvalidDocumentsError("NaN in a vector"), "validate"),  # found while creating
+        (None, RuntimeError("a bug"), "upload"),  # the running stage, once retries run out
+    ],
+)
+async def test_a_dead_letters_stage_is_the_stage_its_time_is_recorded_under(
+    value: bytes | None, creator_raises: Exception | None, stage: str
+) -> None:
+    """One clock names the stage: the dead letter's stage, dlq_messages_total and the stage
+    histogram agree, and no other stage of the failed attempt is left without its time."""
+
+    async def fails(_attempt: int) -> None:
+        if creator_raises is not None:
+            raise creator_raises
+
+    metrics = Metrics()
+    publisher = Publisher()
+    record = request() if value is None else FakeRecord(value=value, key=b"c", headers=[])
+    settled = await make_fate(Creator(fails), publisher, metrics)(record, asyncio.Event())
+
+    assert settled.verdict is Verdict.DEAD_LETTERED
+    assert headers_dict(publisher.letters[0].headers)["akisnap.error.stage"] == stage
+    assert sample(metrics, "akisnap_dlq_messages_total", stage=stage) == 1
+    assert sample(metrics, "akisnap_stage_duration_seconds_count", stage=stage) >= 1
+
+
+def test_both_dead_letter_views_read_the_last_header_of_a_name() -> None:
+    """The letter the daemon builds and the record the tools read agree (Kafka's lastHeader)."""
+    headers = [("akisnap.replay.count", b"1"), ("akisnap.replay.count", b"2")]
+    built = DeadLetter(key=None, value=None, headers=headers)
+    read = DeadLetterRecord("dlq", 0, 0, 0, None, None, tuple(headers))
+    assert built.header("akisnap.replay.count") == read.header("akisnap.replay.count") == "2"
+    assert read.replay_count == 2

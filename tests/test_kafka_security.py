@@ -25,8 +25,9 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from daemon.app import explain_kafka_failure
-from daemon.results import OutcomeWatcher, publish
+from daemon.kafka_explain import explain_kafka_failure
+from daemon.outcomes import OutcomeWatcher
+from daemon.send_requests import publish
 from daemon.settings import Settings
 from handlers.job import snapshot_id_for
 from tests.conftest import REPO, Topics

@@ -18,10 +18,11 @@ from typing import Any
 
 from daemon.demo import random_documents
 from daemon.events import build_request
-from daemon.fate import Fate, Verdict
+from daemon.fate import Fate
 from daemon.metrics import Metrics
-from daemon.results import Publisher
+from daemon.publisher import Publisher
 from daemon.retry import Backoff
+from daemon.verdict import Verdict
 from handlers.create import SnapshotCreator
 from handlers.executor import start_process_worker
 from handlers.job import InlineSource

@@ -19,7 +19,9 @@ from daemon import __version__
 from daemon.health import HealthServer, Liveness
 from daemon.logging import configure_logging, get_logger
 from daemon.metrics import DESIGN_METRIC_NAMES, STAGES, Metrics
+from handlers.errors import InvalidDocumentsError
 from handlers.metadata import DeltaInfo, PartInfo, SnapshotMetadata
+from handlers.stages import StageClock
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
@@ -56,19 +58,27 @@ def test_registries_are_independent() -> None:
     assert sample(second, "akisnap_retries_total", stage="upload") == 0
 
 
-async def test_stage_timer_observes_success_and_failure() -> None:
-    """The stage histogram counts a stage that raised as well as one that finished."""
+async def test_stage_clock_observes_success_and_failure() -> None:
+    """The stage histogram counts a stage that raised as well as one that finished; bad input
+    is timed under the stage its dead letter names (validate), as the clock blames it."""
     metrics = Metrics()
-    durations: dict[str, float] = {}
-    async with metrics.stage_timer("encode", durations):
+    clock = StageClock(metrics.stage_observed)
+    async with clock("encode"):
         await asyncio.sleep(0.01)
     with pytest.raises(RuntimeError):
-        async with metrics.stage_timer("encode", durations):
+        async with clock("encode"):
             raise RuntimeError("boom")
+    assert clock.failed == "encode"
+    with pytest.raises(InvalidDocumentsError):
+        async with clock("source"):
+            raise InvalidDocumentsError("NaN in a vector")
+    assert clock.failed == "validate"
     assert sample(metrics, "akisnap_stage_duration_seconds_count", stage="encode") == 2
     assert sample(metrics, "akisnap_stage_duration_seconds_sum", stage="encode") >= 0.01
+    assert sample(metrics, "akisnap_stage_duration_seconds_count", stage="validate") == 1
+    assert sample(metrics, "akisnap_stage_duration_seconds_count", stage="source") == 0
     assert sample(metrics, "akisnap_stage_duration_seconds_count", stage="upload") == 0
-    assert durations["encode"] >= 0.01
+    assert clock.seconds["encode"] >= 0.01
 
 
 async def test_counters_and_gauges_move() -> None:

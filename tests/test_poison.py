@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from daemon.dead_letter import (
+from daemon.dead_letters.letter import (
     H_ATTEMPTS,
     H_CLASS,
     H_MESSAGE,

@@ -20,7 +20,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from daemon.app import Daemon
-from daemon.dead_letter import H_CLASS, H_RETRYABLE, H_STAGE
+from daemon.dead_letters.letter import H_CLASS, H_RETRYABLE, H_STAGE
 from daemon.events import build_request
 from daemon.settings import Settings
 from handlers.catalog import Catalog

@@ -31,7 +31,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from daemon.events import build_request
-from daemon.results import OutcomeWatcher, publish
+from daemon.outcomes import OutcomeWatcher
+from daemon.send_requests import publish
 from daemon.settings import Settings
 from daemon.settings_error import SettingsError
 from handlers.job import InlineSource, UriSource

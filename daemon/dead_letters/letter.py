@@ -1,4 +1,6 @@
-"""Dead letters: the original request, byte for byte, plus the headers that say why.
+"""A dead letter and its headers: built by the daemon, read back by the tools.
+
+A dead letter is the original request, byte for byte, plus the headers that say why.
 
 DESIGN ("Events"): the dead letter keeps the original key, value and headers untouched and adds
 ``akisnap.error.*``, ``akisnap.attempts``, ``akisnap.original.*``, ``akisnap.failed_at`` and,
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from daemon.events import peek_ids
 from handlers.errors import MAX_MESSAGE_CHARS
 from handlers.secrets import scrub_secrets
 
@@ -67,10 +70,18 @@ class DeadLetter:
     headers: Headers
 
     def header(self, name: str) -> str | None:
-        for key, raw in self.headers:
-            if key == name:
-                return raw.decode("utf-8", "replace")
-        return None
+        return header_text(self.headers, name)
+
+
+def header_text(headers: Iterable[tuple[str, bytes]], name: str) -> str | None:
+    """The text of header ``name``, or None. The last one of that name wins, as with Kafka's
+    own ``Headers.lastHeader``: a header added later overrides an earlier one (and
+    :func:`replay_count` reads the original's count the same way)."""
+    found: str | None = None
+    for key, raw in headers:
+        if key == name:
+            found = raw.decode("utf-8", "replace")
+    return found
 
 
 def safe_message(text: str, secrets: Iterable[str] = (), limit: int = MAX_MESSAGE_CHARS) -> str:
@@ -146,3 +157,106 @@ def _dropped_note(raw: bytes, size: int) -> bytes:
 def describe(record: Any) -> str:
     """A short ``topic[partition]@offset`` for logs."""
     return f"{record.topic}[{record.partition}]@{record.offset}"
+
+
+# -- read back from the dead-letter topic (the dlq tools) ----------------------------------
+
+
+@dataclass(frozen=True)
+class DeadLetterRecord:
+    """A record of the dead-letter topic, with its headers read."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    @classmethod
+    def from_record(cls, record: Any) -> DeadLetterRecord:
+        return cls(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            timestamp_ms=int(record.timestamp),
+            key=record.key,
+            value=record.value,
+            headers=tuple((str(k), bytes(v)) for k, v in record.headers or ()),
+        )
+
+    def header(self, name: str) -> str | None:
+        return header_text(self.headers, name)
+
+    @property
+    def time(self) -> datetime:
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=UTC)
+
+    @property
+    def stage(self) -> str:
+        return self.header(H_STAGE) or "?"
+
+    @property
+    def error_class(self) -> str:
+        return self.header(H_CLASS) or "?"
+
+    @property
+    def message(self) -> str:
+        return self.header(H_MESSAGE) or ""
+
+    @property
+    def replay_count(self) -> int:
+        text = self.header(H_REPLAY_COUNT)
+        try:
+            return max(0, int(text)) if text is not None else 0
+        except ValueError:
+            return 0
+
+    @property
+    def collection_id(self) -> str | None:
+        if self.key:
+            return self.key.decode("utf-8", "replace")
+        return peek_ids(self.value).get("collection_id")
+
+    @property
+    def request_id(self) -> str | None:
+        return peek_ids(self.value).get("request_id")
+
+    @property
+    def original(self) -> str:
+        """``topic[partition]@offset`` of the request that failed."""
+        topic, partition, offset = (self.header(h) for h in (H_TOPIC, H_PARTITION, H_OFFSET))
+        return f"{topic or '?'}[{partition or '?'}]@{offset or '?'}"
+
+    @property
+    def position(self) -> str:
+        return f"{self.partition}@{self.offset}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dlq_topic": self.topic,
+            "dlq_partition": self.partition,
+            "dlq_offset": self.offset,
+            "time": self.time.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "failed_at": self.header(H_FAILED_AT),
+            "stage": self.stage,
+            "error_class": self.error_class,
+            "message": self.message,
+            "retryable": self.header(H_RETRYABLE) == "true",
+            "attempts": _int_or_none(self.header(H_ATTEMPTS)),
+            "collection_id": self.collection_id,
+            "request_id": self.request_id,
+            "original_topic": self.header(H_TOPIC),
+            "original_partition": _int_or_none(self.header(H_PARTITION)),
+            "original_offset": _int_or_none(self.header(H_OFFSET)),
+            "replay_count": self.replay_count,
+            "value_bytes": len(self.value or b""),
+        }
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
