@@ -192,11 +192,16 @@ async def test_local_id_lookup_reads_only_what_can_hold_the_ids(tmp_path: Path) 
     snaps = Snapshots(store, tmp_path, part_size=64 * 1024)  # footers small beside the data
     rows = new_rows(4000, 5)
     rows.sort(key=lambda row: row["document_id"])  # ids clustered per part: statistics help
+    rows = stamped(rows, 0)  # and inserted_at rising with them
     meta = await snaps.make(rows)
     got, result = await snaps.restore(meta, Selection(ids=ids_of(rows[10:12])))
     assert got == rows[10:12]
     assert result.bytes_read is not None
     assert result.bytes_read < meta.total_bytes / 3, (result.bytes_read, meta.total_bytes)
+    late = Selection(where=parse_where(["inserted_at>=2026-01-01T01:06:00Z"]))  # second 3960
+    got, result = await snaps.restore(meta, late)
+    assert got == rows[3960:]
+    assert result.bytes_read is not None and result.bytes_read < meta.total_bytes / 3
     _, whole = await snaps.restore(meta, Selection())
     assert whole.bytes_read is not None and whole.bytes_read > 0.95 * meta.total_bytes
 
