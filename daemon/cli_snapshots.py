@@ -267,7 +267,8 @@ async def _restore(args: argparse.Namespace, settings: Settings, store: ObjectSt
         f"({human_bytes(result.bytes_written)})"
     )
     if result.bytes_read is not None:
-        human += f", read {human_bytes(result.bytes_read)} of {human_bytes(metadata.total_bytes)}"
+        whole = "its chain" if metadata.delta else human_bytes(metadata.total_bytes)
+        human += f", read {human_bytes(result.bytes_read)} of {whole}"
     emit(args, payload, human + "".join(f"\n  note: {note}" for note in notes))
     return 0
 
