@@ -122,10 +122,7 @@ async def test_daemon_processes_a_request_over_a_secured_listener(
     settings: Settings = settings_for(values.pop("kafka_bootstrap"), topics, tmp_path, **values)
     assert settings.kafka_security_protocol in ("SASL_SSL", "SSL")
     rid, key, value = inline_request("secured", rows=20, dim=8)
-    watching = OutcomeWatcher(
-        settings.kafka_bootstrap, result_topic=topics.results, dlq_topic=topics.dlq,
-        security=settings.kafka_security_kwargs(),
-    )  # fmt: skip
+    watching = OutcomeWatcher.for_settings(settings)
     async with running(settings), watching as outcomes:
         await publish(settings, [(key, value)])
         found = await outcomes.wait_for([rid], 60)

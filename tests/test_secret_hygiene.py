@@ -224,10 +224,7 @@ async def exercise_daemon(
     ]
     daemon = AkisnapRun(REPO, env, tmp_path / "run.log")
     daemon.start()
-    watching = OutcomeWatcher(
-        settings.kafka_bootstrap, result_topic=settings.result_topic,
-        dlq_topic=settings.dlq_topic, security=settings.kafka_security_kwargs(),
-    )  # fmt: skip
+    watching = OutcomeWatcher.for_settings(settings)
     try:
         await asyncio.to_thread(daemon.wait_ready, 60)
         async with watching as outcomes:

@@ -328,6 +328,15 @@ class S3Store:
         self._sends_checksum = True
         return _hex_digest(answer.get("ChecksumSHA256")) == sha256_hex
 
+    def _encrypt(
+        self, request: PutObjectRequestTypeDef | CreateMultipartUploadRequestTypeDef
+    ) -> None:
+        """Server-side encryption on a PUT or a multipart upload, when configured."""
+        if self._options.sse:
+            request["ServerSideEncryption"] = cast("ServerSideEncryptionType", self._options.sse)
+        if self._options.sse_kms_key_id:
+            request["SSEKMSKeyId"] = self._options.sse_kms_key_id
+
     def _put_request(
         self, full_key: str, body: bytes | IO[bytes], sha256_hex: str
     ) -> PutObjectRequestTypeDef:
@@ -337,10 +346,7 @@ class S3Store:
             "Body": body,
             "Metadata": {"sha256": sha256_hex},
         }
-        if self._options.sse:
-            request["ServerSideEncryption"] = cast("ServerSideEncryptionType", self._options.sse)
-        if self._options.sse_kms_key_id:
-            request["SSEKMSKeyId"] = self._options.sse_kms_key_id
+        self._encrypt(request)
         return request
 
     async def _put_multipart(self, full_key: str, path: Path, size: int, sha256_hex: str) -> bool:
@@ -379,10 +385,7 @@ class S3Store:
             "Key": full_key,
             "Metadata": {"sha256": sha256_hex},
         }
-        if self._options.sse:
-            request["ServerSideEncryption"] = cast("ServerSideEncryptionType", self._options.sse)
-        if self._options.sse_kms_key_id:
-            request["SSEKMSKeyId"] = self._options.sse_kms_key_id
+        self._encrypt(request)
         return request
 
     # -- plumbing -------------------------------------------------------------------------------
