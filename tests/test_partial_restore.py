@@ -29,8 +29,21 @@ from handlers.model import snapshot_schema
 from handlers.restore import restore_snapshot
 from handlers.selection import Selection, load_ids, parse_columns, parse_where
 from handlers.stores import ObjectStore
-from tests.support import S3_SERVERS, open_test_store, run_cli, write_export
-from tests.test_delta import DIM, Collection, Row, new_rows, updated
+from tests.support import (
+    MODEL_DIM as DIM,
+)
+from tests.support import (
+    S3_SERVERS,
+    Row,
+    new_rows,
+    open_test_store,
+    run_cli,
+    updated,
+    write_export,
+)
+from tests.support import (
+    CollectionModel as Collection,
+)
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 Pick = Callable[[Row], bool]
