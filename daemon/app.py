@@ -27,13 +27,14 @@ from aiokafka.errors import (
     KafkaError,
 )
 
+from daemon.compaction import CompactingCreator
 from daemon.consumer import ConsumerOptions, RequestConsumer
 from daemon.dead_letters.letter import safe_message
 from daemon.environment import EnvironmentGate
 from daemon.fate import Fate
 from daemon.health import HealthServer, Liveness
 from daemon.kafka import DURABLE, KafkaClients, fetch_limits, request_size_for
-from daemon.kafka_explain import explain_kafka_failure
+from daemon.kafka_explain import explain_kafka_failure, probe_bootstrap
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.partition import CANCEL_WAIT_SECONDS
@@ -42,7 +43,6 @@ from daemon.retry import Backoff, sleep_unless
 from daemon.settings import Settings
 from handlers.budget import ByteBudget
 from handlers.create import SnapshotCreator
-from handlers.errors import BrokerUnavailableError
 from handlers.executor import start_process_worker
 from handlers.stores import ObjectStore, open_store
 
@@ -154,14 +154,18 @@ class Daemon:
             await start_process_worker()
             self._store = open_store(self.settings.store, self.settings.s3_options())
             self._store.watch_features(self._store_feature)
-            creator = SnapshotCreator(
-                self._store,
-                source_roots=self.settings.source_roots(),
-                s3=self.settings.s3_options(),
-                part_size_bytes=self.settings.part_size_bytes,
-                budget=ByteBudget(
-                    self.settings.max_in_flight_bytes, self.metrics.in_flight_bytes.set
+            creator = CompactingCreator(
+                SnapshotCreator(
+                    self._store,
+                    source_roots=self.settings.source_roots(),
+                    s3=self.settings.s3_options(),
+                    part_size_bytes=self.settings.part_size_bytes,
+                    budget=ByteBudget(
+                        self.settings.max_in_flight_bytes, self.metrics.in_flight_bytes.set
+                    ),
                 ),
+                self.metrics,
+                self.settings.compact_after_deltas,
             )
             await self._serve(creator, self._store)
         finally:
@@ -188,7 +192,7 @@ class Daemon:
         )
         self._stop.set()
 
-    async def _serve(self, creator: SnapshotCreator, store: ObjectStore) -> None:
+    async def _serve(self, creator: CompactingCreator, store: ObjectStore) -> None:
         s = self.settings
         backoff = Backoff.from_settings(s)
         connect = Backoff(
@@ -264,7 +268,7 @@ class Daemon:
         self,
         consumer: Any,
         producer: Any,
-        creator: SnapshotCreator,
+        creator: CompactingCreator,
         store: ObjectStore,
         backoff: Backoff,
     ) -> RequestConsumer:
@@ -408,21 +412,7 @@ class Daemon:
         await asyncio.wait_for(self._store.ping(), PROBE_TIMEOUT_SECONDS)
 
     async def _probe_broker(self) -> None:
-        """A broker of the bootstrap list takes a TCP connection again."""
-        last: Exception | None = None
-        for address in self.settings.kafka_bootstrap.split(","):
-            host, _, port = address.strip().rpartition(":")
-            try:
-                _, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host.strip("[]") or "localhost", int(port or 9092)),
-                    PROBE_TIMEOUT_SECONDS,
-                )
-            except (OSError, TimeoutError, ValueError) as err:
-                last = err
-                continue
-            writer.close()
-            return
-        raise BrokerUnavailableError(f"no bootstrap broker accepts a connection: {last}")
+        await probe_bootstrap(self.settings.kafka_bootstrap, PROBE_TIMEOUT_SECONDS)
 
 
 def _no_bootstrap(err: KafkaError) -> bool:

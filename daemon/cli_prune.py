@@ -140,6 +140,7 @@ def _prune_lines(result: PruneResult) -> list[str]:
     gone = plan.delete if result.dry_run else result.deleted
     lines = [f"{verb:<13} {_snapshot_line(meta)}" for meta in gone]
     lines += [f"{'kept':<13} {_snapshot_line(meta)}" for meta in plan.keep]
+    lines += [f"{'held':<13} {base}: the base of kept delta {by}" for base, by in plan.held]
     lines += [f"{'left alone':<13} unreadable {e.key}: {e.reason}" for e in result.unreadable]
     freed = sum(meta.total_bytes for meta in gone)
     lines.append(
@@ -161,6 +162,7 @@ def _prune_payload(result: PruneResult) -> dict[str, Any]:
     return {
         "deleted": [meta.to_dict() for meta in gone],
         "kept": [meta.snapshot_id for meta in result.plan.keep],
+        "held": [{"snapshot_id": base, "needed_by": by} for base, by in result.plan.held],
         "bytes_freed": sum(meta.total_bytes for meta in gone),
         "unreadable": [entry.to_dict() for entry in result.unreadable],
     }

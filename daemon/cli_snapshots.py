@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.cli_common import (
     confirm,
@@ -21,6 +21,8 @@ from daemon.exit_codes import CORRUPT, UsageError
 from daemon.progress import Progress
 from daemon.settings import Settings
 from handlers.catalog import Catalog
+from handlers.dependants import delete_snapshot
+from handlers.errors import InvalidRequestError
 from handlers.job import (
     SnapshotJob,
     UriSource,
@@ -33,6 +35,9 @@ from handlers.metadata import SnapshotMetadata
 from handlers.spool import discard_process_spool
 from handlers.stores import ObjectStore, open_store
 from handlers.uris import parse_location, to_uri
+
+if TYPE_CHECKING:
+    from handlers.selection import Selection
 
 Verb = Callable[[argparse.Namespace, Settings, ObjectStore], Awaitable[int]]
 
@@ -78,6 +83,8 @@ async def _create(args: argparse.Namespace, settings: Settings, store: ObjectSto
         compression=args.compression,
         labels=labels_from(args.label),
         exact=args.exact,
+        base=args.base,
+        deletes=_deleted_ids(args.deletes),
     )
     # The operator named this file on the command line: allow it, unlike requests from Kafka.
     roots = [*settings.source_roots(), uri]
@@ -104,6 +111,16 @@ async def _create(args: argparse.Namespace, settings: Settings, store: ObjectSto
     human = describe(metadata, store, outcome, seconds=seconds)
     emit(args, payload, human + "".join(f"\n  note: {note}" for note in notes))
     return 0
+
+
+def _deleted_ids(path: Path | None) -> tuple[str, ...] | None:
+    if path is None:
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InvalidRequestError(f"--deletes {path}: {exc.strerror}") from None
+    return tuple(line.strip() for line in lines if line.strip())
 
 
 async def _list(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
@@ -176,15 +193,34 @@ async def _delete(args: argparse.Namespace, settings: Settings, store: ObjectSto
         args,
         f"delete snapshot {metadata.snapshot_id} of {metadata.collection_id} "
         f"({metadata.vector_count:,} vectors, {human_bytes(metadata.total_bytes)}) "
-        f"from {store.root_uri}?",
+        f"from {store.root_uri}" + (" and every delta built on it" if args.cascade else "") + "?",
     )
-    await Catalog(store).delete(metadata.snapshot_id, metadata.collection_id)
+    removed = await delete_snapshot(Catalog(store), metadata.snapshot_id, cascade=args.cascade)
     emit(
         args,
-        _snapshot_json(metadata, store, "deleted"),
-        f"deleted snapshot {metadata.snapshot_id} of {metadata.collection_id} "
-        f"({human_bytes(metadata.total_bytes)}) from {store.root_uri}",
+        {
+            **_snapshot_json(metadata, store, "deleted"),
+            "also_deleted": [meta.snapshot_id for meta in removed[:-1]],
+        },
+        "\n".join(
+            f"deleted snapshot {meta.snapshot_id} of {meta.collection_id} "
+            f"({human_bytes(meta.total_bytes)}) from {store.root_uri}"
+            for meta in removed
+        ),
     )
+    return 0
+
+
+async def _compact(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
+    from handlers.compact import compact  # noqa: PLC0415 (pyarrow: see _create)
+    from handlers.create import SnapshotCreator  # noqa: PLC0415 (pyarrow: see _create)
+
+    metadata = await _find(args, store)
+    creator = SnapshotCreator(
+        store, source_roots=[], s3=settings.s3_options(), part_size_bytes=settings.part_size_bytes
+    )
+    made = await compact(creator, metadata)
+    emit(args, _snapshot_json(made, store, "compacted"), describe(made, store, "compacted"))
     return 0
 
 
@@ -195,14 +231,22 @@ async def _restore(args: argparse.Namespace, settings: Settings, store: ObjectSt
     out = parse_location(args.out).local_path
     if out.exists() and not args.force:
         raise UsageError(f"{out} exists: give --force to overwrite it")
+    selection = _selection(args)
     metadata = await _find(args, store)
     progress = Progress(args, unit="rows", desc="restore")
-    progress.start(metadata.vector_count)
+    progress.start(metadata.vector_count if selection is None else None)
     try:
-        result = await restore_snapshot(store, metadata, out, progress=progress.update)
+        result = await restore_snapshot(
+            store, metadata, out, progress=progress.update, selection=selection
+        )
     finally:
         progress.close()
     notes = precision_notes(metadata.format)
+    if result.ids_missing:
+        notes.append(
+            f"{result.ids_missing} of the ids asked for are not in the snapshot, e.g. "
+            + ", ".join(result.ids_missing_examples)
+        )
     payload = {
         **_snapshot_json(metadata, store, "restored"),
         "out": str(result.path),
@@ -210,12 +254,42 @@ async def _restore(args: argparse.Namespace, settings: Settings, store: ObjectSt
         "bytes_written": result.bytes_written,
         "notes": notes,
     }
+    if selection is not None:
+        payload["partial"] = {
+            "columns": list(selection.columns),
+            "bytes_read": result.bytes_read,
+            "ids_missing": result.ids_missing,
+            "ids_missing_examples": list(result.ids_missing_examples),
+        }
     human = (
-        f"restored {result.rows} vectors of snapshot {metadata.snapshot_id} from "
-        f"{store.root_uri} to {result.path} ({human_bytes(result.bytes_written)})"
+        f"restored {result.rows} {'rows' if selection else 'vectors'} of snapshot "
+        f"{metadata.snapshot_id} from {store.root_uri} to {result.path} "
+        f"({human_bytes(result.bytes_written)})"
     )
+    if result.bytes_read is not None:
+        whole = "its chain" if metadata.delta else human_bytes(metadata.total_bytes)
+        human += f", read {human_bytes(result.bytes_read)} of {whole}"
     emit(args, payload, human + "".join(f"\n  note: {note}" for note in notes))
     return 0
+
+
+def _selection(args: argparse.Namespace) -> Selection | None:
+    """The partial restore the flags ask for, or None for a whole one."""
+    from handlers import selection as pick  # noqa: PLC0415 (pyarrow: see _create)
+
+    if args.ids is None and args.columns is None and not args.where and args.limit is None:
+        if args.strict:
+            raise UsageError("--strict goes with --ids")
+        return None
+    if args.strict and args.ids is None:
+        raise UsageError("--strict goes with --ids")
+    return pick.Selection(
+        ids=None if args.ids is None else pick.load_ids(args.ids),
+        columns=pick.parse_columns(args.columns),
+        where=pick.parse_where(args.where),
+        limit=pick.parse_limit(args.limit),
+        strict=args.strict,
+    )
 
 
 VERBS: dict[str, tuple[Verb, bool]] = {
@@ -224,6 +298,7 @@ VERBS: dict[str, tuple[Verb, bool]] = {
     "show": (_show, False),
     "verify": (_verify, False),
     "delete": (_delete, False),
+    "compact": (_compact, False),
     "restore": (_restore, False),
 }
 
@@ -252,6 +327,7 @@ def describe(
         f"{outcome}: snapshot {metadata.snapshot_id} of collection {metadata.collection_id}",
         f"  where     {metadata_uri(store, metadata)} (+ {plural(len(metadata.parts), 'part')})",
         f"  vectors   {metadata.vector_count:,} × {metadata.dimension}",
+        *([_delta_line(metadata).rstrip()] if metadata.delta else []),
         f"  size      {human_bytes(size)} ({metadata.format}/{metadata.compression}): "
         f"{compared(size, raw)} raw float32 ({human_bytes(raw)})"
         + (
@@ -284,6 +360,17 @@ def compared(size: int, other: int) -> str:
 
 def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _delta_line(metadata: SnapshotMetadata) -> str:
+    delta = metadata.delta
+    if delta is None:
+        return ""
+    return (
+        f"  delta of {delta.base_snapshot_id}: {delta.rows_added} added, "
+        f"{delta.rows_changed} changed, {delta.rows_deleted} deleted; "
+        f"{delta.collection_rows} documents in all\n"
+    )
 
 
 def _row(meta: SnapshotMetadata) -> dict[str, Any]:

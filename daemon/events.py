@@ -17,7 +17,7 @@ import dataclasses
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -36,6 +36,7 @@ from handlers.job import (
     UriSource,
     new_request_id,
 )
+from handlers.metadata import SnapshotMetadata
 from handlers.model import DocumentBatch
 
 REQUEST_SCHEMA: Final = "akisnap.snapshot-request/v1"
@@ -66,9 +67,9 @@ class InlineSourceV1(_Strict):
     """Documents carried in the request (small collections)."""
 
     documents: list[dict[str, Any]] = Field(
-        min_length=1,
         description="id, external_id, vector, metadata, inserted_at per document; "
-        "checked by the snapshot model, not by this schema",
+        "checked by the snapshot model, not by this schema; empty only in a change set "
+        "that just deletes",
     )
 
 
@@ -105,7 +106,22 @@ class OptionsV1(_Strict):
 class SnapshotRequestV1(_Strict):
     """``akisnap.snapshot-request/v1``: topic ``akidb.snapshot.requests``, key = collection."""
 
-    model_config = ConfigDict(title="akisnap snapshot request v1")
+    model_config = ConfigDict(
+        title="akisnap snapshot request v1",
+        # Empty inline documents only in a change set that just deletes (to_job checks it).
+        json_schema_extra={
+            "if": {
+                "properties": {
+                    "source": {
+                        "properties": {"documents": {"maxItems": 0}},
+                        "required": ["documents"],
+                    }
+                },
+                "required": ["source"],
+            },
+            "then": {"required": ["deletes"], "properties": {"deletes": {"type": "array"}}},
+        },
+    )
 
     schema_: Literal["akisnap.snapshot-request/v1"] = Field(alias="schema")
     request_id: str = Field(min_length=1, max_length=MAX_REQUEST_ID_CHARS)
@@ -114,10 +130,21 @@ class SnapshotRequestV1(_Strict):
     format: Literal["parquet", "akidb-parquet", "akidb-json"] = "parquet"
     options: OptionsV1 = Field(default_factory=OptionsV1)
     labels: dict[str, str] = Field(default_factory=dict)
+    base: str | None = Field(
+        default=None,
+        min_length=1,
+        description="make a delta against this snapshot id, or 'latest' (the newest)",
+    )
+    deletes: list[str] | None = Field(
+        default=None,
+        description="with base: the source is a change set (upserts) and these ids are deleted",
+    )
 
     def to_job(self) -> SnapshotJob:
         source: SourceSpec
         if isinstance(self.source, InlineSourceV1):
+            if not self.source.documents and self.deletes is None:
+                raise InvalidRequestError("source.documents is empty: a snapshot needs documents")
             source = InlineSource(documents=self.source.documents)
         else:
             source = UriSource(uri=self.source.uri, format=self.source.format)
@@ -128,6 +155,8 @@ class SnapshotRequestV1(_Strict):
             format=self.format,
             compression=self.options.compression,
             labels=self.labels,
+            base=self.base,
+            deletes=None if self.deletes is None else tuple(self.deletes),
         )
 
 
@@ -167,6 +196,12 @@ class SnapshotResultV1(_Strict):
         description="seconds per pipeline stage: decode, validate, source, encode, upload, verify"
     )
     finished_at: str = Field(description="when this result was made (ISO 8601, UTC)")
+    kind: Literal["full", "delta"] = "full"
+    base: str | None = Field(default=None, description="a delta's base snapshot id")
+    rows_added: int = Field(default=0, ge=0, description="a delta's new documents")
+    rows_changed: int = Field(default=0, ge=0, description="a delta's rewritten documents")
+    rows_deleted: int = Field(default=0, ge=0, description="a delta's deleted documents")
+    bytes_written: int = Field(default=0, ge=0, description="parts and side objects written")
 
 
 # -- requests in ------------------------------------------------------------------------------
@@ -197,7 +232,7 @@ def prepare_request(value: bytes | None, *, max_bytes: int) -> SnapshotJob:
     """:func:`parse_request`, and inline documents already built into their batch: both are
     CPU-bound for about a second on a 15 MB request (run it in the worker process)."""
     job = parse_request(value, max_bytes=max_bytes)
-    if isinstance(job.source, InlineSource) and job.source.batch is None:
+    if isinstance(job.source, InlineSource) and job.source.documents:
         batch = DocumentBatch.from_documents(job.source.documents)
         return dataclasses.replace(job, source=InlineSource((), batch))
     return job
@@ -339,6 +374,8 @@ def build_request(
     format: str = "parquet",
     compression: str = "zstd",
     labels: Mapping[str, str] | None = None,
+    base: str | None = None,
+    deletes: Sequence[str] | None = None,
 ) -> tuple[bytes, bytes]:
     """(key, value) of a v1 request, checked by the same parser the daemon uses."""
     source_body: dict[str, Any]
@@ -355,6 +392,10 @@ def build_request(
         "options": {"compression": compression},
         "labels": dict(labels or {}),
     }
+    if base is not None:
+        body["base"] = base
+    if deletes is not None:
+        body["deletes"] = list(deletes)
     try:
         value = json.dumps(body, separators=(",", ":"), allow_nan=False, default=_json_default)
     except ValueError as exc:
@@ -419,8 +460,23 @@ def build_result(
             for stage, seconds in {**outcome.stage_seconds, **durations}.items()
         },
         finished_at=utc_now_iso(),
+        **_delta_fields(meta),
     )
     return result.model_dump_json(by_alias=True).encode("utf-8")
+
+
+def _delta_fields(meta: SnapshotMetadata) -> dict[str, Any]:
+    written = meta.written_bytes
+    if meta.delta is None:
+        return {"kind": "full", "bytes_written": written}
+    return {
+        "kind": "delta",
+        "base": meta.delta.base_snapshot_id,
+        "rows_added": meta.delta.rows_added,
+        "rows_changed": meta.delta.rows_changed,
+        "rows_deleted": meta.delta.rows_deleted,
+        "bytes_written": written,
+    }
 
 
 def parse_result(value: bytes) -> SnapshotResultV1:

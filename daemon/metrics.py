@@ -15,12 +15,15 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from daemon import __version__
+from handlers.metadata import SnapshotMetadata
 from handlers.stages import STAGES
 
 PREFIX = "akisnap_"
 # What generate_latest() writes (prometheus-client's own server sends the same).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OUTCOMES = ("created", "dead_lettered", "duplicate")
+SNAPSHOT_KINDS = ("full", "delta")
+COMPACTION_OUTCOMES = ("compacted", "failed")
 # Dead-letter stages beyond the pipeline's: a bug in deciding a request's outcome.
 DEAD_LETTER_STAGES = (*STAGES, "internal")
 ENVIRONMENT_KINDS = (
@@ -64,6 +67,9 @@ DESIGN_METRIC_NAMES = (
     "akisnap_dlq_messages_total",
     "akisnap_snapshot_bytes_total",
     "akisnap_vectors_total",
+    "akisnap_snapshots_total",
+    "akisnap_delta_bytes_saved_total",
+    "akisnap_compactions_total",
     "akisnap_compression_ratio",
     "akisnap_in_flight_requests",
     "akisnap_in_flight_bytes",
@@ -123,9 +129,26 @@ class Metrics:
             registry=r,
         )
         self.snapshot_bytes = Counter(
-            "akisnap_snapshot_bytes_total", "Bytes of snapshot parts written.", registry=r
+            "akisnap_snapshot_bytes_total",
+            "Bytes of snapshot parts and side objects written.",
+            registry=r,
         )
         self.vectors = Counter("akisnap_vectors_total", "Vectors written to snapshots.", registry=r)
+        self.snapshots = Counter(
+            "akisnap_snapshots_total", "Snapshots created, by kind (full, delta).", ["kind"],
+            registry=r,
+        )  # fmt: skip
+        self.delta_bytes_saved = Counter(
+            "akisnap_delta_bytes_saved_total",
+            "Bytes deltas did not write: a full snapshot's estimate minus what they wrote.",
+            registry=r,
+        )
+        self.compactions = Counter(
+            "akisnap_compactions_total",
+            "Automatic compactions of long delta chains, by outcome (compacted, failed).",
+            ["outcome"],
+            registry=r,
+        )
         self.compression_ratio = Histogram(
             "akisnap_compression_ratio",
             "JSON-equivalent bytes / stored bytes per snapshot.",
@@ -212,6 +235,13 @@ class Metrics:
             self.environment_errors.labels(kind=kind)
         for what in PUBLISHED:
             self.publish_retries.labels(what=what)
+        for kind in SNAPSHOT_KINDS:
+            self.snapshots.labels(kind=kind)
+        for outcome in COMPACTION_OUTCOMES:
+            self.compactions.labels(outcome=outcome)
+
+    def compacted(self, outcome: str) -> None:
+        self.compactions.labels(outcome=outcome).inc()
 
     def stage_observed(self, stage: str, seconds: float) -> None:
         """A stage ended (a failed one under the stage it is blamed on: handlers.stages)."""
@@ -221,13 +251,13 @@ class Metrics:
         self.requests.labels(outcome=outcome).inc()
         self.request_duration.observe(seconds)
 
-    def snapshot_created(
-        self, total_bytes: int, vectors: int, compression_ratio: float | None
-    ) -> None:
-        self.snapshot_bytes.inc(total_bytes)
-        self.vectors.inc(vectors)
-        if compression_ratio is not None and compression_ratio > 0:
-            self.compression_ratio.observe(compression_ratio)
+    def snapshot_created(self, meta: SnapshotMetadata) -> None:
+        self.snapshot_bytes.inc(meta.written_bytes)
+        self.vectors.inc(meta.vector_count)
+        self.snapshots.labels(kind=meta.kind).inc()
+        self.delta_bytes_saved.inc(meta.bytes_saved)
+        if meta.total_bytes and meta.json_equivalent_bytes:
+            self.compression_ratio.observe(meta.json_equivalent_bytes / meta.total_bytes)
         self.last_success.set(time.time())
 
     def retried(self, stage: str) -> None:

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     max_in_flight_bytes: int = Field(256 * MIB, ge=1)
     part_size_bytes: int = Field(64 * MIB, ge=MIB)
     max_message_bytes: int = Field(16 * MIB, ge=1024)
+    # After a delta makes its chain this many deltas long, the daemon compacts it into one
+    # full snapshot (restores of long chains read every member); 0: never.
+    compact_after_deltas: int = Field(24, ge=0)
     tmp_dir: Path | None = None
 
     # -- normalising -------------------------------------------------------------------------

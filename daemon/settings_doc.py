@@ -53,6 +53,7 @@ DESCRIPTIONS = {
     "max_in_flight_bytes": "request bytes held at once",
     "part_size_bytes": "uncompressed bytes per snapshot part (at least 1 MiB)",
     "max_message_bytes": "largest request message accepted",
+    "compact_after_deltas": "compact a chain into one full snapshot at this many deltas (0: never)",
     "tmp_dir": "spool directory for exports fetched from S3 and parts of S3 snapshots",
 }
 HEADER = "| variable | YAML key | default | what |\n|---|---|---|---|"

@@ -85,9 +85,7 @@ class Settler:
         verdict = Verdict.DUPLICATE if outcome.duplicate else Verdict.CREATED
         self._metrics.request_finished(verdict.value, seconds)
         if verdict is Verdict.CREATED:
-            total = meta.total_bytes
-            ratio = meta.json_equivalent_bytes / total if total else 0.0
-            self._metrics.snapshot_created(total, meta.vector_count, ratio)
+            self._metrics.snapshot_created(meta)
         log.info(
             f"request.{verdict.value}",
             seconds=round(seconds, 3),

@@ -9,20 +9,32 @@ never overwrites: if the snapshot got committed meanwhile, the outcome is a dupl
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
 from handlers.akidb.sidecar import akidb_records, is_akidb_format, to_metadata
 from handlers.budget import ByteBudget
 from handlers.catalog import Catalog
+from handlers.chain import chain_of
+from handlers.delta import (
+    DeltaRows,
+    base_index,
+    check_dimension,
+    delta_metadata,
+    put_delta_objects,
+    resolve_base,
+    split_rows,
+)
 from handlers.encode import EncodedSnapshot, Encoder
 from handlers.errors import CorruptSnapshotError, InvalidDocumentsError, WriteNotVerifiedError
 from handlers.job import SnapshotJob
-from handlers.metadata import PartInfo, SnapshotMetadata
+from handlers.metadata import PartInfo, RowIndexInfo, SnapshotMetadata
 from handlers.model import DocumentBatch
 from handlers.overlap import Overlap
+from handlers.row_index import RowIndexer, store_index
 from handlers.sources import OpenedSource, SourceReader
 from handlers.spool import process_spool
 from handlers.stages import StageClock
@@ -89,9 +101,15 @@ class SnapshotCreator:
             source.batches = _counted(source.batches, progress)
         try:
             async with self._budget.hold(source.nbytes):
+                if job.base is not None:
+                    return await self._delta(job, source, clock)
                 return await self._create(job, source, clock)
         finally:
             source.close()
+
+    async def create_from(self, job: SnapshotJob, source: OpenedSource) -> CreateOutcome:
+        """A full snapshot of rows already at hand (compaction), without the source stage."""
+        return await self._create(job, source, StageClock())
 
     async def _create(
         self,
@@ -99,24 +117,71 @@ class SnapshotCreator:
         source: OpenedSource,
         clock: StageClock,
     ) -> CreateOutcome:
+        indexer = RowIndexer()
+        if job.format == "parquet":  # a native snapshot can be a delta's base
+            source.batches = indexer.wrap(source.batches)
         overlap = Overlap(self._encode, self._upload, job, source)
         async with clock("encode"):  # uploads of finished parts run meanwhile
             encoded = await overlap.encoded()
         source.close()  # the export's spool copy is no longer needed
         async with clock("upload"):  # what is left of the uploads
             uploaded = await overlap.uploaded(encoded)
+            row_index = await self._put_row_index(job, indexer)
         async with clock("verify"):
             try:
-                await self._verify(uploaded.unvouched)
+                await self._verify((*uploaded.unvouched, *_index_object(row_index)))
             except CorruptSnapshotError as exc:
                 # Nothing is committed yet: a redo writes the same keys again.
                 raise WriteNotVerifiedError(exc.message) from None
             metadata, committed = await self._commit(
-                job, encoded, uploaded.parts, source.source_dtype
+                job, encoded, uploaded.parts, source.source_dtype, row_index
             )
         if not committed:
             return await self._committed_meanwhile(job, clock.seconds)
         return CreateOutcome(metadata, duplicate=False, stage_seconds=clock.seconds)
+
+    async def _put_row_index(self, job: SnapshotJob, indexer: RowIndexer) -> RowIndexInfo | None:
+        if job.format != "parquet":
+            return None
+        store = self._catalog.store
+        return await store_index(store, job.collection_id, job.snapshot_id, indexer.index)
+
+    async def _delta(
+        self, job: SnapshotJob, source: OpenedSource, clock: StageClock
+    ) -> CreateOutcome:
+        """Only the rows that changed since the base, and the ids deleted (handlers.delta)."""
+        store = self._catalog.store
+        async with clock("encode"):
+            base = await resolve_base(self._catalog, job)
+            chain = await chain_of(store, base)
+            index = await base_index(store, chain, self._encode.spool_dir)
+            rows = await asyncio.to_thread(split_rows, job, source.batches, index)
+            check_dimension(base, rows)
+            parts, unvouched = await self._delta_parts(job, rows)
+        source.close()
+        async with clock("upload"):
+            side = await put_delta_objects(store, job, rows)
+        async with clock("verify"):
+            metadata = delta_metadata(job, chain, rows, parts, side)
+            try:
+                await self._verify((*unvouched, *metadata.side_objects))
+            except CorruptSnapshotError as exc:
+                raise WriteNotVerifiedError(exc.message) from None
+            committed = await self._catalog.commit(metadata)
+        if not committed:
+            return await self._committed_meanwhile(job, clock.seconds)
+        return CreateOutcome(metadata, duplicate=False, stage_seconds=clock.seconds)
+
+    async def _delta_parts(
+        self, job: SnapshotJob, rows: DeltaRows
+    ) -> tuple[tuple[PartInfo, ...], tuple[PartInfo, ...]]:
+        """(parts, parts still to verify) of a delta's rows; none when nothing changed."""
+        if not rows.batches:
+            return (), ()
+        changed = OpenedSource(iter(rows.batches), "delta rows", expected_rows=rows.rows)
+        overlap = Overlap(self._encode, self._upload, job, changed)
+        uploaded = await overlap.uploaded(await overlap.encoded())
+        return uploaded.parts, uploaded.unvouched
 
     async def _commit(
         self,
@@ -124,13 +189,14 @@ class SnapshotCreator:
         encoded: EncodedSnapshot,
         parts: tuple[PartInfo, ...],
         source_dtype: str | None,
+        row_index: RowIndexInfo | None = None,
     ) -> tuple[SnapshotMetadata, bool]:
         """The snapshot's metadata, and False when another run had committed it first."""
         if is_akidb_format(job.format):
             sidecar, integrity = akidb_records(job, parts[0], encoded.dimension)
             committed = await self._catalog.commit_akidb(sidecar, integrity)
             return to_metadata(sidecar, integrity), committed
-        metadata = _metadata(job, encoded, parts, source_dtype)
+        metadata = replace(_metadata(job, encoded, parts, source_dtype), row_index=row_index)
         return metadata, await self._catalog.commit(metadata)
 
     async def _committed_meanwhile(
@@ -151,6 +217,11 @@ class ProgressSink(Protocol):
     def start(self, total: int | None) -> None: ...
 
     def update(self, amount: int = 1) -> None: ...
+
+
+def _index_object(row_index: RowIndexInfo | None) -> tuple[PartInfo, ...]:
+    """A large index is a side object, checked with the parts; an inline one needs no check."""
+    return (row_index.object,) if row_index and row_index.object else ()
 
 
 def _counted(batches: Iterator[DocumentBatch], progress: ProgressSink) -> Iterator[DocumentBatch]:

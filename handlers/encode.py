@@ -88,6 +88,10 @@ class Encoder:
         self._spool = spool_dir
         self._part_size = part_size_bytes
 
+    @property
+    def spool_dir(self) -> Path:
+        return self._spool
+
     async def __call__(
         self, job: SnapshotJob, source: OpenedSource, on_part: PartDone = ignore_part
     ) -> EncodedSnapshot:

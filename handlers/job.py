@@ -58,9 +58,14 @@ class SnapshotJob:
     labels: Mapping[str, str] = field(default_factory=dict)
     # Refuse an export whose vectors are not float32 rather than convert them.
     exact: bool = False
+    # A delta: the snapshot it applies to ("latest": the collection's newest). With
+    # ``deletes`` (even empty) the source is a change set, else a full export to compare.
+    base: str | None = None
+    deletes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         check_collection_id(self.collection_id)
+        check_delta(self)
         if not self.request_id or len(self.request_id) > 200:
             raise InvalidRequestError("request_id must be a non-empty string of at most 200 chars")
         if self.format not in SNAPSHOT_FORMATS:
@@ -79,6 +84,27 @@ class SnapshotJob:
     @property
     def snapshot_id(self) -> str:
         return snapshot_id_for(self.collection_id, self.request_id)
+
+
+def check_delta(job: SnapshotJob) -> None:
+    if job.base is None:
+        if job.deletes is not None:
+            raise InvalidRequestError("deletes need a base: a change set applies to a snapshot")
+        return
+    if job.format != "parquet":
+        raise InvalidRequestError(f"a delta (base) is a native parquet snapshot, not {job.format}")
+    if job.base != "latest":
+        try:
+            uuid.UUID(job.base)
+        except ValueError:
+            raise InvalidRequestError(
+                f"base {job.base!r} must be a snapshot id or 'latest'"
+            ) from None
+    for deleted in job.deletes or ():
+        try:
+            uuid.UUID(deleted)
+        except (ValueError, TypeError, AttributeError):
+            raise InvalidRequestError(f"deletes: {deleted!r} is not a UUID document id") from None
 
 
 def snapshot_id_for(collection_id: str, request_id: str) -> str:

@@ -21,6 +21,34 @@ class PartInfo:
 
 
 @dataclass(frozen=True)
+class RowIndexInfo:
+    """Where a snapshot's row index (its own rows' id → content hash) is: inline in the
+    metadata (base64 of its Parquet bytes) while small, so a small snapshot costs no extra
+    object, else a side object beside the parts."""
+
+    rows: int
+    sha256: str
+    inline: str | None = None
+    object: PartInfo | None = None
+
+
+@dataclass(frozen=True)
+class DeltaInfo:
+    """What a delta snapshot holds besides its parts: the snapshot it applies to, the ids it
+    deletes (a small object of its own) and the counts of the whole collection it gives."""
+
+    base_snapshot_id: str
+    deletes: PartInfo | None
+    rows_added: int
+    rows_changed: int
+    rows_deleted: int
+    collection_rows: int
+    full_equivalent_bytes: int = 0
+    """What a full snapshot of the collection would take, at its chain's full snapshot's bytes
+    per row: the bytes this delta saved are that minus what it wrote."""
+
+
+@dataclass(frozen=True)
 class SnapshotMetadata:
     snapshot_id: str
     collection_id: str
@@ -35,10 +63,41 @@ class SnapshotMetadata:
     json_equivalent_bytes: int = 0
     # Set only when the export's vectors were not float32 and were converted to it.
     source_dtype: str | None = None
+    delta: DeltaInfo | None = None
+    row_index: RowIndexInfo | None = None
 
     @property
     def total_bytes(self) -> int:
         return sum(part.size for part in self.parts)
+
+    @property
+    def kind(self) -> str:
+        return "full" if self.delta is None else "delta"
+
+    @property
+    def collection_rows(self) -> int:
+        """Rows of the collection as of this snapshot (a delta's parts hold only changes)."""
+        return self.vector_count if self.delta is None else self.delta.collection_rows
+
+    @property
+    def written_bytes(self) -> int:
+        """Parts and side objects: what making this snapshot stored."""
+        return self.total_bytes + sum(side.size for side in self.side_objects)
+
+    @property
+    def bytes_saved(self) -> int:
+        """A delta's saving over a full snapshot of the same collection (0 for a full one)."""
+        if self.delta is None:
+            return 0
+        return max(0, self.delta.full_equivalent_bytes - self.written_bytes)
+
+    @property
+    def side_objects(self) -> tuple[PartInfo, ...]:
+        """Checked objects beside the parts: a large row index and a delta's deleted ids."""
+        found = [self.row_index.object] if self.row_index and self.row_index.object else []
+        if self.delta is not None and self.delta.deletes is not None:
+            found.append(self.delta.deletes)
+        return tuple(found)
 
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)
@@ -47,6 +106,12 @@ class SnapshotMetadata:
         body["total_bytes"] = self.total_bytes
         if self.source_dtype is None:
             del body["source_dtype"]
+        # Snapshots from before deltas keep their exact metadata: the new keys only when set.
+        for optional in ("delta", "row_index"):
+            if body[optional] is None:
+                del body[optional]
+        if "row_index" in body:  # inline or object, never both
+            body["row_index"] = {k: v for k, v in body["row_index"].items() if v is not None}
         return {"schema": METADATA_SCHEMA, **body}
 
     def to_json(self) -> bytes:
@@ -72,6 +137,8 @@ class SnapshotMetadata:
                 labels=dict(body.get("labels") or {}),
                 json_equivalent_bytes=int(body.get("json_equivalent_bytes", 0)),
                 source_dtype=_optional_str(body.get("source_dtype")),
+                delta=_delta(body.get("delta")),
+                row_index=_row_index(body.get("row_index")),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CorruptSnapshotError(f"metadata file {key or '?'} is unreadable: {exc}") from None
@@ -79,3 +146,30 @@ class SnapshotMetadata:
 
 def _optional_str(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def _row_index(body: Mapping[str, Any] | None) -> RowIndexInfo | None:
+    if body is None:
+        return None
+    stored = body.get("object")
+    return RowIndexInfo(
+        rows=int(body["rows"]),
+        sha256=str(body["sha256"]),
+        inline=_optional_str(body.get("inline")),
+        object=PartInfo(**stored) if stored else None,
+    )
+
+
+def _delta(body: Mapping[str, Any] | None) -> DeltaInfo | None:
+    if body is None:
+        return None
+    deletes = body.get("deletes")
+    return DeltaInfo(
+        base_snapshot_id=str(body["base_snapshot_id"]),
+        deletes=PartInfo(**deletes) if deletes else None,
+        rows_added=int(body["rows_added"]),
+        rows_changed=int(body["rows_changed"]),
+        rows_deleted=int(body["rows_deleted"]),
+        collection_rows=int(body["collection_rows"]),
+        full_equivalent_bytes=int(body.get("full_equivalent_bytes", 0)),
+    )

@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from handlers.catalog import Catalog, UnreadableEntry
+from handlers.dependants import needed_by
 from handlers.errors import InvalidRequestError
 from handlers.layout import SNAPSHOTS_PREFIX, collection_prefix, is_metadata_key, metadata_key
 from handlers.metadata import SnapshotMetadata
@@ -40,6 +41,8 @@ class PrunePlan:
     collection_id: str
     keep: tuple[SnapshotMetadata, ...]
     delete: tuple[SnapshotMetadata, ...]
+    held: tuple[tuple[str, str], ...] = ()
+    """(snapshot id, id of the kept delta that needs it): kept although the policy said go."""
 
     @property
     def bytes_freed(self) -> int:
@@ -113,7 +116,15 @@ def plan_prune(
             keep.append(meta)
         else:
             delete.append(meta)
-    return PrunePlan(collection_id, tuple(keep), tuple(delete))
+    needed = needed_by(keep, snapshots)
+    held = [meta for meta in delete if meta.snapshot_id in needed]
+    delete = [meta for meta in delete if meta.snapshot_id not in needed]
+    return PrunePlan(
+        collection_id,
+        tuple(keep + held),
+        tuple(delete),
+        tuple((meta.snapshot_id, needed[meta.snapshot_id]) for meta in held),
+    )
 
 
 def check_policy(keep_last: int | None, older_than_days: float | None) -> None:
@@ -202,7 +213,9 @@ async def find_orphans(
 async def _listed_parts(catalog: Catalog, collection_id: str, snapshot_id: str) -> set[str]:
     """The part keys a committed snapshot's metadata lists (none if it is gone by now)."""
     metadata = await catalog.find(collection_id, snapshot_id)
-    return set() if metadata is None else {part.key for part in metadata.parts}
+    if metadata is None:
+        return set()
+    return {part.key for part in (*metadata.parts, *metadata.side_objects)}
 
 
 async def remove_orphans(

@@ -90,6 +90,8 @@ class SourceReader:
     async def __call__(self, job: SnapshotJob) -> OpenedSource:
         started = datetime.now(UTC)
         if isinstance(job.source, InlineSource):
+            if job.source.batch is None and not job.source.documents and job.deletes is not None:
+                return OpenedSource(iter([]), "deletes only", expected_rows=0)
             batch = job.source.batch
             if batch is None:
                 batch = await run_blocking(DocumentBatch.from_documents, job.source.documents)

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from handlers.catalog import Catalog
 from handlers.codecs import read_part
-from handlers.errors import CorruptSnapshotError, ObjectMissingError
+from handlers.errors import CorruptSnapshotError, ObjectMissingError, SnapshotNotFoundError
 from handlers.executor import run_blocking
 from handlers.hashing import sha256_file, sha256_stream
 from handlers.metadata import PartInfo, SnapshotMetadata
@@ -118,6 +119,9 @@ async def verify_snapshot(
     rows = sum(part.rows for part in metadata.parts)
     if rows != metadata.vector_count:
         problems.append(f"parts hold {rows} rows, metadata says {metadata.vector_count}")
+    problems.extend(await _side_problems(verifier, metadata))
+    if metadata.delta is not None:
+        problems.extend(await _base_problems(store, metadata, full=full))
     return VerifyReport(
         metadata.snapshot_id,
         len(metadata.parts),
@@ -126,6 +130,30 @@ async def verify_snapshot(
         problems,
         notes=[NO_CHECKSUM_NOTE] if unsummed else [],
     )
+
+
+async def _side_problems(verifier: Verifier, metadata: SnapshotMetadata) -> list[str]:
+    problems = []
+    for side in metadata.side_objects:
+        try:
+            await verifier.check_part(side)
+        except CorruptSnapshotError as exc:
+            problems.append(exc.message)
+    return problems
+
+
+async def _base_problems(
+    store: ObjectStore, metadata: SnapshotMetadata, *, full: bool
+) -> list[str]:
+    """A delta is only as sound as the chain below it: its base is verified too."""
+    assert metadata.delta is not None
+    base_id = metadata.delta.base_snapshot_id
+    try:
+        base = await Catalog(store).get(base_id, metadata.collection_id)
+    except (CorruptSnapshotError, SnapshotNotFoundError) as exc:
+        return [f"base {base_id}: {exc.message}"]
+    report = await verify_snapshot(store, base, full=full)
+    return [f"base {base_id}: {problem}" for problem in report.problems]
 
 
 @contextlib.asynccontextmanager

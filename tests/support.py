@@ -27,7 +27,7 @@ import pytest
 
 from daemon import cli, sample_data
 from handlers.akidb.sidecar import parse_rfc3339_nanos
-from handlers.model import DocumentBatch
+from handlers.model import DocumentBatch, snapshot_schema
 from handlers.stores import ObjectStore, S3Options, open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,6 +104,46 @@ def documents_table(rows: int, dim: int, seed: int = 0, *, metadata: bool = True
         metadata=[{"i": i, "lang": "en"} for i in range(rows)] if metadata else None,
     )
     return pa.Table.from_batches([batch.record_batch])
+
+
+MODEL_DIM = 8
+"""Dimension of the rows of :class:`CollectionModel` tests (deltas, partial restore)."""
+Row = dict[str, Any]
+
+
+class CollectionModel:
+    """A collection as a test alone computes it, for comparing with what a delta chain
+    restores: rows keyed by ``key`` (``document_id`` rows, or ``id`` inline documents); a
+    write moves a row to the end (chain order)."""
+
+    def __init__(self, key: str = "document_id") -> None:
+        self.key = key
+        self.rows: dict[Any, Row] = {}
+
+    def write(self, rows: Sequence[Row]) -> None:
+        for row in rows:
+            self.rows.pop(row[self.key], None)
+            self.rows[row[self.key]] = row
+
+    def delete(self, ids: Sequence[Any]) -> None:
+        for doc in ids:
+            del self.rows[doc]
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_pylist(list(self.rows.values()), snapshot_schema(MODEL_DIM))
+
+
+def new_rows(count: int, seed: int) -> list[Row]:
+    """``count`` rows of :data:`MODEL_DIM` with ids unique across seeds and calls."""
+    rows: list[Row] = documents_table(count, MODEL_DIM, seed).to_pylist()
+    for row in rows:
+        row["document_id"] = uuid.uuid4().bytes
+    return rows
+
+
+def updated(row: Row, seed: int) -> Row:
+    vector = unit_vectors(1, MODEL_DIM, seed)[0].tolist()
+    return {**row, "vector": vector, "metadata": f'{{"v":{seed}}}'}
 
 
 def write_export(table: pa.Table, directory: Path, name: str = "export.parquet") -> str:

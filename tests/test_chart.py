@@ -38,6 +38,9 @@ DESIGN_COUNTERS_AND_GAUGES = {
     "akisnap_dlq_messages_total",
     "akisnap_snapshot_bytes_total",
     "akisnap_vectors_total",
+    "akisnap_snapshots_total",
+    "akisnap_delta_bytes_saved_total",
+    "akisnap_compactions_total",
     "akisnap_in_flight_requests",
     "akisnap_in_flight_bytes",
     "akisnap_consumer_lag",
@@ -100,6 +103,7 @@ DAEMON_ENV = {
     "AKISNAP_MAX_IN_FLIGHT_BYTES",
     "AKISNAP_PART_SIZE_BYTES",
     "AKISNAP_MAX_MESSAGE_BYTES",
+    "AKISNAP_COMPACT_AFTER_DELTAS",
     "AKISNAP_TMP_DIR",
 }
 SECRET_ENV = {"AKISNAP_KAFKA_SASL_PASSWORD", "AKISNAP_S3_ACCESS_KEY", "AKISNAP_S3_SECRET_KEY"}

@@ -15,7 +15,7 @@ import pytest
 from handlers.model import DocumentBatch, vectors_bit_equal
 from tests.support import akisnap_process, real_embeddings, write_export
 
-VERBS = ["create", "list", "show", "verify", "delete", "restore"]
+VERBS = ["create", "list", "show", "verify", "delete", "compact", "restore"]
 
 
 def ok_json(result: subprocess.CompletedProcess[str]) -> Any:

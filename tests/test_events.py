@@ -139,7 +139,7 @@ BAD_REQUESTS: list[tuple[str, bytes | None, type[Exception], str]] = [
     ("collection with a newline", encode(inline_request(collection_id="abc\n")),
      InvalidRequestError, "collection_id: must match"),
     ("empty documents", encode(inline_request(source={"documents": []})), InvalidRequestError,
-     "source.documents: must not be empty"),
+     "source.documents is empty: a snapshot needs documents"),
     ("document not an object", encode(inline_request(source={"documents": [DOCUMENT, 3]})),
      InvalidRequestError, "source.documents[1]: must be an object (got number)"),
     ("source neither", encode(inline_request(source={"path": "/x"})), InvalidRequestError,

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from daemon.kafka import KafkaClients
 from daemon.kafka_explain import explain_kafka_failure
+from daemon.outcomes import OutcomeWatcher
 from daemon.send_requests import publish
 from daemon.settings import Settings
 from handlers.job import snapshot_id_for
@@ -31,7 +31,6 @@ from tests.daemon_support import (
     running,
     settings_for,
     until,
-    watcher,
 )
 from tests.support import REPO, Topics, akisnap_process
 from tools.services.private import AkisnapRun, KafkaBroker, Tls, make_tls
@@ -106,7 +105,8 @@ async def test_daemon_processes_a_request_over_a_secured_listener(
     settings: Settings = settings_for(values.pop("kafka_bootstrap"), topics, tmp_path, **values)
     assert settings.kafka_security_protocol in ("SASL_SSL", "SSL")
     rid, key, value = inline_request("secured", rows=20, dim=8)
-    async with running(settings), watcher(KafkaClients.of(settings), topics) as outcomes:
+    watching = OutcomeWatcher.for_settings(settings)
+    async with running(settings), watching as outcomes:
         await publish(settings, [(key, value)])
         found = await outcomes.wait_for([rid], 60)
     assert found[rid].status == "created", found

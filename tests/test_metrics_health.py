@@ -7,6 +7,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 
 import aiohttp
 import pytest
@@ -19,6 +20,7 @@ from daemon.health import HealthServer, Liveness
 from daemon.logging import configure_logging, get_logger
 from daemon.metrics import DESIGN_METRIC_NAMES, STAGES, Metrics
 from handlers.errors import InvalidDocumentsError
+from handlers.metadata import DeltaInfo, PartInfo, SnapshotMetadata
 from handlers.stages import StageClock
 from tests.daemon_support import sample
 
@@ -30,7 +32,7 @@ def test_render_lists_every_design_name() -> None:
     metrics = Metrics()
     text = metrics.render().decode()
     families = {family.name: family for family in text_string_to_metric_families(text)}
-    assert len(DESIGN_METRIC_NAMES) == 19
+    assert len(DESIGN_METRIC_NAMES) == 22
     for name in DESIGN_METRIC_NAMES:
         assert f"# TYPE {name} " in text, name
     assert families["akisnap_build_info"].samples[0].labels == {"version": __version__}
@@ -79,8 +81,12 @@ async def test_counters_and_gauges_move() -> None:
     metrics = Metrics()
     metrics.request_finished("created", 1.5)
     metrics.request_finished("dead_lettered", 0.01)
-    metrics.snapshot_created(total_bytes=4096, vectors=100, compression_ratio=3.2)
-    metrics.snapshot_created(total_bytes=10, vectors=1, compression_ratio=None)
+    part = PartInfo("k", 4096, 100, "0" * 64)
+    full = SnapshotMetadata("s", "c", "r", "parquet", "zstd", 8, 100, "t", (part,), {}, 13107)
+    delta = DeltaInfo("s", None, 1, 0, 0, 101, full_equivalent_bytes=4137)
+    small = replace(full, vector_count=1, parts=(replace(part, size=10),), delta=delta)
+    metrics.snapshot_created(full)
+    metrics.snapshot_created(replace(small, json_equivalent_bytes=0))
     metrics.dead_lettered("validate")
     metrics.retried("upload")
     metrics.set_lag("akidb.snapshot.requests", 3, 42)
@@ -93,6 +99,8 @@ async def test_counters_and_gauges_move() -> None:
     assert sample(metrics, "akisnap_snapshot_bytes_total") == 4106
     assert sample(metrics, "akisnap_vectors_total") == 101
     assert sample(metrics, "akisnap_compression_ratio_count") == 1
+    assert sample(metrics, "akisnap_snapshots_total", kind="delta") == 1
+    assert sample(metrics, "akisnap_delta_bytes_saved_total") == 4137 - 10
     assert sample(metrics, "akisnap_last_success_timestamp_seconds") > 1.7e9
     assert sample(metrics, "akisnap_dlq_messages_total", stage="validate") == 1
     assert sample(metrics, "akisnap_retries_total", stage="upload") == 1

@@ -153,7 +153,8 @@ async def test_parts_left_beside_a_committed_snapshot_are_orphans(store: ObjectS
     assert [(o.keys, o.leftover) for o in old] == [((leftover,), True)] and young == []
     done = await remove_orphans(store, now=later)
     assert [o.keys for o in done.removed] == [(leftover,)]
-    assert await keys_under(store, prefix) == {part.key for part in meta.parts}
+    kept = {part.key for part in (*meta.parts, *meta.side_objects)}
+    assert await keys_under(store, prefix) == kept
     assert (await verify_snapshot(store, meta)).ok
 
 
@@ -163,7 +164,7 @@ async def test_orphan_grace_uses_object_age(tmp_path: Path) -> None:
     crashed = await make_snapshots(store, "c", 1)
     await store.delete(metadata_key("c", crashed[0].snapshot_id))
     old = (datetime.now(UTC) - timedelta(hours=2)).timestamp()
-    for path in (tmp_path / "store" / "snapshots" / "c").rglob("part-*"):
+    for path in (tmp_path / "store" / "snapshots" / "c").rglob("*.parquet"):
         os.utime(path, (old, old))
     assert len((await remove_orphans(store)).removed) == 1
 

@@ -25,6 +25,7 @@ import pytest
 
 from daemon.events import build_request
 from daemon.kafka import KafkaClients
+from daemon.outcomes import OutcomeWatcher
 from daemon.send_requests import publish
 from daemon.settings import Settings
 from daemon.settings_error import SettingsError
@@ -38,7 +39,6 @@ from tests.daemon_support import (
     settings_for,
     switched_proxy,
     until,
-    watcher,
 )
 from tests.support import REPO, Topics, akisnap_process, documents_table, write_export
 from tools.services.private import AkisnapRun, KafkaBroker, S3Proxy, Tls, make_tls
@@ -158,9 +158,10 @@ async def exercise_daemon(
     ]
     daemon = AkisnapRun(REPO, env_for(settings, AKISNAP_LOG_LEVEL="debug"), tmp_path / "run.log")
     daemon.start()
+    watching = OutcomeWatcher.for_settings(settings)
     try:
         await asyncio.to_thread(daemon.wait_ready, 60)
-        async with watcher(KafkaClients.of(settings), topics) as outcomes:
+        async with watching as outcomes:
             await publish(settings, requests)
             found = await outcomes.wait_for([inline_id, from_s3_id, missing_id], 60)
             await proxy.stop()  # S3 unreachable: the daemon pauses, then the request succeeds

@@ -59,8 +59,13 @@ def test_metadata_files_match_their_schema(tmp_path: Path) -> None:
     for name in ("f32.npy", "f64.npy"):
         code, _, err = create_snapshot(tmp_path / name, store, "--label", "k=v")
         assert code == 0, err
+    (tmp_path / "no-deletes.txt").write_text("")
+    delta = ["--base", "latest", "--deletes", str(tmp_path / "no-deletes.txt")]
+    code, _, err = create_snapshot(tmp_path / "f32.npy", store, *delta)
+    assert code == 0, err
     bodies = [json.loads(p.read_text()) for p in store.glob("snapshots/c/*.metadata.json")]
-    assert len(bodies) == 2 and sum("source_dtype" in body for body in bodies) == 1
+    assert len(bodies) == 3 and sum("source_dtype" in body for body in bodies) == 1
+    assert sum("delta" in body for body in bodies) == 1
     for body in bodies:
         jsonschema.validate(body, schema)
     written = set().union(*(body.keys() for body in bodies))

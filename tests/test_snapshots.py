@@ -258,7 +258,8 @@ async def test_metadata_without_parts_is_detected(
     meta = (await creator(export_job(exports, documents_table(50, 8)))).metadata
     await creator.catalog.delete_parts(meta.collection_id, meta.snapshot_id)
     assert await store.head(metadata_key(meta.collection_id, meta.snapshot_id)) is not None
-    assert len((await verify_snapshot(store, meta)).problems) == len(meta.parts)
+    problems = (await verify_snapshot(store, meta)).problems
+    assert len(problems) == len(meta.parts) + len(meta.side_objects)
     with pytest.raises(CorruptSnapshotError, match="missing"):
         await restore_snapshot(store, meta, tmp_path / "x.parquet")
 
