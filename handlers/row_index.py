@@ -117,18 +117,19 @@ class RowIndexer:
 
     def wrap(self, batches: Iterator[DocumentBatch]) -> Iterator[DocumentBatch]:
         pending: deque[Future[list[tuple[bytes, bytes]]]] = deque()
-        with ThreadPoolExecutor(1, thread_name_prefix="akisnap-row-index") as pool:
-            try:
-                for batch in batches:
-                    pending.append(pool.submit(_keyed_hashes, batch.record_batch))
-                    while len(pending) > self.AHEAD:
-                        self.index.update(pending.popleft().result())
-                    yield batch
-                while pending:
+        pool = ThreadPoolExecutor(1, thread_name_prefix="akisnap-row-index")
+        try:
+            for batch in batches:
+                pending.append(pool.submit(_keyed_hashes, batch.record_batch))
+                while len(pending) > self.AHEAD:
                     self.index.update(pending.popleft().result())
-            finally:
-                for left in pending:
-                    left.cancel()
+                yield batch
+            while pending:
+                self.index.update(pending.popleft().result())
+        finally:
+            # No wait: an abandoned generator may be closed by the garbage collector in the
+            # pool's own thread, which cannot join itself; a hash still running is harmless.
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _keyed_hashes(rows: pa.RecordBatch) -> list[tuple[bytes, bytes]]:
