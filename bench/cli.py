@@ -3,7 +3,8 @@
 Three groups, all run by default (``make bench``), or picked with selectors (combinable):
 ``--seed`` (the seed's in-process scenarios), ``--scale`` (whole-process create/restore of
 200k × 768 and create of 1M × 768, with peak RSS), ``--daemon`` (`akisnap run` end to end with
-the real broker and S3 server), ``--delta`` (delta snapshots against full ones, 1M × 768);
+the real broker and S3 server), ``--delta`` (delta snapshots against full ones, 1M × 768),
+``--partial`` (restore of 1,000 ids against a full restore, 1M × 768);
 ``--scenario NAME`` picks single scenarios of any group.
 """
 
@@ -26,6 +27,10 @@ from bench.delta import DEFAULT_ROUNDS as DELTA_ROUNDS
 from bench.delta import DEFAULT_ROWS as DELTA_ROWS
 from bench.delta import run_delta_bench
 from bench.ops import ScenarioBench
+from bench.partial_restore import DEFAULT_DIM as PARTIAL_DIM
+from bench.partial_restore import DEFAULT_ROUNDS as PARTIAL_ROUNDS
+from bench.partial_restore import DEFAULT_ROWS as PARTIAL_ROWS
+from bench.partial_restore import run_partial_bench
 from bench.procs import REPO_ROOT
 from bench.report import ScenarioResult, print_sizes, print_targets, print_timings
 from bench.report_scale import print_scale_targets
@@ -46,9 +51,10 @@ HUGE_REPEATS = 1
 DAEMON = "daemon-e2e"
 DELTA = "delta"
 DELTA_QUICK_ROWS = 20_000
+PARTIAL = "partial-restore"
 SEED_NAMES = [s.name for s in SCENARIOS]
 SCALE_NAMES = [PROCESS_200K.name, PROCESS_200K_ONE_GROUP.name, PROCESS_1M.name]
-ALL_NAMES = [*SEED_NAMES, *SCALE_NAMES, DAEMON, DELTA]
+ALL_NAMES = [*SEED_NAMES, *SCALE_NAMES, DAEMON, DELTA, PARTIAL]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,6 +84,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--delta",
         action="store_true",
         help=f"delta snapshots vs full ones, {DELTA_ROWS:,} × {DELTA_DIM} (bench/delta.py)",
+    )
+    parser.add_argument(
+        "--partial",
+        action="store_true",
+        help=f"restore of 1,000 ids vs a full one, {PARTIAL_ROWS:,} × {PARTIAL_DIM} "
+        "(bench/partial_restore.py)",
     )
     parser.add_argument(
         "--repeat",
@@ -126,7 +138,23 @@ def chosen_names(args: argparse.Namespace) -> list[str]:
         names.add(DAEMON)
     if args.delta:
         names.add(DELTA)
+    if args.partial:
+        names.add(PARTIAL)
     return [name for name in ALL_NAMES if not names or name in names]
+
+
+def run_snapshot_kinds(names: list[str], args: argparse.Namespace) -> bool:
+    """Issue 16's benches (delta snapshots, partial restore); True when their targets are met."""
+    met = True
+    if DELTA in names:
+        rows = DELTA_QUICK_ROWS if args.quick else DELTA_ROWS
+        rounds = args.repeat or (1 if args.quick else DELTA_ROUNDS)
+        met = run_delta_bench(rows, DELTA_DIM, rounds, args.workdir) and met
+    if PARTIAL in names:
+        rows = DELTA_QUICK_ROWS if args.quick else PARTIAL_ROWS
+        rounds = args.repeat or (1 if args.quick else PARTIAL_ROUNDS)
+        met = run_partial_bench(rows, PARTIAL_DIM, rounds, args.workdir) and met
+    return met
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,10 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     if scale or daemon is not None:
         scale_met, _ = print_scale_targets(scale, daemon)
         met = met and scale_met
-    if DELTA in names:
-        rows = DELTA_QUICK_ROWS if args.quick else DELTA_ROWS
-        rounds = args.repeat or (1 if args.quick else DELTA_ROUNDS)
-        met = run_delta_bench(rows, DELTA_DIM, rounds, args.workdir) and met
+    met = run_snapshot_kinds(names, args) and met
     took = time.perf_counter() - started
     print(
         f"\nall targets met: {'yes' if met else 'no'}; bench took {took:.0f} s; "

@@ -34,7 +34,7 @@ from daemon.environment import EnvironmentGate
 from daemon.fate import Fate
 from daemon.health import HealthServer, Liveness
 from daemon.kafka import DURABLE, KafkaClients, fetch_limits, request_size_for
-from daemon.kafka_explain import explain_kafka_failure
+from daemon.kafka_explain import explain_kafka_failure, probe_bootstrap
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.partition import CANCEL_WAIT_SECONDS
@@ -43,7 +43,6 @@ from daemon.retry import Backoff, sleep_unless
 from daemon.settings import Settings
 from handlers.budget import ByteBudget
 from handlers.create import SnapshotCreator
-from handlers.errors import BrokerUnavailableError
 from handlers.executor import start_process_worker
 from handlers.stores import ObjectStore, open_store
 
@@ -413,21 +412,7 @@ class Daemon:
         await asyncio.wait_for(self._store.ping(), PROBE_TIMEOUT_SECONDS)
 
     async def _probe_broker(self) -> None:
-        """A broker of the bootstrap list takes a TCP connection again."""
-        last: Exception | None = None
-        for address in self.settings.kafka_bootstrap.split(","):
-            host, _, port = address.strip().rpartition(":")
-            try:
-                _, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host.strip("[]") or "localhost", int(port or 9092)),
-                    PROBE_TIMEOUT_SECONDS,
-                )
-            except (OSError, TimeoutError, ValueError) as err:
-                last = err
-                continue
-            writer.close()
-            return
-        raise BrokerUnavailableError(f"no bootstrap broker accepts a connection: {last}")
+        await probe_bootstrap(self.settings.kafka_bootstrap, PROBE_TIMEOUT_SECONDS)
 
 
 def _no_bootstrap(err: KafkaError) -> bool:

@@ -95,12 +95,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     try:
         await _until_joined(daemon, running)
         port = daemon.metrics_port
-        async with OutcomeWatcher(
-            settings.kafka_bootstrap,
-            result_topic=settings.result_topic,
-            dlq_topic=settings.dlq_topic,
-            security=settings.kafka_security_kwargs(),
-        ) as watcher:
+        async with OutcomeWatcher.for_settings(settings) as watcher:
             sent = await _publish_requests(settings, export_uri)
             print(f"  published {len(sent)} requests; waiting up to {args.timeout:g}s ...")
             found = await watcher.wait_for([s.request_id for s in sent], args.timeout)

@@ -44,6 +44,8 @@ BY_CLASS: tuple[tuple[type[BaseException], int], ...] = (
     (errors.SnapshotNotFoundError, NOT_FOUND),
     (errors.StoreNotFoundError, NOT_FOUND),
     (errors.AmbiguousSnapshotIdError, USAGE),
+    (errors.SelectionError, USAGE),
+    (errors.IdsNotFoundError, NOT_FOUND),
     (errors.CorruptSnapshotError, CORRUPT),
     (errors.ObjectMissingError, CORRUPT),
     (errors.WriteNotVerifiedError, CORRUPT),

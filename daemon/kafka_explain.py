@@ -1,9 +1,11 @@
 """Why Kafka cannot be used, in one line naming the setting to check: for ``akisnap run`` when
 it cannot connect, and for the daemon's log while it backs off (aiokafka only says "Unable to
-bootstrap" when SASL or TLS is what failed)."""
+bootstrap" when SASL or TLS is what failed); and whether a broker takes a connection again (the
+environment gate's probe)."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 
 from aiokafka.conn import create_conn
@@ -16,6 +18,26 @@ from aiokafka.errors import (
 )
 
 from daemon.settings import Settings
+from handlers.errors import BrokerUnavailableError
+
+
+async def probe_bootstrap(bootstrap: str, timeout_seconds: float) -> None:
+    """Return once a broker of the bootstrap list takes a TCP connection; raise
+    BrokerUnavailableError when none does."""
+    last: Exception | None = None
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host.strip("[]") or "localhost", int(port or 9092)),
+                timeout_seconds,
+            )
+        except (OSError, TimeoutError, ValueError) as err:
+            last = err
+            continue
+        writer.close()
+        return
+    raise BrokerUnavailableError(f"no bootstrap broker accepts a connection: {last}")
 
 
 async def explain_kafka_failure(

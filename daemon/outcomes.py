@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
@@ -15,6 +15,9 @@ from aiokafka.errors import KafkaTimeoutError
 from daemon.dead_letters.letter import DeadLetter
 from daemon.events import SnapshotResultV1, parse_result, peek_ids
 from daemon.kafka import KafkaClients
+
+if TYPE_CHECKING:
+    from daemon.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,16 @@ class OutcomeWatcher:
         self._security = dict(security or {})
         self._consumer: Any = None
         self.outcomes: dict[str, Outcome] = {}
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> OutcomeWatcher:
+        """The daemon's result and dead-letter topics, on its broker, with its security."""
+        return cls(
+            settings.kafka_bootstrap,
+            result_topic=settings.result_topic,
+            dlq_topic=settings.dlq_topic,
+            security=settings.kafka_security_kwargs(),
+        )
 
     async def __aenter__(self) -> OutcomeWatcher:
         partitions = await topic_partitions(self._bootstrap, self._topics, self._security)

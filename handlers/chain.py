@@ -66,7 +66,7 @@ async def chain_parts(
     """Every part of the chain of ``metadata``, in chain order, checked against its SHA-256
     (a corrupt part anywhere below fails the whole snapshot)."""
     members = await chain_of(store, metadata)
-    hidden = await _hidden_ids(store, members, scratch)
+    hidden = await hidden_ids(store, members, scratch)
     async with contextlib.AsyncExitStack() as stack:
         found = []
         for member, gone in zip(members, hidden, strict=True):
@@ -76,7 +76,7 @@ async def chain_parts(
         yield found
 
 
-async def _hidden_ids(
+async def hidden_ids(
     store: ObjectStore, members: list[SnapshotMetadata], scratch: Path
 ) -> list[pa.Array]:
     """Per member, the ids every later member writes or deletes."""

@@ -60,6 +60,14 @@ class InvalidRequestError(PermanentError):
     stage = "validate"
 
 
+class SelectionError(InvalidRequestError):
+    """A partial restore's --columns, --where or --limit that the grammar refuses (usage)."""
+
+
+class IdsNotFoundError(InvalidRequestError):
+    """A strict partial restore asked for ids the snapshot does not hold."""
+
+
 class InvalidDocumentsError(PermanentError):
     """The documents break the snapshot model: empty, mixed dimensions, NaN, bad ids, ..."""
 

@@ -18,16 +18,25 @@ from typing import BinaryIO, Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from handlers.chain import chain_parts, chain_rows
 from handlers.codecs import read_part
 from handlers.codecs.documents_json import batch_to_documents
 from handlers.codecs.parquet import file_schema, parquet_part_rows, writer_options
-from handlers.errors import CorruptSnapshotError, InvalidRequestError
+from handlers.errors import (
+    CorruptSnapshotError,
+    IdsNotFoundError,
+    InvalidRequestError,
+    SelectionError,
+)
 from handlers.filemode import new_file_mode
 from handlers.metadata import SnapshotMetadata
-from handlers.model import DocumentBatch, snapshot_schema
+from handlers.model import ID_TYPE, DocumentBatch, snapshot_schema
+from handlers.partial import output_schema, select_rows
+from handlers.selected_output import SelectedOutput
+from handlers.selection import Selection, id_texts
 from handlers.stores import ObjectStore
 from handlers.verify import checked_part_file
 
@@ -41,6 +50,10 @@ class RestoreResult:
     path: Path
     rows: int
     bytes_written: int
+    # A partial restore's report: bytes read from the store, ids asked for but not held.
+    bytes_read: int | None = None
+    ids_missing: int = 0
+    ids_missing_examples: tuple[str, ...] = ()
 
 
 class OutputWriter(Protocol):
@@ -64,16 +77,24 @@ async def restore_snapshot(
     out: Path,
     *,
     progress: Callable[[int], None] | None = None,
+    selection: Selection | None = None,
 ) -> RestoreResult:
-    """Write the snapshot's documents to ``out``; ``progress`` gets rows as they land."""
+    """Write the snapshot's documents to ``out``; ``progress`` gets rows as they land.
+    With ``selection``, only the rows and columns it asks for (handlers.partial)."""
     kind = output_format(out)
+    if selection is not None and kind == "npy" and "vector" not in selection.columns:
+        raise SelectionError("--columns without vector cannot restore to .npy (vectors only)")
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", delete=False)  # noqa: SIM115
     temp = Path(handle.name)
     handle.close()
+    partial: RestoreResult | None = None
     try:
-        if metadata.delta is not None:
+        if selection is not None:
+            partial = await _restore_selection(store, metadata, selection, temp, kind)
+            rows = metadata.collection_rows  # the row count is checked per part instead
+        elif metadata.delta is not None:
             rows = await _restore_chain(store, metadata, temp, kind, progress)
         elif kind == "parquet" and metadata.format == "parquet" and len(metadata.parts) == 1:
             rows = await _copy_single_part(store, metadata, temp, out.parent, progress)
@@ -90,7 +111,33 @@ async def restore_snapshot(
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+    if partial is not None:
+        return replace(partial, path=out, bytes_written=out.stat().st_size)
     return RestoreResult(out, rows, out.stat().st_size)
+
+
+async def _restore_selection(
+    store: ObjectStore, metadata: SnapshotMetadata, selection: Selection, target: Path, kind: str
+) -> RestoreResult:
+    """Selected rows into ``target``; with ``strict``, refuses if ids lack (the caller then
+    removes ``target``: nothing is written)."""
+    schema = output_schema(metadata.dimension, selection)
+    output = SelectedOutput(kind, target, schema, metadata.collection_rows)
+    try:
+        picked = await select_rows(store, metadata, selection, target.parent, output.write)
+    finally:
+        await asyncio.to_thread(output.close)
+    missing = pa.array([], ID_TYPE)
+    if selection.ids is not None:
+        found = pa.concat_arrays(picked.found) if picked.found else missing
+        missing = selection.ids.filter(pc.invert(pc.is_in(selection.ids, value_set=found)))
+    examples = tuple(id_texts(missing))
+    if selection.strict and len(missing):
+        raise IdsNotFoundError(
+            f"{len(missing)} of the {len(selection.ids or [])} ids are not in snapshot "
+            f"{metadata.snapshot_id}, e.g. {', '.join(examples)}"
+        )
+    return RestoreResult(target, output.rows, 0, picked.bytes_read, len(missing), examples)
 
 
 async def _restore_chain(

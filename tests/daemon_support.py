@@ -1,36 +1,49 @@
-"""Helpers for tests that run the daemon against the real broker and S3 server."""
+"""Helpers for tests that run the daemon against the real broker and S3 server.
+
+Kafka clients are built by daemon.kafka's factory, as the daemon builds its own; a helper that
+talks to Kafka takes a bootstrap address, or a KafkaClients for a secured listener.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import json
 import os
 import socket
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from pydantic import SecretStr
 
 from daemon.app import Daemon
 from daemon.demo import random_documents
 from daemon.events import build_request
+from daemon.kafka import MIB, KafkaClients
+from daemon.metrics import Metrics
 from daemon.outcomes import OutcomeWatcher
-from daemon.settings import Settings
+from daemon.settings import Settings, env_name
 from handlers.catalog import Catalog
 from handlers.job import InlineSource
 from handlers.stores import open_store
-from tests.conftest import S3Service, Topics
+from tests.support import S3Service, Topics
 
 Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
+Kafka = str | KafkaClients  # a bootstrap address (PLAINTEXT), or clients with their security
 
-Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
+
+def clients(kafka: Kafka) -> KafkaClients:
+    return kafka if isinstance(kafka, KafkaClients) else KafkaClients(kafka)
 
 
 def free_port() -> int:
@@ -41,6 +54,8 @@ def free_port() -> int:
 
 
 def settings_for(bootstrap: str, topics: Topics, tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings of a daemon on ``topics`` with a local store and exports root in ``tmp_path``
+    and quick retries; ``overrides`` win (Settings.load reads AKISNAP_* variables too)."""
     values: dict[str, Any] = {
         "kafka_bootstrap": bootstrap,
         "group_id": topics.group_id,
@@ -60,18 +75,29 @@ def settings_for(bootstrap: str, topics: Topics, tmp_path: Path, **overrides: An
     return Settings.load(None, **values)
 
 
-def env_for(settings: Settings, metrics_port: int) -> dict[str, str]:
-    """The environment of an `akisnap run` subprocess with these settings."""
+def env_for(settings: Settings, **variables: str) -> dict[str, str]:
+    """The environment of an `akisnap` subprocess with these settings: every setting that is
+    not its default, no AKISNAP_* variable of the caller's, and ``variables`` on top. Its log
+    is JSON lines at info level (what the tests read back) unless ``variables`` say otherwise.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("AKISNAP_")}
-    for name in (
-        "kafka_bootstrap", "group_id", "request_topic", "result_topic", "dlq_topic", "store",
-        "exports_root", "retry_attempts", "retry_base_seconds", "retry_cap_seconds",
-        "shutdown_grace_seconds",
-    ):  # fmt: skip
-        env[f"AKISNAP_{name.upper()}"] = str(getattr(settings, name))
-    env.update(AKISNAP_METRICS_PORT=str(metrics_port), AKISNAP_LOG_FORMAT="json")
-    env["AKISNAP_LOG_LEVEL"] = "info"
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if value is None or name in ("log_format", "log_level"):
+            continue
+        if value != field.get_default(call_default_factory=True):
+            env[env_name(name)] = _env_text(value)
+    env.update(AKISNAP_LOG_FORMAT="json", AKISNAP_LOG_LEVEL="info")
+    env.update(variables)
     return env
+
+
+def _env_text(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, list):
+        return ",".join(value)
+    return str(value)
 
 
 @contextlib.asynccontextmanager
@@ -93,24 +119,66 @@ async def running(settings: Settings) -> AsyncIterator[Daemon]:
     assert code == 0
 
 
-def watcher(bootstrap: str, topics: Topics) -> OutcomeWatcher:
-    return OutcomeWatcher(bootstrap, result_topic=topics.results, dlq_topic=topics.dlq)
-
-
-async def send(bootstrap: str, topic: str, messages: Sequence[Message]) -> list[Any]:
-    """Publish raw messages in order; their RecordMetadata."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", compression_type="gzip",
-        max_request_size=4 * 1024 * 1024,
+def watcher(kafka: Kafka, topics: Topics) -> OutcomeWatcher:
+    made = clients(kafka)
+    return OutcomeWatcher(
+        made.bootstrap, result_topic=topics.results, dlq_topic=topics.dlq,
+        security=dict(made.security),
     )  # fmt: skip
+
+
+async def send(
+    kafka: Kafka, topic: str, messages: Sequence[Message], timestamps: Sequence[int | None] = ()
+) -> list[Any]:
+    """Publish raw messages (up to 64 MiB; order kept within a partition), with their
+    ``timestamps`` if given; their RecordMetadata."""
+    producer = clients(kafka).producer(
+        acks="all", compression_type="gzip", max_request_size=64 * MIB
+    )
     await producer.start()
     try:
+        now = int(time.time() * 1000)
+        stamps = [now if t is None else t for t in list(timestamps) or [None] * len(messages)]
+        sent = [
+            await producer.send(
+                topic, value=value, key=key, headers=headers or None, timestamp_ms=t
+            )
+            for (key, value, headers), t in zip(messages, stamps, strict=True)
+        ]
+        # aiokafka reports the first record's create time for every record of a batch.
         return [
-            await producer.send_and_wait(topic, value=value, key=key, headers=headers or None)
-            for key, value, headers in messages
+            meta._replace(timestamp=t) if meta.timestamp_type == 0 else meta
+            for meta, t in zip(await asyncio.gather(*sent), stamps, strict=True)
         ]
     finally:
         await producer.stop()
+
+
+async def create_topics(
+    kafka: Kafka | AIOKafkaAdminClient, topics: Topics, partitions: int = 4,
+    request_partitions: int | None = None,
+) -> Topics:  # fmt: skip
+    """Create ``topics`` (the request topic with ``request_partitions`` if given)."""
+    wanted = [
+        NewTopic(topics.requests, request_partitions or partitions, 1),
+        NewTopic(topics.results, partitions, 1),
+        NewTopic(topics.dlq, partitions, 1),
+    ]
+    if isinstance(kafka, AIOKafkaAdminClient):
+        await kafka.create_topics(wanted)
+        return topics
+    admin = clients(kafka).admin()
+    await admin.start()
+    try:
+        await admin.create_topics(wanted)
+    finally:
+        await admin.close()
+    return topics
+
+
+def as_messages(requests: Sequence[tuple[str, bytes, bytes]]) -> list[Message]:
+    """(request id, key, value) requests as messages without headers."""
+    return [(key, value, []) for _, key, value in requests]
 
 
 def inline_request(
@@ -123,23 +191,40 @@ def inline_request(
     return rid, key, value
 
 
-async def read_topic(bootstrap: str, topic: str, count: int, within: float) -> list[Any]:
-    """The first ``count`` records of ``topic`` (all partitions, partition order kept)."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )  # fmt: skip
-    await consumer.start()
-    records: list[Any] = []
+async def read_topic(
+    kafka: Kafka, topic: str, count: int | None = None, within: float = 60
+) -> list[Any]:
+    """The records of ``topic`` from its beginning, each partition in order: the first
+    ``count`` (fewer if no more came within ``within`` seconds), or without ``count`` every
+    record up to the topic's end as it is now."""
+    admin = clients(kafka).admin()
+    await admin.start()
     try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    assert described["error_code"] == 0, f"cannot describe topic {topic}: {described}"
+    tps = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+    consumer = clients(kafka).consumer(group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(sorted(tps))
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps) if count is None else {}
+        records: list[Any] = []
         deadline = time.monotonic() + within
-        while len(records) < count and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
-            for batch in batches.values():
+        while time.monotonic() < deadline:
+            if count is None:
+                if all([await consumer.position(tp) >= ends[tp] for tp in tps]):
+                    return records
+            elif len(records) >= count:
+                return records
+            for batch in (await consumer.getmany(timeout_ms=300)).values():
                 records.extend(batch)
+        assert count is not None, f"could not read {topic} to its end in {within:.0f}s"
+        return records
     finally:
         await consumer.stop()
-    return records
 
 
 async def committed_total(admin: AIOKafkaAdminClient, group_id: str, topic: str) -> int:
@@ -164,15 +249,51 @@ def http_status(port: int, path: str) -> int:
         return err.code
 
 
-def sample(daemon: Daemon, name: str, **labels: str) -> float:
-    return daemon.metrics.registry.get_sample_value(name, labels) or 0.0
+SAMPLE_SUFFIXES = ("_total", "_count", "_sum", "_bucket", "_created")
 
 
-async def until(condition: Any, within: float, what: str) -> None:
+def sample(of: Daemon | Metrics, name: str, **labels: str) -> float:
+    """A metric's value: 0 for a labelled child not made yet; a name the registry does not
+    know fails (so a misspelt name cannot pass for a zero)."""
+    registry = (of.metrics if isinstance(of, Daemon) else of).registry
+    value = registry.get_sample_value(name, labels)
+    if value is not None:
+        return value
+    families = {family.name for family in registry.collect()}
+    base = next((name.removesuffix(s) for s in SAMPLE_SUFFIXES if name.endswith(s)), name)
+    assert name in families or base in families, f"no metric {name}"
+    return 0.0
+
+
+async def until(condition: Callable[[], Any], within: float, what: str | Callable[[], str]) -> None:
+    """Poll ``condition`` (a function or a coroutine function) until it holds; fail after
+    ``within`` seconds, saying ``what`` was awaited."""
     deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out waiting for {what if isinstance(what, str) else what()}"
+            )
         await asyncio.sleep(0.05)
+
+
+def shutdown_seconds(log: str) -> float:
+    """How long the last shutdown in an `akisnap run` JSON log took by the daemon's own clock,
+    from `daemon.signal` to `daemon.stopped` (process start-up and exit, and the test's
+    scheduling, left out)."""
+    stamps: dict[str, datetime] = {}
+    for line in log.splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            if event.get("event") in ("daemon.signal", "daemon.stopped"):
+                stamps[event["event"]] = datetime.fromisoformat(event["timestamp"])
+    assert len(stamps) == 2, f"no complete shutdown in the log: {sorted(stamps)}"
+    return (stamps["daemon.stopped"] - stamps["daemon.signal"]).total_seconds()
 
 
 class TcpProxy:
@@ -218,18 +339,28 @@ class TcpProxy:
             writer.close()
 
 
+@contextlib.asynccontextmanager
+async def switched_proxy(target: str) -> AsyncIterator[TcpProxy]:
+    """A started TCP proxy in front of ``target`` that the test can switch off and on."""
+    proxy = TcpProxy(target)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()
+
+
 def s3_settings(
-    bootstrap: str, topics: Topics, tmp_path: Path, s3: S3Service, endpoint: str, **more: Any
-) -> Settings:
+    bootstrap: str, topics: Topics, tmp_path: Path, s3: S3Service, endpoint: str | None = None,
+    **more: Any,
+) -> Settings:  # fmt: skip
+    """settings_for with a fresh prefix on the S3 server (through ``endpoint`` if given)."""
     return settings_for(
         bootstrap, topics, tmp_path,
         store=f"s3://{s3.bucket}/tests/{uuid.uuid4().hex}",
-        s3_endpoint=endpoint, s3_access_key=s3.access_key, s3_secret_key=s3.secret_key,
-        s3_region=s3.region, **more,
+        s3_endpoint=endpoint or s3.endpoint, s3_access_key=s3.access_key,
+        s3_secret_key=s3.secret_key, s3_region=s3.region, **more,
     )  # fmt: skip
-
-
-# -- the happy path, order, concurrency ---------------------------------------------------------
 
 
 class Answers503:

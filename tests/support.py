@@ -15,7 +15,7 @@ import sys
 import termios
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,13 +23,56 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from daemon import cli, sample_data
 from handlers.akidb.sidecar import parse_rfc3339_nanos
-from handlers.model import DocumentBatch
+from handlers.model import DocumentBatch, snapshot_schema
 from handlers.stores import ObjectStore, S3Options, open_store
 
 REPO = Path(__file__).resolve().parents[1]
+SERVICES_ENV = REPO / ".services.env"
+
+
+def service_env(name: str) -> str:
+    """A `make services` variable, from the environment or `.services.env`; fails if absent
+    (these tests never skip)."""
+    value = os.environ.get(name)
+    if not value and SERVICES_ENV.is_file():
+        for line in SERVICES_ENV.read_text(encoding="utf-8").splitlines():
+            key, sep, found = line.strip().partition("=")
+            if sep and key.removeprefix("export ").strip() == name:
+                value = found.strip().strip("'\"")
+    if not value:
+        pytest.fail(f"{name} is not set: run `make services` (it writes {SERVICES_ENV.name})")
+    return value
+
+
+@dataclass(frozen=True)
+class Topics:
+    """One test's own request, result and dead-letter topics (and consumer group)."""
+
+    requests: str
+    results: str
+    dlq: str
+    group_id: str
+
+    @classmethod
+    def fresh(cls, prefix: str = "test") -> Topics:
+        tag = uuid.uuid4().hex[:10]
+        return cls(
+            requests=f"{prefix}.{tag}.requests",
+            results=f"{prefix}.{tag}.results",
+            dlq=f"{prefix}.{tag}.requests.dlq",
+            group_id=f"{prefix}-{tag}",
+        )
+
+    @property
+    def names(self) -> tuple[str, str, str]:
+        return (self.requests, self.results, self.dlq)
+
+
+TopicFactory = Callable[[], Awaitable[Topics]]
 
 
 @dataclass
@@ -63,15 +106,21 @@ def documents_table(rows: int, dim: int, seed: int = 0, *, metadata: bool = True
     return pa.Table.from_batches([batch.record_batch])
 
 
+MODEL_DIM = 8
+"""Dimension of the rows of :class:`CollectionModel` tests (deltas, partial restore)."""
+Row = dict[str, Any]
+
+
 class CollectionModel:
     """A collection as a test alone computes it, for comparing with what a delta chain
-    restores: rows keyed by ``key``; a write moves a row to the end (chain order)."""
+    restores: rows keyed by ``key`` (``document_id`` rows, or ``id`` inline documents); a
+    write moves a row to the end (chain order)."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str = "document_id") -> None:
         self.key = key
-        self.rows: dict[Any, dict[str, Any]] = {}
+        self.rows: dict[Any, Row] = {}
 
-    def write(self, rows: Sequence[dict[str, Any]]) -> None:
+    def write(self, rows: Sequence[Row]) -> None:
         for row in rows:
             self.rows.pop(row[self.key], None)
             self.rows[row[self.key]] = row
@@ -79,6 +128,22 @@ class CollectionModel:
     def delete(self, ids: Sequence[Any]) -> None:
         for doc in ids:
             del self.rows[doc]
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_pylist(list(self.rows.values()), snapshot_schema(MODEL_DIM))
+
+
+def new_rows(count: int, seed: int) -> list[Row]:
+    """``count`` rows of :data:`MODEL_DIM` with ids unique across seeds and calls."""
+    rows: list[Row] = documents_table(count, MODEL_DIM, seed).to_pylist()
+    for row in rows:
+        row["document_id"] = uuid.uuid4().bytes
+    return rows
+
+
+def updated(row: Row, seed: int) -> Row:
+    vector = unit_vectors(1, MODEL_DIM, seed)[0].tolist()
+    return {**row, "vector": vector, "metadata": f'{{"v":{seed}}}'}
 
 
 def write_export(table: pa.Table, directory: Path, name: str = "export.parquet") -> str:
@@ -101,34 +166,44 @@ S3_SERVERS = ("s3proxy", "minio")
 ENDPOINT_VARIABLES = {"s3proxy": "AKISNAP_S3_ENDPOINT", "minio": "AKISNAP_MINIO_ENDPOINT"}
 
 
-def s3_endpoint(server: str = "s3proxy") -> str:
-    name = ENDPOINT_VARIABLES[server]
-    endpoint = os.environ.get(name)
-    assert endpoint, f"{name} is not set: run `make tools services` ({server})"
-    return endpoint
+@dataclass(frozen=True)
+class S3Service:
+    """The coordinates of one real S3 server of `make services`."""
+
+    endpoint: str
+    access_key: str
+    secret_key: str
+    bucket: str
+    region: str
+
+    @classmethod
+    def of(cls, server: str = "s3proxy") -> S3Service:
+        return cls(
+            endpoint=service_env(ENDPOINT_VARIABLES[server]),
+            access_key=service_env("AKISNAP_S3_ACCESS_KEY"),
+            secret_key=service_env("AKISNAP_S3_SECRET_KEY"),
+            bucket=service_env("AKISNAP_S3_BUCKET"),
+            region=os.environ.get("AKISNAP_S3_REGION") or "us-east-1",
+        )
 
 
-def s3_options(server: str = "s3proxy") -> S3Options:
-    missing = [
-        name
-        for name in ("AKISNAP_S3_ACCESS_KEY", "AKISNAP_S3_SECRET_KEY")
-        if not os.environ.get(name)
-    ]
-    assert not missing, f"S3 test server not configured (run `make services`): {missing}"
-    return S3Options(
-        endpoint_url=s3_endpoint(server),
-        region=os.environ.get("AKISNAP_S3_REGION", "us-east-1"),
-        access_key=os.environ["AKISNAP_S3_ACCESS_KEY"],
-        secret_key=os.environ["AKISNAP_S3_SECRET_KEY"],
-        multipart_threshold_bytes=8 * 1024 * 1024,
-        multipart_part_bytes=5 * 1024 * 1024,
-    )
+def s3_options(server: str = "s3proxy", **changes: Any) -> S3Options:
+    """Options for an S3 server of :data:`S3_SERVERS`; small multipart sizes unless changed,
+    so a few MiB take the multipart path."""
+    s3 = S3Service.of(server)
+    values: dict[str, Any] = {
+        "endpoint_url": s3.endpoint,
+        "region": s3.region,
+        "access_key": s3.access_key,
+        "secret_key": s3.secret_key,
+        "multipart_threshold_bytes": 8 * 1024 * 1024,
+        "multipart_part_bytes": 5 * 1024 * 1024,
+    }
+    return S3Options(**{**values, **changes})
 
 
 def s3_root(prefix: str) -> str:
-    bucket = os.environ.get("AKISNAP_S3_BUCKET")
-    assert bucket, "AKISNAP_S3_BUCKET is not set (run `make services`)"
-    return f"s3://{bucket}/{prefix}"
+    return f"s3://{service_env('AKISNAP_S3_BUCKET')}/{prefix}"
 
 
 def open_test_store(kind: str, tmp_path: Path) -> ObjectStore:
@@ -145,6 +220,14 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main(argv)
     return code, out.getvalue(), err.getvalue()
+
+
+def create_snapshot(
+    source: Path | str, store: Path | str, *extra: str, collection: str = "c"
+) -> tuple[int, str, str]:
+    """`akisnap snapshots create` of ``source`` into ``store`` in-process (run_cli)."""
+    argv = ["snapshots", "create", "--collection", collection, "--from", str(source)]
+    return run_cli([*argv, "--store", str(store), *extra])
 
 
 def akisnap_process(

@@ -12,8 +12,8 @@ from handlers.akidb.sidecar import SIDECAR_FIELDS
 from handlers.catalog import Catalog
 from handlers.job import InlineSource, snapshot_id_for
 from handlers.stores import open_store
-from tests.conftest import TopicFactory
 from tests.daemon_support import running, send, settings_for, watcher
+from tests.support import TopicFactory
 
 COLLECTION = "019a9000-0000-7000-8000-0000000da7a0"
 

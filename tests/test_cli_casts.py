@@ -4,7 +4,6 @@ or refused with --exact; a float32 one is stored as is, with no such field."""
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 
@@ -14,13 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from daemon import exit_codes
-from tests.support import run_cli
+from tests.support import create_snapshot
 
 
 @pytest.fixture
-def exports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for name in [k for k in os.environ if k.startswith("AKISNAP_")]:
-        monkeypatch.delenv(name)
+def exports(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> Path:
     rng = np.random.default_rng(3)
     np.save(tmp_path / "f64.npy", rng.random((20, 4)))
     np.save(tmp_path / "i32.npy", rng.integers(0, 9, (20, 4), dtype=np.int32))
@@ -33,19 +30,7 @@ def exports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def create(exports: Path, name: str, *extra: str) -> tuple[int, str, str]:
-    return run_cli(
-        [
-            "snapshots",
-            "create",
-            "--collection",
-            "c",
-            "--from",
-            str(exports / name),
-            "--store",
-            str(exports / "store"),
-            *extra,
-        ]
-    )
+    return create_snapshot(exports / name, exports / "store", *extra)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from daemon import exit_codes
-from tests.support import REPO, akisnap_process, run_cli
+from tests.support import REPO, akisnap_process, create_snapshot, run_cli
 
 
 def ended(process: subprocess.Popen[str]) -> str:
@@ -85,18 +85,7 @@ def test_prune_orphans_sweeps_dead_spools_and_empty_folders(tmp_path: Path) -> N
     """A dead process's spool and an empty snapshot folder are removed; a live one is kept."""
     np.save(tmp_path / "v.npy", np.ones((10, 4), dtype=np.float32))
     store = tmp_path / "store"
-    code, _, err = run_cli(
-        [
-            "snapshots",
-            "create",
-            "--collection",
-            "c",
-            "--from",
-            str(tmp_path / "v.npy"),
-            "--store",
-            str(store),
-        ]
-    )
+    code, _, err = create_snapshot(tmp_path / "v.npy", store)
     assert code == 0, err
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip

@@ -12,34 +12,16 @@ import numpy as np
 import pytest
 
 from daemon import exit_codes
-from tests.support import akisnap_process, run_cli
+from tests.support import akisnap_process, create_snapshot, run_cli
 
 CLOSED_PORT = "127.0.0.1:1"  # nothing listens on port 1: connection refused at once
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in [k for k in os.environ if k.startswith("AKISNAP_")]:
-        monkeypatch.delenv(name)
-    return monkeypatch
 
 
 @pytest.fixture
 def store_with_snapshot(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> Path:
     np.save(tmp_path / "v.npy", np.ones((20, 4), dtype=np.float32))
     store = tmp_path / "store"
-    code, _, err = run_cli(
-        [
-            "snapshots",
-            "create",
-            "--collection",
-            "c",
-            "--from",
-            (tmp_path / "v.npy").as_uri(),
-            "--store",
-            str(store),
-        ]
-    )
+    code, _, err = create_snapshot((tmp_path / "v.npy").as_uri(), store)
     assert code == 0, err
     return store
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,33 +12,18 @@ import pytest
 
 from daemon import exit_codes
 from handlers.job import snapshot_id_for
-from tests.support import akisnap_on_terminal, run_cli
+from tests.support import akisnap_on_terminal, create_snapshot, run_cli
 
 
 @pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for name in [k for k in os.environ if k.startswith("AKISNAP_")]:
-        monkeypatch.delenv(name)
+def store(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> Path:
     np.save(tmp_path / "v.npy", np.ones((10, 4), dtype=np.float32))
     return tmp_path / "store"
 
 
 def create(store: Path, collection: str, request_id: str) -> str:
-    source = str(store.parent / "v.npy")
-    code, out, err = run_cli(
-        [
-            "snapshots",
-            "create",
-            "--collection",
-            collection,
-            "--from",
-            source,
-            "--request-id",
-            request_id,
-            "--store",
-            str(store),
-            "--json",
-        ]
+    code, out, err = create_snapshot(
+        store.parent / "v.npy", store, "--request-id", request_id, "--json", collection=collection
     )
     assert code == 0, err
     snapshot_id: str = json.loads(out)["snapshot_id"]

@@ -4,7 +4,6 @@ request, labels, duration; list's LABELS column and --label filter."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +21,10 @@ def test_ratio_wording_reads_right_both_ways() -> None:
     assert (plural(1, "part"), plural(2, "part")) == ("1 part", "2 parts")
 
 
-def test_create_and_show_say_where_how_big_and_from_what(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("clean_env")
+def test_create_and_show_say_where_how_big_and_from_what(tmp_path: Path) -> None:
     """create prints the metadata URI, size, ratios, request, labels and duration; show the
     same without duration; list filters by label and shows the labels."""
-    for name in [k for k in os.environ if k.startswith("AKISNAP_")]:
-        monkeypatch.delenv(name)
     np.save(tmp_path / "v.npy", np.random.default_rng(1).random((50, 8), dtype=np.float32))
     store = tmp_path / "store"
     argv = ["snapshots", "create", "--collection", "c", "--from", str(tmp_path / "v.npy"),

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,25 +11,21 @@ import pytest
 
 from daemon import exit_codes
 from handlers.uris import parse_location, to_uri
-from tests.support import run_cli
+from tests.support import create_snapshot, run_cli
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def home(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> Path:
     """A fresh HOME and working directory, no AKISNAP_* variables."""
-    for name in [k for k in os.environ if k.startswith("AKISNAP_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    clean_env.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
     (tmp_path / "work").mkdir()
-    monkeypatch.chdir(tmp_path / "work")
+    clean_env.chdir(tmp_path / "work")
     return tmp_path / "home"
 
 
 def create(source: str, store: str) -> dict[str, object]:
-    code, out, err = run_cli(
-        ["snapshots", "create", "--collection", "c", "--from", source, "--store", store, "--json"]
-    )
+    code, out, err = create_snapshot(source, store, "--json")
     assert code == 0, err
     body: dict[str, object] = json.loads(out)
     return body

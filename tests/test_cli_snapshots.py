@@ -18,10 +18,6 @@ from tests.support import akisnap_process, real_embeddings, write_export
 VERBS = ["create", "list", "show", "verify", "delete", "compact", "restore"]
 
 
-def akisnap(*args: str, store: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return akisnap_process(*args, store=store)
-
-
 def ok_json(result: subprocess.CompletedProcess[str]) -> Any:
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -35,7 +31,7 @@ def created(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     uri = write_export(table, base / "exports")
     store = base / "store"
     body = ok_json(
-        akisnap(
+        akisnap_process(
             "snapshots",
             "create",
             "--collection",
@@ -61,7 +57,7 @@ def test_restore_gives_back_every_vector_with_its_id(created: dict[str, Any]) ->
     """restore --out x.parquet returns every vector bit for bit with its id."""
     out = created["base"] / "x.parquet"
     body = ok_json(
-        akisnap(
+        akisnap_process(
             "snapshots",
             "restore",
             created["body"]["snapshot_id"],
@@ -84,19 +80,19 @@ def test_restore_gives_back_every_vector_with_its_id(created: dict[str, Any]) ->
 def test_list_show_and_verify(created: dict[str, Any]) -> None:
     """list and show find the snapshot; verify --full passes."""
     store, snapshot_id = created["store"].as_uri(), created["body"]["snapshot_id"]
-    listed = ok_json(akisnap("snapshots", "list", "--store", store, "--json"))
+    listed = ok_json(akisnap_process("snapshots", "list", "--store", store, "--json"))
     assert [entry["snapshot_id"] for entry in listed] == [snapshot_id]
     assert (
-        ok_json(akisnap("snapshots", "show", snapshot_id, "--store", store, "--json"))[
+        ok_json(akisnap_process("snapshots", "show", snapshot_id, "--store", store, "--json"))[
             "vector_count"
         ]
         == 3000
     )
     verified = ok_json(
-        akisnap("snapshots", "verify", snapshot_id, "--full", "--store", store, "--json")
+        akisnap_process("snapshots", "verify", snapshot_id, "--full", "--store", store, "--json")
     )
     assert verified["outcome"] == "ok"
-    human = akisnap("snapshots", "list", "--store", store)
+    human = akisnap_process("snapshots", "list", "--store", store)
     assert snapshot_id in human.stdout and "SNAPSHOT" in human.stdout
 
 
@@ -105,16 +101,18 @@ def test_flipped_byte_fails_verify_and_restore(tmp_path: Path) -> None:
     uri = write_export(real_embeddings(500), tmp_path / "exports")
     store = tmp_path / "store"
     body = ok_json(
-        akisnap("snapshots", "create", "--collection", "c", "--from", uri, "--json", store=store)
+        akisnap_process(
+            "snapshots", "create", "--collection", "c", "--from", uri, "--json", store=store
+        )
     )
     part = store / body["parts"][0]["key"]
     data = bytearray(part.read_bytes())
     data[len(data) // 2] ^= 0x10
     part.write_bytes(bytes(data))
-    verify = akisnap("snapshots", "verify", body["snapshot_id"], store=store)
+    verify = akisnap_process("snapshots", "verify", body["snapshot_id"], store=store)
     assert verify.returncode == 4 and "SHA-256" in verify.stderr
     assert len(verify.stderr.strip().splitlines()) == 1
-    restore = akisnap(
+    restore = akisnap_process(
         "snapshots", "restore", body["snapshot_id"], "--out", str(tmp_path / "x.npy"), store=store
     )
     assert restore.returncode == 4 and "SHA-256" in restore.stderr
@@ -132,15 +130,17 @@ def test_export_with_nan_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
         pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 384),
     )
     uri = write_export(poisoned, tmp_path / "exports")
-    result = akisnap("snapshots", "create", "--collection", "c", "--from", uri, store=tmp_path)
+    result = akisnap_process(
+        "snapshots", "create", "--collection", "c", "--from", uri, store=tmp_path
+    )
     assert result.returncode == 5 and "non-finite" in result.stderr
-    assert ok_json(akisnap("snapshots", "list", "--json", store=tmp_path)) == []
+    assert ok_json(akisnap_process("snapshots", "list", "--json", store=tmp_path)) == []
 
 
 def test_unknown_snapshot_is_a_one_line_error(tmp_path: Path) -> None:
     """show/verify/restore/delete of an unknown id exit non-zero with a one-line reason."""
     for verb in (["show"], ["verify"], ["delete"], ["restore", "--out", str(tmp_path / "o.npy")]):
-        result = akisnap("snapshots", verb[0], "0000", *verb[1:], store=tmp_path)
+        result = akisnap_process("snapshots", verb[0], "0000", *verb[1:], store=tmp_path)
         assert result.returncode == 3
         assert result.stderr.startswith("akisnap: error:") and "0000" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
@@ -148,7 +148,7 @@ def test_unknown_snapshot_is_a_one_line_error(tmp_path: Path) -> None:
 
 def test_bad_output_extension_is_refused(created: dict[str, Any]) -> None:
     """restore to an unknown extension says which ones work."""
-    result = akisnap(
+    result = akisnap_process(
         "snapshots",
         "restore",
         created["body"]["snapshot_id"],
@@ -162,6 +162,6 @@ def test_bad_output_extension_is_refused(created: dict[str, Any]) -> None:
 @pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_has_help_with_store_and_json(verb: str) -> None:
     """--help works for every verb and lists --store and --json."""
-    result = akisnap("snapshots", verb, "--help")
+    result = akisnap_process("snapshots", verb, "--help")
     assert result.returncode == 0
     assert "--store" in result.stdout and "--json" in result.stdout

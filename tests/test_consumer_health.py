@@ -28,6 +28,7 @@ from daemon.metrics import Metrics
 from daemon.settings import Settings
 from daemon.verdict import PublishStuckError, Settled, Verdict
 from handlers.errors import StoreUnreachableError
+from tests.daemon_support import sample
 from tests.daemon_support import until as until_within
 from tests.support import FakeRecord
 
@@ -143,10 +144,6 @@ def consumer_for(
 
 async def until(condition: Any) -> None:
     await until_within(condition, 20, "the consumer under test")
-
-
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 async def test_persistent_fetch_errors_are_counted_then_fail_health() -> None:

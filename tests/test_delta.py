@@ -6,7 +6,6 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,36 +26,9 @@ from handlers.restore import restore_snapshot
 from handlers.retention import prune
 from handlers.stores import ObjectStore
 from handlers.verify import verify_snapshot
-from tests.support import (
-    CollectionModel,
-    documents_table,
-    open_test_store,
-    run_cli,
-    unit_vectors,
-    write_export,
-)
-
-DIM = 8
-Row = dict[str, Any]
-
-
-class Collection(CollectionModel):
-    def __init__(self) -> None:
-        super().__init__("document_id")
-
-    def table(self) -> pa.Table:
-        return pa.Table.from_pylist(list(self.rows.values()), snapshot_schema(DIM))
-
-
-def new_rows(count: int, seed: int) -> list[Row]:
-    rows: list[Row] = documents_table(count, DIM, seed).to_pylist()
-    for row in rows:  # ids unique across seeds and calls
-        row["document_id"] = uuid.uuid4().bytes
-    return rows
-
-
-def updated(row: Row, seed: int) -> Row:
-    return {**row, "vector": unit_vectors(1, DIM, seed)[0].tolist(), "metadata": f'{{"v":{seed}}}'}
+from tests.support import MODEL_DIM as DIM
+from tests.support import CollectionModel as Collection
+from tests.support import Row, new_rows, open_test_store, run_cli, updated, write_export
 
 
 @pytest.fixture(params=["local", "s3proxy", "minio"])

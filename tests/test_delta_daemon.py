@@ -17,9 +17,8 @@ from daemon.demo import random_documents
 from daemon.events import build_request
 from handlers.job import InlineSource
 from handlers.model import DocumentBatch
-from tests.conftest import TopicFactory
 from tests.daemon_support import running, sample, send, settings_for, snapshot_ids, watcher
-from tests.support import CollectionModel, run_cli
+from tests.support import CollectionModel, TopicFactory, run_cli
 
 Document = dict[str, Any]
 COLLECTION = "nightly"

@@ -11,14 +11,11 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from daemon.dead_letters.progress import PartitionProgress, decode_progress, encode_progress
 from daemon.dead_letters.reading import (
@@ -29,30 +26,23 @@ from daemon.dead_letters.reading import (
 )
 from daemon.dead_letters.replay import Replayer, ReplayObserver, ReplayOptions
 from daemon.events import build_request
-from daemon.settings import Settings
-from handlers.catalog import Catalog
+from daemon.kafka import KafkaClients
 from handlers.job import InlineSource, snapshot_id_for
-from handlers.stores import open_store
-from tests.conftest import S3Service, TopicFactory, Topics
-from tests.daemon_support import Answers503, running
-from tests.support import run_cli
+from tests.daemon_support import (
+    Answers503,
+    create_topics,
+    read_topic,
+    running,
+    s3_settings,
+    send,
+    settings_for,
+    snapshot_ids,
+    until,
+)
+from tests.support import S3Service, TopicFactory, Topics, run_cli
 
 Header = tuple[str, bytes]
-
-
-def settings_for(bootstrap: str, topics: Topics, tmp_path: Path, **more: Any) -> Settings:
-    values: dict[str, Any] = {
-        "kafka_bootstrap": bootstrap,
-        "group_id": topics.group_id,
-        "request_topic": topics.requests,
-        "result_topic": topics.results,
-        "dlq_topic": topics.dlq,
-        "store": (tmp_path / "store").as_uri(),
-        "log_format": "console",
-        "log_level": "warning",
-        **more,
-    }
-    return Settings.load(None, **values)
+Letter = tuple[bytes, bytes, list[Header], int | None]
 
 
 def request(collection: str, rows: int = 3) -> tuple[str, bytes, bytes]:
@@ -83,48 +73,9 @@ def dead_letter_headers(
     return headers
 
 
-async def produce(
-    bootstrap: str,
-    topic: str,
-    messages: Sequence[tuple[bytes | None, bytes | None, list[Header], int | None]],
-) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for key, value, headers, stamp in messages:
-            await producer.send_and_wait(
-                topic, value=value, key=key, headers=headers, timestamp_ms=stamp
-            )
-    finally:
-        await producer.stop()
-
-
-async def read_all(bootstrap: str, topic: str) -> list[Any]:
-    """Every record of ``topic`` up to its current end, all partitions."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        [described] = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    tps = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        records: list[Any] = []
-        deadline = time.monotonic() + 15
-        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            assert time.monotonic() < deadline, f"could not read {topic} to its end"
-            for batch in (await consumer.getmany(timeout_ms=300)).values():
-                records.extend(batch)
-        return records
-    finally:
-        await consumer.stop()
+async def produce(bootstrap: str, topic: str, letters: list[Letter]) -> None:
+    """Publish (key, value, headers, timestamp or None) messages."""
+    await send(bootstrap, topic, [m[:3] for m in letters], [m[3] for m in letters])
 
 
 Letters = dict[str, tuple[bytes, bytes]]
@@ -145,7 +96,7 @@ async def seeded(kafka_bootstrap: str, make_topics: TopicFactory) -> tuple[Topic
         ("old", "a", "upload", "StoreUnavailableError", None, 2),
     ]
     letters: Letters = {}
-    messages = []
+    messages: list[Letter] = []
     now_ms = int(time.time() * 1000)
     for name, collection, stage, error, replays, days_ago in plan:
         _, key, value = request(collection)
@@ -197,11 +148,11 @@ async def test_replay_byte_for_byte_and_only_once(
     upload = ReplayOptions(where=DlqFilter(stage="upload"), rate_per_second=0, group_id=group)
 
     dry = await Replayer(settings, ReplayOptions(**{**upload.__dict__, "dry_run": True}))()
-    assert dry.count("would_replay") == 4 and not await read_all(kafka_bootstrap, topics.requests)
+    assert dry.count("would_replay") == 4 and not await read_topic(kafka_bootstrap, topics.requests)
 
     first = await Replayer(settings, upload)()
     assert first.count("replayed") == 4 and first.not_matching == 3
-    sent = await read_all(kafka_bootstrap, topics.requests)
+    sent = await read_topic(kafka_bootstrap, topics.requests)
     assert sorted((r.key, r.value) for r in sent) == sorted(
         letters[name] for name in ("u1", "u2", "u3", "old")
     )
@@ -209,12 +160,12 @@ async def test_replay_byte_for_byte_and_only_once(
 
     second = await Replayer(settings, upload)()
     assert second.count("replayed") == 0 and second.already_replayed == 4
-    assert len(await read_all(kafka_bootstrap, topics.requests)) == 4
+    assert len(await read_topic(kafka_bootstrap, topics.requests)) == 4
 
     everything = ReplayOptions(rate_per_second=0, group_id=group)
     rest = await Replayer(settings, everything)()
     assert rest.count("replayed") == 3 and rest.already_replayed == 4
-    sent = await read_all(kafka_bootstrap, topics.requests)
+    sent = await read_topic(kafka_bootstrap, topics.requests)
     assert len(sent) == 7
     decode = [r for r in sent if (r.key, r.value) == letters["d1"]]
     assert [list(r.headers) for r in decode] == [[("akisnap.replay.count", b"2")]]
@@ -251,7 +202,7 @@ async def test_replay_cap_refuses(
     assert again.count("refused") == 1  # still there, still refused
     raised = ReplayOptions(where=DlqFilter(stage="verify"), group_id=group, max_replays=4)
     assert (await Replayer(settings, raised)()).count("replayed") == 1
-    [sent] = await read_all(kafka_bootstrap, topics.requests)
+    [sent] = await read_topic(kafka_bootstrap, topics.requests)
     assert (sent.key, sent.value, list(sent.headers)) == (
         key,
         value,
@@ -296,7 +247,7 @@ def test_dlq_cli(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> None:
     try:
         _cli_checks(kafka_bootstrap, topics, monkeypatch)
     finally:
-        asyncio.run(_delete_topics(kafka_bootstrap, [topics.requests, topics.dlq]))
+        asyncio.run(_delete_topics(kafka_bootstrap, topics.names))
 
 
 def _cli_checks(kafka_bootstrap: str, topics: Topics, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -324,14 +275,7 @@ def _cli_checks(kafka_bootstrap: str, topics: Topics, monkeypatch: pytest.Monkey
 
 async def _seed_for_cli(bootstrap: str) -> Topics:
     """Own topics (the CLI runs its own event loop, not the session one of make_topics)."""
-    tag = uuid.uuid4().hex[:10]
-    topics = Topics(f"test.{tag}.requests", "-", f"test.{tag}.requests.dlq", "-")
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, 2, 1) for name in (topics.requests, topics.dlq)])
-    finally:
-        await admin.close()
+    topics = await create_topics(bootstrap, Topics.fresh(), partitions=2)
     _, key, value = request("cli")
     _, key2, value2 = request("cli2")
     await produce(
@@ -345,31 +289,16 @@ async def _seed_for_cli(bootstrap: str) -> Topics:
     return topics
 
 
-async def _delete_topics(bootstrap: str, names: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _delete_topics(bootstrap: str, names: tuple[str, ...]) -> None:
+    admin = KafkaClients(bootstrap).admin()
     await admin.start()
     try:
-        await admin.delete_topics(names)
+        await admin.delete_topics(list(names))
     finally:
         await admin.close()
 
 
 # -- end to end: the store was down, dead letters, store back, replay → snapshots ------------
-
-
-async def snapshot_ids(settings: Settings) -> list[str]:
-    store = open_store(settings.store, settings.s3_options())
-    try:
-        return sorted(meta.snapshot_id for meta in await Catalog(store).list())
-    finally:
-        await store.close()
-
-
-async def wait_for(condition: Any, within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 async def test_store_down_dead_letters_then_replay_makes_snapshots(
@@ -379,23 +308,15 @@ async def test_store_down_dead_letters_then_replay_makes_snapshots(
     S3 fine → `replay --stage upload` turns each into exactly one snapshot, and a second replay
     replays nothing. (An S3 that cannot be reached at all is waited out instead: no letters.)"""
     topics = await make_topics()
-    store = f"s3://{s3_service.bucket}/tests/{uuid.uuid4().hex}"
     common: dict[str, Any] = {
-        "store": store,
-        "s3_access_key": s3_service.access_key,
-        "s3_secret_key": s3_service.secret_key,
-        "s3_region": s3_service.region,
         "retry_attempts": 2,
         "retry_base_seconds": 0.05,
         "retry_cap_seconds": 0.1,
         "shutdown_grace_seconds": 6.0,
     }
     overloaded = Answers503()
-    down = settings_for(
-        kafka_bootstrap, topics, tmp_path, s3_endpoint=f"http://127.0.0.1:{overloaded.port}",
-        **common,
-    )  # fmt: skip
-    up = settings_for(kafka_bootstrap, topics, tmp_path, s3_endpoint=s3_service.endpoint, **common)
+    up = s3_settings(kafka_bootstrap, topics, tmp_path, s3_service, **common)
+    down = up.model_copy(update={"s3_endpoint": f"http://127.0.0.1:{overloaded.port}"})
     requests = [request(f"col{i % 2}") for i in range(3)]
     _, bad_key, bad_value = request("bad")
     broken = bad_value.replace(b'"schema"', b'"schemaa"')
@@ -405,28 +326,25 @@ async def test_store_down_dead_letters_then_replay_makes_snapshots(
         [(key, value, [], None) for _, key, value in requests] + [(bad_key, broken, [], None)],
     )
 
-    async def dead_letters(count: int) -> Any:
-        async def enough() -> bool:
-            return len(await read_all(kafka_bootstrap, topics.dlq)) >= count
-
-        return enough
+    async def dead_letters() -> bool:
+        return len(await read_topic(kafka_bootstrap, topics.dlq)) >= 4
 
     async with overloaded, running(down):
-        await wait_for(await dead_letters(4), 60, "4 dead letters")
+        await until(dead_letters, 60, "4 dead letters")
     letters = await list_dead_letters(down)
     assert sorted(d.stage for d in letters) == ["upload", "upload", "upload", "validate"]
     assert await snapshot_ids(up) == []
 
     replay = ReplayOptions(where=DlqFilter(stage="upload"), rate_per_second=0)
     expected = sorted(snapshot_id_for(key.decode(), rid) for rid, key, _ in requests)
+
+    async def created() -> bool:
+        return sorted(await snapshot_ids(up)) == expected
+
     async with running(up):
         first = await Replayer(up, replay)()
         assert first.count("replayed") == 3
-
-        async def created() -> bool:
-            return await snapshot_ids(up) == expected
-
-        await wait_for(created, 60, "3 snapshots")
+        await until(created, 60, "3 snapshots")
         second = await Replayer(up, replay)()
         assert second.count("replayed") == 0 and second.already_replayed == 3
-    assert await snapshot_ids(up) == expected
+    assert await created()

@@ -12,10 +12,12 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
+from daemon import environment
 from daemon.dead_letters.letter import DeadLetter, DeadLetterRecord
 from daemon.environment import EnvironmentGate
 from daemon.events import build_request
@@ -28,6 +30,7 @@ from handlers.errors import InvalidDocumentsError, StoreCredentialsError
 from handlers.job import InlineSource, SnapshotJob
 from handlers.metadata import PartInfo, SnapshotMetadata
 from handlers.stages import StageClock
+from tests.daemon_support import sample
 from tests.support import FakeRecord, headers_dict
 
 FAST = Backoff(attempts=3, base_seconds=0.001, cap_seconds=0.01)
@@ -141,12 +144,6 @@ def quick_gate(metrics: Metrics, probe: Probe) -> EnvironmentGate:
     )
 
 
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, labels)
-    assert value is not None, name
-    return value
-
-
 async def test_environment_fault_waits_instead_of_dead_lettering() -> None:
     """Refused credentials: no dead letter and no attempt used up, however many probes fail;
     the gate is shut (the consumer pauses, /readyz says why); once the probe passes, the
@@ -180,17 +177,22 @@ async def test_environment_fault_waits_instead_of_dead_lettering() -> None:
     assert sample(metrics, "akisnap_environment_errors_total", kind="store_credentials_refused") > 1
 
 
-async def test_working_clock_leaves_out_pauses() -> None:
-    """The deadline's clock stands still while the gate is shut."""
+async def test_working_clock_leaves_out_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deadline's clock stands still while the gate is shut, and runs again after."""
+    now = [1000.0]
+    monkeypatch.setattr(environment, "time", SimpleNamespace(monotonic=lambda: now[0]))
     metrics = Metrics()
     probe = Probe()
     gate = quick_gate(metrics, probe)
     before = gate.working_clock()
+    now[0] += 2
     gate.trip(StoreCredentialsError("x"))
-    await asyncio.sleep(0.1)
-    assert gate.working_clock() - before < 0.05
+    now[0] += 60
+    assert gate.working_clock() - before == 2
     probe.fixed.set()
     assert await gate.wait_open(asyncio.Event())
+    now[0] += 3
+    assert gate.working_clock() - before == 5
     await gate.close()
 
 

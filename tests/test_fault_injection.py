@@ -21,33 +21,40 @@ CI budget; on a machine shared with other heavy work it took up to 1.5x longer. 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from daemon.demo import random_documents
 from daemon.events import build_request, parse_result
+from daemon.kafka import KafkaClients
+from daemon.settings import Settings
 from handlers.catalog import Catalog
 from handlers.job import InlineSource, snapshot_id_for
 from handlers.layout import is_metadata_key
-from handlers.stores import S3Options, open_store
+from handlers.stores import open_store
 from handlers.verify import verify_snapshot
-from tests.conftest import REPO, S3Service
-from tests.daemon_support import TcpProxy
+from tests.daemon_support import (
+    as_messages,
+    create_topics,
+    env_for,
+    read_topic,
+    s3_settings,
+    send,
+    switched_proxy,
+    until,
+)
+from tests.support import REPO, S3Service, Topics, akisnap_process, s3_options
 from tools.services.private import AkisnapRun, KafkaBroker
 
 pytestmark = pytest.mark.fault
@@ -81,58 +88,15 @@ def fault_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
         broker.close()
 
 
-@dataclass(frozen=True)
-class Run:
-    requests: str
-    results: str
-    dlq: str
-    group: str
-
-
-async def make_run_topics(bootstrap: str) -> Run:
-    tag = uuid.uuid4().hex[:8]
-    run = Run(f"fault.{tag}.requests", f"fault.{tag}.results", f"fault.{tag}.dlq", f"fault-{tag}")
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="akisnap-fault-test")
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [
-                NewTopic(run.requests, REQUEST_PARTITIONS, 1),
-                NewTopic(run.results, 4, 1),
-                NewTopic(run.dlq, 4, 1),
-            ]
-        )
-    finally:
-        await admin.close()
-    return run
-
-
-def daemon_env(
-    bootstrap: str, run: Run, store: str, s3: S3Service, *, s3_endpoint: str, spool: Path
-) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AKISNAP_")}
-    env.update(
-        AKISNAP_KAFKA_BOOTSTRAP=bootstrap,
-        AKISNAP_GROUP_ID=run.group,
-        AKISNAP_REQUEST_TOPIC=run.requests,
-        AKISNAP_RESULT_TOPIC=run.results,
-        AKISNAP_DLQ_TOPIC=run.dlq,
-        AKISNAP_STORE=store,
-        AKISNAP_S3_ENDPOINT=s3_endpoint,
-        AKISNAP_S3_ACCESS_KEY=s3.access_key,
-        AKISNAP_S3_SECRET_KEY=s3.secret_key,
-        AKISNAP_S3_REGION=s3.region,
+def daemon_settings(
+    bootstrap: str, topics: Topics, s3: S3Service, *, s3_endpoint: str, spool: Path
+) -> Settings:
+    return s3_settings(
+        bootstrap, topics, spool.parent, s3, s3_endpoint,
         # Outlast the S3 outage and the broker restart: ~60 s of retries per request.
-        AKISNAP_RETRY_ATTEMPTS="80",
-        AKISNAP_RETRY_BASE_SECONDS="0.1",
-        AKISNAP_RETRY_CAP_SECONDS="1.0",
-        AKISNAP_SHUTDOWN_GRACE_SECONDS="8",
-        AKISNAP_MAX_IN_FLIGHT_REQUESTS=str(REQUEST_PARTITIONS),
-        AKISNAP_LOG_FORMAT="json",
-        AKISNAP_LOG_LEVEL="info",
-        AKISNAP_TMP_DIR=str(spool),
-    )
-    return env
+        retry_attempts=80, retry_base_seconds=0.1, retry_cap_seconds=1.0,
+        shutdown_grace_seconds=8, max_in_flight_requests=REQUEST_PARTITIONS, tmp_dir=spool,
+    )  # fmt: skip
 
 
 def build_requests(count: int) -> list[tuple[str, bytes, bytes]]:
@@ -145,24 +109,14 @@ def build_requests(count: int) -> list[tuple[str, bytes, bytes]]:
     return out
 
 
-async def publish_all(bootstrap: str, topic: str, requests: list[tuple[str, bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
-    await producer.start()
-    try:
-        sent = [await producer.send(topic, value=value, key=key) for _, key, value in requests]
-        await asyncio.gather(*sent)
-    finally:
-        await producer.stop()
-
-
 class ResultTally:
-    """Reads a result topic from the beginning, in the background; survives broker restarts."""
+    """Counts the requests with a result as they come, in the background (the progress the
+    faults wait for); survives broker restarts."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self._bootstrap = bootstrap
         self._topic = topic
         self.counts: Counter[str] = Counter()
-        self.records = 0
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -170,10 +124,9 @@ class ResultTally:
         return len(self.counts)
 
     async def __aenter__(self) -> ResultTally:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest", client_id="akisnap-fault-tally",
-        )  # fmt: skip
+        consumer = KafkaClients(self._bootstrap, client_id="akisnap-fault-tally").consumer(
+            group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
         await consumer.start()
         consumer.assign([TopicPartition(self._topic, p) for p in range(4)])
         self._task = asyncio.create_task(self._read(consumer))
@@ -190,7 +143,6 @@ class ResultTally:
                 for records in batches.values():
                     for record in records:
                         self.counts[parse_result(record.value).request_id] += 1
-                        self.records += 1
         finally:
             await consumer.stop()
 
@@ -200,33 +152,11 @@ class ResultTally:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def until(self, count: int, within: float, daemon: AkisnapRun) -> None:
-        deadline = time.monotonic() + within
-        while self.settled < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"only {self.settled} of {count} requests settled in {within:.0f}s; "
-                    f"daemon log tail:\n{daemon.log_text()[-4000:]}"
-                )
-            await asyncio.sleep(0.2)
-
-
-async def topic_size(bootstrap: str, topic: str, partitions: int) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        ends = await consumer.end_offsets(tps)
-        starts = await consumer.beginning_offsets(tps)
-        return sum(ends[tp] - starts[tp] for tp in tps)
-    finally:
-        await consumer.stop()
-
-
-def s3_options(s3: S3Service) -> S3Options:
-    return S3Options(
-        endpoint_url=s3.endpoint, region=s3.region, access_key=s3.access_key,
-        secret_key=s3.secret_key,
-    )  # fmt: skip
+        await until(
+            lambda: self.settled >= count, within,
+            lambda: f"{count} settled requests (only {self.settled}); daemon log tail:\n"
+            f"{daemon.log_text()[-4000:]}",
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -240,12 +170,10 @@ class Inventory:
     problems: list[str]
 
 
-async def take_inventory(
-    store_uri: str, s3: S3Service, committed: Inventory | None = None
-) -> Inventory:
+async def take_inventory(store_uri: str, committed: Inventory | None = None) -> Inventory:
     """List the store once. Without ``committed``: read every metadata file and verify every
     snapshot (parts' size and SHA-256). With it: only list, judging strays by its parts."""
-    store = open_store(store_uri, s3_options(s3))
+    store = open_store(store_uri, s3_options())
     try:
         keys = [info.key async for info in store.list("snapshots/")]
         metadata_keys = {key for key in keys if is_metadata_key(key)}
@@ -280,29 +208,16 @@ async def take_inventory(
 
 def prune_orphans(store_uri: str, s3: S3Service) -> dict[str, Any]:
     """`akisnap snapshots prune --orphans --grace-hours 0 --json`, as an operator runs it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AKISNAP_")}
-    env.update(
-        AKISNAP_S3_ENDPOINT=s3.endpoint, AKISNAP_S3_ACCESS_KEY=s3.access_key,
-        AKISNAP_S3_SECRET_KEY=s3.secret_key, AKISNAP_S3_REGION=s3.region,
-    )  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "snapshots", "prune", "--orphans",
-         "--grace-hours", "0", "--json", "--store", store_uri],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+    done = akisnap_process(
+        "snapshots", "prune", "--orphans", "--grace-hours", "0", "--json", "--store", store_uri,
+        env={
+            "AKISNAP_S3_ENDPOINT": s3.endpoint, "AKISNAP_S3_ACCESS_KEY": s3.access_key,
+            "AKISNAP_S3_SECRET_KEY": s3.secret_key, "AKISNAP_S3_REGION": s3.region,
+        },
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     payload: dict[str, Any] = json.loads(done.stdout)
     return payload
-
-
-@contextlib.asynccontextmanager
-async def switched_proxy(target: str) -> AsyncIterator[TcpProxy]:
-    proxy = TcpProxy(target)
-    await proxy.start()
-    try:
-        yield proxy
-    finally:
-        await proxy.stop()
 
 
 @dataclass
@@ -315,21 +230,21 @@ class Timeline:
 
 
 async def run_with_faults(
-    broker: KafkaBroker, run: Run, store: str, s3: S3Service, requests: list[Any], *,
+    broker: KafkaBroker, topics: Topics, s3: S3Service, requests: list[Any], *,
     log: Path, spool: Path, timeline: Timeline,
-) -> tuple[Counter[str], int, int]:  # fmt: skip
+) -> tuple[Counter[str], int, int, str]:  # fmt: skip
     """Publish, inject the SCHEDULE's faults as the results come in, wait for every result;
-    (results per request id, result events, daemon starts)."""
+    (results per request id, result events, daemon starts, the store)."""
     count = len(requests)
     async with switched_proxy(s3.endpoint) as proxy:
         endpoint = f"http://127.0.0.1:{proxy.port}"
-        env = daemon_env(broker.bootstrap, run, store, s3, s3_endpoint=endpoint, spool=spool)
-        daemon = AkisnapRun(REPO, env, log)
+        settings = daemon_settings(broker.bootstrap, topics, s3, s3_endpoint=endpoint, spool=spool)
+        daemon = AkisnapRun(REPO, env_for(settings), log)
         daemon.start()
         try:
             await asyncio.to_thread(daemon.wait_ready, 60)
-            async with ResultTally(broker.bootstrap, run.results) as tally:
-                await publish_all(broker.bootstrap, run.requests, requests)
+            async with ResultTally(broker.bootstrap, topics.results) as tally:
+                await send(broker.bootstrap, topics.requests, as_messages(requests))
                 timeline.note(f"published {count} requests")
                 for share, fault in SCHEDULE:
                     await tally.until(int(share * count), 120, daemon)
@@ -346,12 +261,14 @@ async def run_with_faults(
                     timeline.note(f"{fault} done")
                 await tally.until(count, 180, daemon)
                 timeline.note(f"all {count} settled")
-                await asyncio.sleep(1.0)  # late duplicates, if any, land in the tally too
-                counts, records = Counter(tally.counts), tally.records
         finally:
             code = await asyncio.to_thread(daemon.terminate, 20)
     assert code == 0, daemon.log_text()[-3000:]
-    return counts, records, daemon.starts
+    # The daemon has stopped: every result it will ever publish is in the topic, late
+    # duplicates of redone requests included.
+    results = await read_topic(broker.bootstrap, topics.results)
+    counts = Counter(parse_result(record.value).request_id for record in results)
+    return counts, len(results), daemon.starts, settings.store
 
 
 @pytest.mark.timeout(420)
@@ -364,21 +281,22 @@ async def test_requests_survive_sigkills_broker_restart_and_s3_outage(
     """Three SIGKILLs, a broker restart and a 10 s S3 outage mid-run: every request ends with
     exactly one verified snapshot and a result; no leftovers survive `prune --orphans`."""
     count = request_count()
-    run = await make_run_topics(fault_broker.bootstrap)
-    store = f"s3://{s3_service.bucket}/tests/fault-{uuid.uuid4().hex}"
+    topics = await create_topics(
+        fault_broker.bootstrap, Topics.fresh("fault"), request_partitions=REQUEST_PARTITIONS
+    )
     requests = build_requests(count)
     timeline = Timeline(time.monotonic(), [])
-    counts, result_records, starts = await run_with_faults(
-        fault_broker, run, store, s3_service, requests,
+    counts, result_records, starts, store = await run_with_faults(
+        fault_broker, topics, s3_service, requests,
         log=tmp_path / "run.log", spool=tmp_path / "spool", timeline=timeline,
     )  # fmt: skip
     spooled = [path for path in (tmp_path / "spool").rglob("*") if path.is_file()]
     ids = [rid for rid, _, _ in requests]
-    dead_letters = await topic_size(fault_broker.bootstrap, run.dlq, 4)
-    before = await take_inventory(store, s3_service)
+    dead_letters = len(await read_topic(fault_broker.bootstrap, topics.dlq))
+    before = await take_inventory(store)
     pruned = await asyncio.to_thread(prune_orphans, store, s3_service)
     removed = pruned["orphans"]["removed"]
-    after = await take_inventory(store, s3_service, committed=before)
+    after = await take_inventory(store, committed=before)
     timeline.note("checked")
 
     expected = {snapshot_id_for(key.decode(), rid) for rid, key, _ in requests}

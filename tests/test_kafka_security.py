@@ -12,26 +12,27 @@ ever printing the password.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
-import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from daemon.kafka_explain import explain_kafka_failure
 from daemon.outcomes import OutcomeWatcher
 from daemon.send_requests import publish
 from daemon.settings import Settings
 from handlers.job import snapshot_id_for
-from tests.conftest import REPO, Topics
-from tests.daemon_support import inline_request, running, settings_for
+from tests.daemon_support import (
+    create_topics,
+    env_for,
+    inline_request,
+    running,
+    settings_for,
+    until,
+)
+from tests.support import REPO, Topics, akisnap_process
 from tools.services.private import AkisnapRun, KafkaBroker, Tls, make_tls
 
 SCRAM_USER, SCRAM_PASSWORD = "akisnap-scram", "scram-pw-7d1e0b9a4c"
@@ -63,21 +64,6 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBr
         broker.close()
 
 
-async def secure_topics(broker: KafkaBroker) -> Topics:
-    """Fresh topics, made over the broker's PLAINTEXT listener (set-up only)."""
-    tag = uuid.uuid4().hex[:8]
-    topics = Topics(f"sec.{tag}.requests", f"sec.{tag}.results", f"sec.{tag}.dlq", f"sec-{tag}")
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(name, 4, 1) for name in (topics.requests, topics.results, topics.dlq)]
-        )
-    finally:
-        await admin.close()
-    return topics
-
-
 def security_settings(
     secure: SecureBroker, mode: str, password: str | None = None
 ) -> dict[str, Any]:
@@ -102,13 +88,10 @@ def security_settings(
     }
 
 
-def as_env(values: dict[str, Any]) -> dict[str, str]:
-    return {f"AKISNAP_{name.upper()}": str(value) for name, value in values.items()}
-
-
 @pytest.fixture
 async def topics(secure_broker: SecureBroker) -> AsyncIterator[Topics]:
-    yield await secure_topics(secure_broker.broker)
+    """Fresh topics, made over the broker's PLAINTEXT listener (set-up only)."""
+    yield await create_topics(secure_broker.broker.bootstrap, Topics.fresh("sec"))
 
 
 @pytest.mark.timeout(120)
@@ -122,10 +105,7 @@ async def test_daemon_processes_a_request_over_a_secured_listener(
     settings: Settings = settings_for(values.pop("kafka_bootstrap"), topics, tmp_path, **values)
     assert settings.kafka_security_protocol in ("SASL_SSL", "SSL")
     rid, key, value = inline_request("secured", rows=20, dim=8)
-    watching = OutcomeWatcher(
-        settings.kafka_bootstrap, result_topic=topics.results, dlq_topic=topics.dlq,
-        security=settings.kafka_security_kwargs(),
-    )  # fmt: skip
+    watching = OutcomeWatcher.for_settings(settings)
     async with running(settings), watching as outcomes:
         await publish(settings, [(key, value)])
         found = await outcomes.wait_for([rid], 60)
@@ -178,22 +158,19 @@ async def test_akisnap_run_with_a_wrong_password_says_why_and_hides_it(
     exits 0 on SIGTERM, and the password appears nowhere in its output; `akisnap request`
     fails with the same one-line reason."""
     values = security_settings(secure_broker, "plain", password=WRONG_PASSWORD)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AKISNAP_")}
-    env.update(as_env(values))
-    env.update(
-        AKISNAP_GROUP_ID=topics.group_id, AKISNAP_REQUEST_TOPIC=topics.requests,
-        AKISNAP_RESULT_TOPIC=topics.results, AKISNAP_DLQ_TOPIC=topics.dlq,
-        AKISNAP_STORE=(tmp_path / "store").as_uri(), AKISNAP_LOG_FORMAT="json",
-        AKISNAP_LOG_LEVEL="debug", AKISNAP_SHUTDOWN_GRACE_SECONDS="4",
-    )  # fmt: skip
+    settings = settings_for(
+        values.pop("kafka_bootstrap"), topics, tmp_path, shutdown_grace_seconds=4, **values
+    )
+    env = env_for(settings, AKISNAP_LOG_LEVEL="debug")
     daemon = AkisnapRun(REPO, env, tmp_path / "run.log")
     daemon.start()
+
+    async def refused_and_never_ready() -> bool:
+        assert not await asyncio.to_thread(daemon.ready)
+        return '"kafka.refused"' in daemon.log_text()
+
     try:
-        deadline = time.monotonic() + 60
-        while '"kafka.refused"' not in daemon.log_text():
-            assert time.monotonic() < deadline, daemon.log_text()[-3000:]
-            assert not await asyncio.to_thread(daemon.ready)
-            await asyncio.sleep(0.3)
+        await until(refused_and_never_ready, 60, lambda: daemon.log_text()[-3000:])
     finally:
         code = await asyncio.to_thread(daemon.terminate, 20)
     log = daemon.log_text()
@@ -205,11 +182,8 @@ async def test_akisnap_run_with_a_wrong_password_says_why_and_hides_it(
     assert WRONG_PASSWORD not in log
 
     request = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "daemon.cli", "request", "--collection", "c", "--random", "2,4",
-         "--json"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        akisnap_process, "request", "--collection", "c", "--random", "2,4", "--json", env=env
+    )
     assert request.returncode != 0
     assert "SASL PLAIN authentication failed for user 'akisnap-plain'" in request.stderr
     assert WRONG_PASSWORD not in request.stdout + request.stderr

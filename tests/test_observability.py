@@ -8,9 +8,16 @@ import re
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import TopicFactory
-from tests.daemon_support import inline_request, running, send, settings_for, watcher
-from tests.support import REPO
+from tests.daemon_support import (
+    inline_request,
+    running,
+    sample,
+    send,
+    settings_for,
+    until,
+    watcher,
+)
+from tests.support import REPO, TopicFactory
 
 # DESIGN.md, 'Metrics': the contract the dashboard and the on-call rely on.
 DESIGN_FAMILIES = (
@@ -94,9 +101,12 @@ async def test_dashboard_rules_and_design_names_are_all_exported_and_move(
         assert not missing_chart, f"dashboard/rules use names the daemon lacks: {missing_chart}"
         await send(kafka_bootstrap, topics.requests, [(key, request, [])])
         await outcomes.wait_for([rid], 30)
-        await asyncio.sleep(0.2)
+        created = "akisnap_requests_total"
+        counted = value(before, created, outcome="created") + 1
+        await until(  # counted last, once the result is out
+            lambda: sample(daemon, created, outcome="created") == counted, 10, "the request counted"
+        )
         after = await asyncio.to_thread(scrape, daemon.metrics_port)
-    created = "akisnap_requests_total"
     assert value(after, created, outcome="created") == value(before, created, outcome="created") + 1
     assert value(after, "akisnap_request_duration_seconds_count") == (
         value(before, "akisnap_request_duration_seconds_count") + 1

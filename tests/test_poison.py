@@ -28,7 +28,6 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from daemon.dead_letters.letter import (
     H_ATTEMPTS,
@@ -39,9 +38,16 @@ from daemon.dead_letters.letter import (
     H_RETRYABLE,
     H_STAGE,
 )
-from tests.conftest import REPO, TopicFactory, Topics
-from tests.daemon_support import inline_request, read_topic, send, watcher
-from tests.support import documents_table, headers_dict, write_export
+from tests.daemon_support import (
+    Message,
+    env_for,
+    inline_request,
+    read_topic,
+    send,
+    settings_for,
+    watcher,
+)
+from tests.support import REPO, TopicFactory, Topics, documents_table, headers_dict, write_export
 from tools.services.private import AkisnapRun
 
 CORPUS = Path(__file__).parent / "poison"
@@ -206,42 +212,7 @@ def _other_exports(root: Path) -> None:
     (root / "wrong-schema.json").write_text(json.dumps({"format": "csv", "rows": [1, 2]}))
 
 
-async def send_large(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> list[Any]:
-    """Publish (key, value) messages of up to 64 MiB (gzip; they compress well); metadata."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", compression_type="gzip",
-        max_request_size=64 * MIB,
-    )  # fmt: skip
-    await producer.start()
-    try:
-        return [await producer.send_and_wait(topic, value=v, key=k) for k, v in messages]
-    finally:
-        await producer.stop()
-
-
 # -- the daemon, watched ------------------------------------------------------------------------
-
-
-def daemon_env(bootstrap: str, topics: Topics, tmp_path: Path, **more: str) -> dict[str, str]:
-    """The environment of an `akisnap run` for these topics, with a local store."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AKISNAP_")}
-    env.update(
-        AKISNAP_KAFKA_BOOTSTRAP=bootstrap,
-        AKISNAP_GROUP_ID=topics.group_id,
-        AKISNAP_REQUEST_TOPIC=topics.requests,
-        AKISNAP_RESULT_TOPIC=topics.results,
-        AKISNAP_DLQ_TOPIC=topics.dlq,
-        AKISNAP_STORE=(tmp_path / "store").as_uri(),
-        AKISNAP_EXPORTS_ROOT=(tmp_path / "exports").as_uri(),
-        AKISNAP_RETRY_ATTEMPTS="3",
-        AKISNAP_RETRY_BASE_SECONDS="0.05",
-        AKISNAP_RETRY_CAP_SECONDS="0.2",
-        AKISNAP_SHUTDOWN_GRACE_SECONDS="8",
-        AKISNAP_LOG_FORMAT="json",
-        AKISNAP_LOG_LEVEL="info",
-    )
-    env.update(more)
-    return env
 
 
 class RssWatch:
@@ -281,10 +252,10 @@ async def poison_daemon(
     """`akisnap run` on fresh topics, ready, with the exports the corpus names."""
     topics = await make_topics()
     await asyncio.to_thread(make_exports, tmp_path / "exports")
-    env = daemon_env(
-        kafka_bootstrap, topics, tmp_path, AKISNAP_SOURCE_ALLOW=f"s3://{POISON_BUCKET}/allowed"
+    settings = settings_for(
+        kafka_bootstrap, topics, tmp_path, source_allow=[f"s3://{POISON_BUCKET}/allowed"]
     )
-    daemon = AkisnapRun(REPO, env, tmp_path / "run.log")
+    daemon = AkisnapRun(REPO, env_for(settings), tmp_path / "run.log")
     daemon.start()
     try:
         await asyncio.to_thread(daemon.wait_ready, 60)
@@ -332,13 +303,15 @@ async def test_every_poison_request_is_dead_lettered_with_its_reason(
         found = await outcomes.wait_for([warm[0][0], warm_id], 60)
     assert {o.status for o in found.values()} == {"created"}, found
 
-    messages = [(case.file.encode(), message_value(case, exports_uri)) for case in cases]
+    messages: list[Message] = [
+        (case.file.encode(), message_value(case, exports_uri), []) for case in cases
+    ]
     good_id, good_key, good_value = inline_request("after-the-poison", rows=50, dim=8)
     started = time.monotonic()
     async with RssWatch(daemon.pid) as rss, watcher(kafka_bootstrap, topics) as outcomes:
         await asyncio.sleep(1.0)  # the warmed-up size, settled
         baseline = rss.peak
-        sent = await send_large(kafka_bootstrap, topics.requests, messages)
+        sent = await send(kafka_bootstrap, topics.requests, messages)
         letters = await read_topic(kafka_bootstrap, topics.dlq, len(cases), 120)
         await send(kafka_bootstrap, topics.requests, [(good_key, good_value, [])])
         after = await outcomes.wait_for([good_id], 60)
@@ -355,7 +328,7 @@ async def test_every_poison_request_is_dead_lettered_with_its_reason(
         for r in letters
     }
     wrong = []
-    for case, meta, (key, value) in zip(cases, sent, messages, strict=True):
+    for case, meta, (key, value, _) in zip(cases, sent, messages, strict=True):
         letter = by_origin[(meta.partition, meta.offset)]
         headers = headers_dict(letter.headers)
         got = (headers[H_STAGE], headers[H_CLASS])

@@ -27,65 +27,39 @@ from handlers.errors import (
 )
 from handlers.stores import ObjectStore, S3Options, open_store
 from handlers.stores.s3 import S3Store, part_size
-from tests.support import ENDPOINT_VARIABLES, S3_SERVERS
+from tests import support
+from tests.support import S3_SERVERS, s3_root, service_env
 
 MIB = 1024 * 1024
-ENV_NAMES = (
-    "AKISNAP_S3_ENDPOINT",
-    "AKISNAP_S3_ACCESS_KEY",
-    "AKISNAP_S3_SECRET_KEY",
-    "AKISNAP_S3_BUCKET",
-    "AKISNAP_S3_REGION",
-)
 
 MakeStore = Callable[..., Awaitable[S3Store]]
 
 
 @pytest.fixture(scope="session", params=S3_SERVERS)
-def s3_env(request: pytest.FixtureRequest) -> dict[str, str]:
-    """The coordinates of each real S3 server in turn (its name in the test id); a missing one
-    is a broken setup, so fail (never skip)."""
-    names = (*ENV_NAMES, ENDPOINT_VARIABLES[request.param])
-    missing = [name for name in names if not os.environ.get(name)]
-    if missing:
-        pytest.fail(
-            f"{', '.join(missing)} not set: run `make tools services` and "
-            "`set -a; source .services.env; set +a` before pytest",
-            pytrace=False,
-        )
-    env = {name: os.environ[name] for name in ENV_NAMES}
-    env["AKISNAP_S3_ENDPOINT"] = os.environ[ENDPOINT_VARIABLES[request.param]]
-    env["server"] = request.param
-    return env
+def s3_server(request: pytest.FixtureRequest) -> str:
+    """Each real S3 server in turn (its name in the test id)."""
+    server: str = request.param
+    return server
 
 
 @pytest.fixture(scope="session")
-def s3_options(s3_env: dict[str, str]) -> S3Options:
+def s3_options(s3_server: str) -> S3Options:
     """Small multipart sizes so a few MiB exercise the multipart path."""
-    return S3Options(
-        endpoint_url=s3_env["AKISNAP_S3_ENDPOINT"],
-        region=s3_env["AKISNAP_S3_REGION"],
-        access_key=s3_env["AKISNAP_S3_ACCESS_KEY"],
-        secret_key=s3_env["AKISNAP_S3_SECRET_KEY"],
-        multipart_threshold_bytes=5 * MIB,
-        multipart_part_bytes=5 * MIB,
-        max_concurrency=2,
-        connect_timeout_seconds=5,
-        read_timeout_seconds=30,
-    )
+    return support.s3_options(
+        s3_server, multipart_threshold_bytes=5 * MIB, multipart_part_bytes=5 * MIB,
+        max_concurrency=2, connect_timeout_seconds=5, read_timeout_seconds=30,
+    )  # fmt: skip
 
 
 @pytest.fixture
-async def make_store(
-    s3_env: dict[str, str], s3_options: S3Options, tmp_path: Path
-) -> AsyncIterator[MakeStore]:
+async def make_store(s3_options: S3Options, tmp_path: Path) -> AsyncIterator[MakeStore]:
     """Stores under a fresh uuid prefix; their objects are deleted and clients closed after."""
     made: list[S3Store] = []
     base = f"tests/{uuid.uuid4().hex}"
 
     async def make(uri: str | None = None, **changes: Any) -> S3Store:
         options = replace(s3_options, spool_dir=tmp_path / "spool", **changes)
-        store = S3Store.from_uri(uri or f"s3://{s3_env['AKISNAP_S3_BUCKET']}/{base}", options)
+        store = S3Store.from_uri(uri or s3_root(base), options)
         made.append(store)
         return store
 
@@ -120,15 +94,13 @@ async def open_uploads(store: S3Store, key: str) -> list[str]:
     return [upload["UploadId"] for upload in answer.get("Uploads", [])]
 
 
-async def test_from_factory_is_an_object_store(
-    s3_env: dict[str, str], s3_options: S3Options
-) -> None:
+async def test_from_factory_is_an_object_store(s3_options: S3Options) -> None:
     """open_store('s3://…') gives an S3Store that satisfies the ObjectStore protocol."""
-    store = open_store(f"s3://{s3_env['AKISNAP_S3_BUCKET']}/some/prefix", s3_options)
+    store = open_store(s3_root("some/prefix"), s3_options)
     try:
         assert isinstance(store, S3Store)
         assert isinstance(store, ObjectStore)
-        assert store.root_uri == f"s3://{s3_env['AKISNAP_S3_BUCKET']}/some/prefix"
+        assert store.root_uri == s3_root("some/prefix")
         await store.ping()
     finally:
         await store.close()
@@ -318,7 +290,7 @@ async def test_missing_bucket_is_an_environment_fault(make_store: MakeStore) -> 
 
 
 async def test_server_side_encryption_errors_by_meaning(
-    make_store: MakeStore, s3_env: dict[str, str]
+    make_store: MakeStore, s3_server: str
 ) -> None:
     """SSE on a server without it (s3proxy: NotImplemented) and a KMS key the server does not
     have (MinIO: kms:KeyNotFound, with a 404) are the store's misconfiguration, an environment
@@ -326,9 +298,8 @@ async def test_server_side_encryption_errors_by_meaning(
     missing_key = await make_store(sse="aws:kms", sse_kms_key_id="akisnap-no-such-key")
     with pytest.raises(StoreMisconfiguredError):
         await missing_key.put_bytes("kms.txt", b"x")
-    if s3_env["server"] == "minio":
-        key_id = os.environ.get("AKISNAP_MINIO_KMS_KEY_ID")
-        assert key_id, "AKISNAP_MINIO_KMS_KEY_ID is not set: run `make services`"
+    if s3_server == "minio":
+        key_id = service_env("AKISNAP_MINIO_KMS_KEY_ID")
         for sse, key in (("AES256", None), ("aws:kms", key_id)):
             store = await make_store(sse=sse, sse_kms_key_id=key)
             await store.put_bytes("sse.txt", b"secret payload")

@@ -12,34 +12,35 @@ snapshot). Everything they wrote is scanned for every 10-character piece of each
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import subprocess
-import sys
-import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from daemon.events import build_request
+from daemon.kafka import KafkaClients
 from daemon.outcomes import OutcomeWatcher
 from daemon.send_requests import publish
 from daemon.settings import Settings
 from daemon.settings_error import SettingsError
 from handlers.job import InlineSource, UriSource
 from handlers.stores import open_store
-from tests.conftest import REPO
-from tests.daemon_support import TcpProxy
-from tests.support import documents_table, write_export
+from tests.daemon_support import (
+    TcpProxy,
+    create_topics,
+    env_for,
+    read_topic,
+    settings_for,
+    switched_proxy,
+    until,
+)
+from tests.support import REPO, Topics, akisnap_process, documents_table, write_export
 from tools.services.private import AkisnapRun, KafkaBroker, S3Proxy, Tls, make_tls
 
 S3_ACCESS_KEY = "hyg1AccessKeyQ4T8V2"
@@ -88,83 +89,20 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         s3.close()
 
 
-def base_env(services: Services, s3_endpoint: str, tag: str, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AKISNAP_")}
-    env.update(
-        AKISNAP_KAFKA_BOOTSTRAP=services.broker.sasl_ssl_bootstrap,
-        AKISNAP_KAFKA_SECURITY_PROTOCOL="SASL_SSL",
-        AKISNAP_KAFKA_SASL_MECHANISM="PLAIN",
-        AKISNAP_KAFKA_SASL_USERNAME=SASL_USER,
-        AKISNAP_KAFKA_SASL_PASSWORD=SASL_PASSWORD,
-        AKISNAP_KAFKA_SSL_CAFILE=str(services.tls.ca_cert),
-        AKISNAP_GROUP_ID=f"hygiene-{tag}",
-        AKISNAP_REQUEST_TOPIC=f"hyg.{tag}.requests",
-        AKISNAP_RESULT_TOPIC=f"hyg.{tag}.results",
-        AKISNAP_DLQ_TOPIC=f"hyg.{tag}.dlq",
-        AKISNAP_STORE=f"s3://{BUCKET}/store-{tag}",
-        AKISNAP_EXPORTS_ROOT=(tmp_path / "exports").as_uri(),
-        AKISNAP_SOURCE_ALLOW=f"s3://{BUCKET}/exports",
-        AKISNAP_S3_ENDPOINT=s3_endpoint,
-        AKISNAP_S3_ACCESS_KEY=S3_ACCESS_KEY,
-        AKISNAP_S3_SECRET_KEY=S3_SECRET_KEY,
-        AKISNAP_S3_REGION="us-east-1",
-        AKISNAP_RETRY_ATTEMPTS="40",
-        AKISNAP_RETRY_BASE_SECONDS="0.1",
-        AKISNAP_RETRY_CAP_SECONDS="0.5",
-        AKISNAP_SHUTDOWN_GRACE_SECONDS="6",
-        AKISNAP_LOG_FORMAT="json",
-        AKISNAP_LOG_LEVEL="debug",
-    )
-    return env
-
-
-def settings_of(env: dict[str, str]) -> Settings:
-    """The Settings the same environment gives (what the CLI would load)."""
-    prefix = "AKISNAP_"
-    values = {k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix)}
-    values.pop("metrics_port", None)
-    return Settings.load(None, **values)
-
-
-async def read_all(settings: Settings, topic: str) -> list[Any]:
-    """Every record of a topic, over the secured listener."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
-        **settings.kafka_security_kwargs(),
+def hygiene_settings(
+    services: Services, s3_endpoint: str, topics: Topics, tmp_path: Path
+) -> Settings:
+    """SASL_SSL with the PLAIN user, the private s3proxy (through ``s3_endpoint``)."""
+    return settings_for(
+        services.broker.sasl_ssl_bootstrap, topics, tmp_path,
+        kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="PLAIN",
+        kafka_sasl_username=SASL_USER, kafka_sasl_password=SASL_PASSWORD,
+        kafka_ssl_cafile=services.tls.ca_cert, store=f"s3://{BUCKET}/store-{topics.group_id}",
+        source_allow=[f"s3://{BUCKET}/exports"], s3_endpoint=s3_endpoint,
+        s3_access_key=S3_ACCESS_KEY, s3_secret_key=S3_SECRET_KEY, s3_region="us-east-1",
+        retry_attempts=40, retry_base_seconds=0.1, retry_cap_seconds=0.5,
+        shutdown_grace_seconds=6,
     )  # fmt: skip
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(4)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        records: list[Any] = []
-        deadline = time.monotonic() + 30
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            assert time.monotonic() < deadline, f"could not read {topic} to its end"
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                records.extend(batch)
-        return records
-    finally:
-        await consumer.stop()
-
-
-@contextlib.asynccontextmanager
-async def switched_proxy(target: str) -> AsyncIterator[TcpProxy]:
-    """A TCP proxy in front of ``target`` that the test can switch off and on."""
-    proxy = TcpProxy(target)
-    await proxy.start()
-    try:
-        yield proxy
-    finally:
-        await proxy.stop()
-
-
-def wait_for_line(daemon: AkisnapRun, fragment: str, within: float) -> None:
-    deadline = time.monotonic() + within
-    while fragment not in daemon.log_text():
-        assert time.monotonic() < deadline, f"no {fragment} in the log within {within:.0f}s"
-        time.sleep(0.2)
 
 
 def http_pages(port: int) -> str:
@@ -183,19 +121,15 @@ def record_text(record: Any) -> str:
 
 def cli(env: dict[str, str], *args: str) -> tuple[list[str], int, str]:
     """(argv, exit code, stdout + stderr) of one `akisnap` verb."""
-    done = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args], cwd=REPO, env=env,
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    done = akisnap_process(*args, env=env)
     return list(args), done.returncode, done.stdout + done.stderr
 
 
 async def exercise_daemon(
-    services: Services, env: dict[str, str], proxy: TcpProxy, tmp_path: Path
+    settings: Settings, topics: Topics, proxy: TcpProxy, tmp_path: Path
 ) -> tuple[AkisnapRun, dict[str, Any], str]:
-    """Run the daemon through successes, a duplicate, dead letters and S3 retries; (the
-    daemon, outcomes by request id, /metrics and /readyz text)."""
-    settings = settings_of(env)
+    """Run the daemon (at debug level) through successes, a duplicate, dead letters and S3
+    retries; (the daemon, outcomes by request id, /metrics and /readyz text)."""
     export = write_export(documents_table(300, 16), tmp_path / "staging", "real.parquet")
     store = open_store(f"s3://{BUCKET}", settings.s3_options())
     try:
@@ -222,12 +156,9 @@ async def exercise_daemon(
         ),
         (b"hyg", b'{"schema": "akisnap.snapshot-request/v1", "request_id": "poison"'),
     ]
-    daemon = AkisnapRun(REPO, env, tmp_path / "run.log")
+    daemon = AkisnapRun(REPO, env_for(settings, AKISNAP_LOG_LEVEL="debug"), tmp_path / "run.log")
     daemon.start()
-    watching = OutcomeWatcher(
-        settings.kafka_bootstrap, result_topic=settings.result_topic,
-        dlq_topic=settings.dlq_topic, security=settings.kafka_security_kwargs(),
-    )  # fmt: skip
+    watching = OutcomeWatcher.for_settings(settings)
     try:
         await asyncio.to_thread(daemon.wait_ready, 60)
         async with watching as outcomes:
@@ -236,7 +167,8 @@ async def exercise_daemon(
             await proxy.stop()  # S3 unreachable: the daemon pauses, then the request succeeds
             again = InlineSource([{"id": str(uuid.uuid4()), "vector": [3.0, 4.0]}])
             await publish(settings, [build_request("hyg", again, request_id=retried_id)])
-            await asyncio.to_thread(wait_for_line, daemon, '"environment.fault"', 60)
+            fault = '"environment.fault"'
+            await until(lambda: fault in daemon.log_text(), 60, "an environment fault logged")
             await proxy.start()
             found.update(await outcomes.wait_for([retried_id], 60))
         pages = await asyncio.to_thread(http_pages, daemon.port)
@@ -255,21 +187,13 @@ async def test_no_secret_reaches_logs_events_dead_letters_or_json_output(
 ) -> None:
     """Debug logs of a busy daemon, every result and dead letter, /metrics and every CLI
     verb's --json output (failures too) hold no piece of an S3 key or the SASL password."""
-    tag = uuid.uuid4().hex[:8]
+    topics = await create_topics(services.broker.bootstrap, Topics.fresh("hyg"))
     async with switched_proxy(services.s3.endpoint) as proxy:
-        env = base_env(services, f"http://127.0.0.1:{proxy.port}", tag, tmp_path)
-        admin = AIOKafkaAdminClient(bootstrap_servers=services.broker.bootstrap)
-        await admin.start()
-        try:
-            names = ("requests", "results", "dlq")
-            await admin.create_topics([NewTopic(f"hyg.{tag}.{n}", 4, 1) for n in names])
-        finally:
-            await admin.close()
-        daemon, found, pages = await exercise_daemon(services, env, proxy, tmp_path)
-    settings = settings_of(env)
-    env["AKISNAP_S3_ENDPOINT"] = services.s3.endpoint
-    records = [*await read_all(settings, settings.result_topic),
-               *await read_all(settings, settings.dlq_topic)]  # fmt: skip
+        settings = hygiene_settings(services, f"http://127.0.0.1:{proxy.port}", topics, tmp_path)
+        daemon, found, pages = await exercise_daemon(settings, topics, proxy, tmp_path)
+    env = env_for(settings, AKISNAP_S3_ENDPOINT=services.s3.endpoint, AKISNAP_LOG_LEVEL="debug")
+    kafka = KafkaClients.of(settings)
+    records = [*await read_topic(kafka, topics.results), *await read_topic(kafka, topics.dlq)]
     snapshot_id = next(o.result.snapshot_id for o in found.values() if o.result is not None)
     outputs = await cli_outputs(env, snapshot_id, tmp_path)
 

@@ -12,11 +12,13 @@ import os
 import uuid
 from typing import TYPE_CHECKING, Any
 
-import pytest
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import TopicPartition
+from aiokafka.admin import NewTopic
+
+from daemon.kafka import KafkaClients
+from tests.support import s3_options, service_env
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
@@ -26,22 +28,14 @@ TOPICS = ("akidb.snapshot.requests", "akidb.snapshot.results", "akidb.snapshot.r
 PARTITIONS = 4
 
 
-def env(name: str) -> str:
-    value = os.environ.get(name, "")
-    if not value:
-        pytest.fail(
-            f"{name} is not set: start the services with `make services` and load "
-            "`.services.env` (as `make test-only` does) before running these tests"
-        )
-    return value
-
-
 def s3_settings() -> dict[str, Any]:
+    """A raw S3 client's arguments (the services are checked without the code under test)."""
+    options = s3_options()
     return {
-        "endpoint_url": env("AKISNAP_S3_ENDPOINT"),
-        "aws_access_key_id": env("AKISNAP_S3_ACCESS_KEY"),
-        "aws_secret_access_key": env("AKISNAP_S3_SECRET_KEY"),
-        "region_name": env("AKISNAP_S3_REGION"),
+        "endpoint_url": options.endpoint_url,
+        "aws_access_key_id": options.access_key,
+        "aws_secret_access_key": options.secret_key,
+        "region_name": options.region,
         "config": AioConfig(
             s3={"addressing_style": "path"},
             signature_version="s3v4",
@@ -53,7 +47,7 @@ def s3_settings() -> dict[str, Any]:
 
 
 async def describe(bootstrap: str, topics: list[str]) -> dict[str, list[dict[str, Any]]]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    admin = KafkaClients(bootstrap).admin(request_timeout_ms=10_000)
     await admin.start()
     try:
         described = await admin.describe_topics(topics)
@@ -64,7 +58,7 @@ async def describe(bootstrap: str, topics: list[str]) -> dict[str, list[dict[str
 
 def test_kafka_topics_have_four_partitions() -> None:
     """The three snapshot topics exist on the broker, each with 4 led partitions."""
-    bootstrap = env("AKISNAP_KAFKA_BOOTSTRAP")
+    bootstrap = service_env("AKISNAP_KAFKA_BOOTSTRAP")
     found = asyncio.run(describe(bootstrap, list(TOPICS)))
     for topic in TOPICS:
         assert topic in found, f"topic {topic} is missing on {bootstrap}"
@@ -75,24 +69,24 @@ def test_kafka_topics_have_four_partitions() -> None:
 
 def test_kafka_produce_consume_round_trip() -> None:
     """A message produced to a throwaway topic is consumed back unchanged."""
-    bootstrap = env("AKISNAP_KAFKA_BOOTSTRAP")
+    bootstrap = service_env("AKISNAP_KAFKA_BOOTSTRAP")
     topic = f"akisnap.test.services.{uuid.uuid4().hex}"
     payload = uuid.uuid4().bytes * 8
 
     async def round_trip() -> tuple[bytes | None, bytes | None]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+        admin = KafkaClients(bootstrap).admin(request_timeout_ms=10_000)
         await admin.start()
         try:
             response = await admin.create_topics([NewTopic(topic, 1, 1)], timeout_ms=10_000)
             errors = [e for e in response.to_object()["topic_errors"] if e["error_code"]]
             assert not errors, errors
-            producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+            producer = KafkaClients(bootstrap).producer(acks="all")
             await producer.start()
             try:
                 sent = await producer.send_and_wait(topic, payload, key=b"k")
             finally:
                 await producer.stop()
-            consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+            consumer = KafkaClients(bootstrap).consumer(enable_auto_commit=False)
             await consumer.start()
             try:
                 partition = TopicPartition(topic, sent.partition)
@@ -115,7 +109,7 @@ def test_kafka_produce_consume_round_trip() -> None:
 
 def test_s3_put_get_delete() -> None:
     """An object put into the test bucket reads back and is gone after delete."""
-    bucket = env("AKISNAP_S3_BUCKET")
+    bucket = service_env("AKISNAP_S3_BUCKET")
     key = f"tests/services/{uuid.uuid4().hex}/small.bin"
     body = os.urandom(4096)
 
@@ -136,7 +130,7 @@ def test_s3_put_get_delete() -> None:
 
 def test_s3_multipart_upload() -> None:
     """A two-part multipart upload (5 MiB+ each) reads back byte for byte."""
-    bucket = env("AKISNAP_S3_BUCKET")
+    bucket = service_env("AKISNAP_S3_BUCKET")
     key = f"tests/services/{uuid.uuid4().hex}/multipart.bin"
     parts = [os.urandom(5 * MIB + 1), os.urandom(5 * MIB + 2)]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import ssl
 from pathlib import Path
 
@@ -15,13 +14,8 @@ from daemon.settings_error import SettingsError
 SECRET = "hunter2-very-secret-value"
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """Each test starts without AKISNAP_* variables (CI exports some for the S3 server)."""
-    for name in list(os.environ):
-        if name.upper().startswith("AKISNAP_"):
-            monkeypatch.delenv(name)
-    return monkeypatch
+# Each test starts without AKISNAP_* variables (CI exports some for the S3 server).
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def write_yaml(tmp_path: Path, text: str) -> Path:

@@ -4,7 +4,6 @@ table, the example YAML config, and the metadata file's JSON Schema."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from daemon.settings import Settings, env_name
 from daemon.settings_doc import DESCRIPTIONS, example_yaml, table
-from tests.support import REPO, run_cli
+from tests.support import REPO, create_snapshot
 
 
 def test_design_holds_the_whole_settings_table() -> None:
@@ -43,43 +42,26 @@ def test_example_config_is_current_and_loads_to_the_defaults(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """docs/akisnap.example.yaml is what the generator writes and loads to the defaults."""
-    for name in [k for k in os.environ if k.startswith("AKISNAP_")]:
-        monkeypatch.delenv(name)
     example = REPO / "docs" / "akisnap.example.yaml"
     assert example.read_text(encoding="utf-8") == example_yaml()
     assert Settings.load(example) == Settings.load()
 
 
-def test_metadata_files_match_their_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("clean_env")
+def test_metadata_files_match_their_schema(tmp_path: Path) -> None:
     """Metadata written by create (with and without source_dtype) validates against
     daemon/schemas/snapshot-metadata.v1.json, which names every field the code writes."""
-    for name in [k for k in os.environ if k.startswith("AKISNAP_")]:
-        monkeypatch.delenv(name)
     schema = json.loads((REPO / "daemon" / "schemas" / "snapshot-metadata.v1.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     np.save(tmp_path / "f32.npy", np.ones((5, 3), dtype=np.float32))
     np.save(tmp_path / "f64.npy", np.ones((5, 3), dtype=np.float64))
     store = tmp_path / "store"
     for name in ("f32.npy", "f64.npy"):
-        code, _, err = run_cli(
-            [
-                "snapshots",
-                "create",
-                "--collection",
-                "c",
-                "--from",
-                str(tmp_path / name),
-                "--store",
-                str(store),
-                "--label",
-                "k=v",
-            ]
-        )
+        code, _, err = create_snapshot(tmp_path / name, store, "--label", "k=v")
         assert code == 0, err
     (tmp_path / "no-deletes.txt").write_text("")
     delta = ["--base", "latest", "--deletes", str(tmp_path / "no-deletes.txt")]
-    create = ["snapshots", "create", "--collection", "c", "--store", str(store)]
-    code, _, err = run_cli([*create, "--from", str(tmp_path / "f32.npy"), *delta])
+    code, _, err = create_snapshot(tmp_path / "f32.npy", store, *delta)
     assert code == 0, err
     bodies = [json.loads(p.read_text()) for p in store.glob("snapshots/c/*.metadata.json")]
     assert len(bodies) == 3 and sum("source_dtype" in body for body in bodies) == 1

@@ -193,8 +193,38 @@ def _snapshot_verbs(commands: Subparsers) -> None:
         help="a path or file:///… URI; the extension picks the format",
     )
     restore.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    _partial_restore(restore)
 
     _prune(verbs)
+
+
+def _partial_restore(restore: argparse.ArgumentParser) -> None:
+    restore.add_argument(
+        "--ids",
+        type=Path,
+        metavar="FILE",
+        help="only these documents: one UUID a line, or a .parquet (document_id column) or .npy",
+    )
+    restore.add_argument(
+        "--columns",
+        metavar="LIST",
+        help="only these columns: a comma list of document_id,external_id,vector,metadata,"
+        "inserted_at",
+    )
+    restore.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="only rows where EXPR holds (repeatable: all must): external_id or inserted_at, "
+        "= != < <= > >=, a value; e.g. inserted_at>=2026-01-01T00:00:00Z",
+    )
+    restore.add_argument("--limit", type=int, metavar="N", help="at most N rows, the first ones")
+    restore.add_argument(
+        "--strict",
+        action="store_true",
+        help="with --ids: fail (exit 3, nothing written) if an id is not in the snapshot",
+    )
 
 
 def _with_id(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

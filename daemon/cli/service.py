@@ -123,12 +123,7 @@ async def _publish_and_wait(
             f"[{partition}]@{offset} ({len(value)} bytes)",
         )
         return 0
-    async with OutcomeWatcher(
-        settings.kafka_bootstrap,
-        result_topic=settings.result_topic,
-        dlq_topic=settings.dlq_topic,
-        security=settings.kafka_security_kwargs(),
-    ) as watcher:
+    async with OutcomeWatcher.for_settings(settings) as watcher:
         (placed,) = await publish(settings, [(key, value)])
         partition, offset = placed.partition, placed.offset
         if not args.json:

@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.cli.common import (
     confirm,
@@ -37,6 +37,9 @@ from handlers.metadata import SnapshotMetadata
 from handlers.spool import discard_process_spool
 from handlers.stores import ObjectStore, open_store
 from handlers.uris import parse_location, to_uri
+
+if TYPE_CHECKING:
+    from handlers.selection import Selection
 
 Verb = Callable[[argparse.Namespace, Settings, ObjectStore], Awaitable[int]]
 
@@ -231,14 +234,22 @@ async def _restore(args: argparse.Namespace, settings: Settings, store: ObjectSt
     out = parse_location(args.out).local_path
     if out.exists() and not args.force:
         raise UsageError(f"{out} exists: give --force to overwrite it")
+    selection = _selection(args)
     metadata = await _find(args, store)
     progress = Progress(args, unit="rows", desc="restore")
-    progress.start(metadata.vector_count)
+    progress.start(metadata.vector_count if selection is None else None)
     try:
-        result = await restore_snapshot(store, metadata, out, progress=progress.update)
+        result = await restore_snapshot(
+            store, metadata, out, progress=progress.update, selection=selection
+        )
     finally:
         progress.close()
     notes = precision_notes(metadata.format)
+    if result.ids_missing:
+        notes.append(
+            f"{result.ids_missing} of the ids asked for are not in the snapshot, e.g. "
+            + ", ".join(result.ids_missing_examples)
+        )
     payload = {
         **_snapshot_json(metadata, store, "restored"),
         "out": str(result.path),
@@ -246,12 +257,42 @@ async def _restore(args: argparse.Namespace, settings: Settings, store: ObjectSt
         "bytes_written": result.bytes_written,
         "notes": notes,
     }
+    if selection is not None:
+        payload["partial"] = {
+            "columns": list(selection.columns),
+            "bytes_read": result.bytes_read,
+            "ids_missing": result.ids_missing,
+            "ids_missing_examples": list(result.ids_missing_examples),
+        }
     human = (
-        f"restored {result.rows} vectors of snapshot {metadata.snapshot_id} from "
-        f"{store.root_uri} to {result.path} ({human_bytes(result.bytes_written)})"
+        f"restored {result.rows} {'rows' if selection else 'vectors'} of snapshot "
+        f"{metadata.snapshot_id} from {store.root_uri} to {result.path} "
+        f"({human_bytes(result.bytes_written)})"
     )
+    if result.bytes_read is not None:
+        whole = "its chain" if metadata.delta else human_bytes(metadata.total_bytes)
+        human += f", read {human_bytes(result.bytes_read)} of {whole}"
     emit(args, payload, human + "".join(f"\n  note: {note}" for note in notes))
     return 0
+
+
+def _selection(args: argparse.Namespace) -> Selection | None:
+    """The partial restore the flags ask for, or None for a whole one."""
+    from handlers import selection as pick  # noqa: PLC0415 (pyarrow: see _create)
+
+    if args.ids is None and args.columns is None and not args.where and args.limit is None:
+        if args.strict:
+            raise UsageError("--strict goes with --ids")
+        return None
+    if args.strict and args.ids is None:
+        raise UsageError("--strict goes with --ids")
+    return pick.Selection(
+        ids=None if args.ids is None else pick.load_ids(args.ids),
+        columns=pick.parse_columns(args.columns),
+        where=pick.parse_where(args.where),
+        limit=pick.parse_limit(args.limit),
+        strict=args.strict,
+    )
 
 
 VERBS: dict[str, tuple[Verb, bool]] = {

@@ -32,6 +32,26 @@ def batch_to_documents(batch: DocumentBatch) -> Iterator[dict[str, Any]]:
         }
 
 
+def table_to_documents(table: pa.Table) -> Iterator[dict[str, Any]]:
+    """Like :func:`batch_to_documents`, for any subset of the columns (a partial restore)."""
+    columns = {name: _json_values(name, table.column(name)) for name in table.column_names}
+    for i in range(table.num_rows):
+        yield {JSON_KEYS.get(name, name): values[i] for name, values in columns.items()}
+
+
+JSON_KEYS = {"document_id": "id"}
+
+
+def _json_values(name: str, column: pa.ChunkedArray) -> list[Any]:
+    if name == "document_id":
+        return [str(uuid.UUID(bytes=raw)) for raw in column.to_pylist()]
+    if name == "metadata":
+        return [None if text is None else json.loads(text) for text in column.to_pylist()]
+    if name == "inserted_at":
+        return [format_micros(micros) for micros in column.cast(pa.int64()).to_pylist()]
+    return list(column.to_pylist())
+
+
 def format_micros(micros: int) -> str:
     stamp = datetime.fromtimestamp(micros // 1_000_000, tz=UTC).replace(
         microsecond=micros % 1_000_000

@@ -6,9 +6,10 @@ the exponent bytes of all floats side by side so zstd finds what little redundan
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,6 +23,7 @@ KV_FORMAT_VERSION = b"akisnap.format_version"
 KV_DIMENSION = b"akisnap.dimension"
 DEFAULT_ROW_GROUP_BYTES = 32 * 1024 * 1024
 VECTOR_VALUES = "vector.list.element"
+MAGIC = b"PAR1"
 
 
 def writer_options(compression: str) -> dict[str, Any]:
@@ -110,6 +112,23 @@ def parquet_part_rows(path: Path, dimension: int) -> int:
         raise
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise CorruptSnapshotError(f"Parquet part is unreadable: {exc}") from None
+
+
+def open_checked_parquet(source: BinaryIO, dimension: int) -> pq.ParquetFile:
+    """A part's Parquet file, its footer read and its schema checked, no data read yet.
+
+    The footer is read by its recorded length: pyarrow's own first read takes the last 64 KiB,
+    which is the whole of a small part."""
+    source.seek(-8, io.SEEK_END)
+    tail = source.read(8)
+    length = int.from_bytes(tail[:4], "little")
+    if tail[4:] != MAGIC or length <= 0:
+        raise CorruptSnapshotError("Parquet part has no Parquet footer")
+    source.seek(-8 - length, io.SEEK_END)
+    footer = pq.read_metadata(pa.BufferReader(MAGIC + source.read(length) + tail))
+    part = pq.ParquetFile(source, metadata=footer)
+    _check_file_schema(part.schema_arrow, dimension)
+    return part
 
 
 def _check_file_schema(schema: pa.Schema, dimension: int) -> None:

@@ -3,6 +3,10 @@
 Big files go up as multipart uploads with bounded concurrency, so memory holds at most
 ``max_concurrency`` parts; small ones as one streamed PutObject. Every failure leaves this
 module as one of our errors (see ``s3_error``), so the daemon can tell retry from dead letter.
+
+Longer than most modules on purpose: the write path (checksums, conditional commit, their
+probes and fallbacks) and the error classes of AWS, s3proxy and MinIO are one unit, and
+splitting them would spread one store's behaviour across files.
 """
 
 from __future__ import annotations
@@ -328,6 +332,15 @@ class S3Store:
         self._sends_checksum = True
         return _hex_digest(answer.get("ChecksumSHA256")) == sha256_hex
 
+    def _encrypt(
+        self, request: PutObjectRequestTypeDef | CreateMultipartUploadRequestTypeDef
+    ) -> None:
+        """Server-side encryption on a PUT or a multipart upload, when configured."""
+        if self._options.sse:
+            request["ServerSideEncryption"] = cast("ServerSideEncryptionType", self._options.sse)
+        if self._options.sse_kms_key_id:
+            request["SSEKMSKeyId"] = self._options.sse_kms_key_id
+
     def _put_request(
         self, full_key: str, body: bytes | IO[bytes], sha256_hex: str
     ) -> PutObjectRequestTypeDef:
@@ -337,10 +350,7 @@ class S3Store:
             "Body": body,
             "Metadata": {"sha256": sha256_hex},
         }
-        if self._options.sse:
-            request["ServerSideEncryption"] = cast("ServerSideEncryptionType", self._options.sse)
-        if self._options.sse_kms_key_id:
-            request["SSEKMSKeyId"] = self._options.sse_kms_key_id
+        self._encrypt(request)
         return request
 
     async def _put_multipart(self, full_key: str, path: Path, size: int, sha256_hex: str) -> bool:
@@ -379,10 +389,7 @@ class S3Store:
             "Key": full_key,
             "Metadata": {"sha256": sha256_hex},
         }
-        if self._options.sse:
-            request["ServerSideEncryption"] = cast("ServerSideEncryptionType", self._options.sse)
-        if self._options.sse_kms_key_id:
-            request["SSEKMSKeyId"] = self._options.sse_kms_key_id
+        self._encrypt(request)
         return request
 
     # -- plumbing -------------------------------------------------------------------------------

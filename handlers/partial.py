@@ -1,0 +1,268 @@
+"""Partial restore: the rows and columns a :class:`Selection` asks for, reading little.
+
+A native part in a local store is read in place, row group by row group: a group whose
+document_id (or inserted_at) statistics cannot hold a wanted row is skipped, then the columns
+that decide the selection are read, and the other asked-for columns only of groups where a
+row matched. Such a part is checked for its size, its schema and its footer's row count, not
+for its SHA-256 (that needs every byte; ``snapshots verify`` does it). A part anywhere else
+(S3), and any AkiDB-format part, is fetched whole and its SHA-256 checked before anything is
+decoded.
+
+A delta chain is selected member by member in chain order: a row is visible when no
+snapshot above it wrote or deleted its id (handlers.chain gives those ids, from the row
+indexes and deletes of the members above); restore order is the chain's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from handlers.chain import chain_of, hidden_ids
+from handlers.codecs import read_part
+from handlers.codecs.parquet import open_checked_parquet
+from handlers.errors import CorruptSnapshotError
+from handlers.metadata import PartInfo, SnapshotMetadata
+from handlers.model import ID_TYPE, snapshot_schema
+from handlers.selection import Selection
+from handlers.stores import ObjectStore
+from handlers.verify import checked_part_file
+
+
+@dataclass
+class Picked:
+    """What restore reports besides the rows: the wanted ids found, bytes read from the store."""
+
+    found: list[pa.Array] = field(default_factory=list)
+    bytes_read: int = 0
+
+
+class CountingFile(io.FileIO):
+    """A file that counts the bytes read through it (what partial restore reports)."""
+
+    bytes_read = 0
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        data = super().read(size)
+        self.bytes_read += len(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview, /) -> int:  # type: ignore[override]
+        count = super().readinto(buffer)
+        self.bytes_read += count or 0
+        return count or 0
+
+
+async def select_rows(
+    store: ObjectStore,
+    metadata: SnapshotMetadata,
+    selection: Selection,
+    scratch: Path,
+    sink: Callable[[pa.Table], None],
+) -> Picked:
+    """The selected rows of the snapshot as of ``metadata`` (a chain applied), in order,
+    given part by part to ``sink`` (run in a worker thread) with only the asked-for columns."""
+    members = await chain_of(store, metadata) if metadata.delta is not None else [metadata]
+    hidden = await hidden_ids(store, members, scratch) if len(members) > 1 else [None]
+    picked = Picked(bytes_read=sum(_side_bytes(member) for member in members))
+    schema = output_schema(metadata.dimension, selection)
+    room = selection.limit
+    for member, gone in zip(members, hidden, strict=True):
+        reading = Reading(selection, gone if gone is not None and len(gone) else None, room)
+        for part in member.parts:
+            found = await _pick_part(store, member, part, reading, scratch)
+            table = found.table.select(list(selection.columns)).cast(schema)
+            if reading.room is not None:
+                table = table.slice(0, reading.room)
+                reading = replace(reading, room=reading.room - table.num_rows)
+            if table.num_rows:
+                await asyncio.to_thread(sink, table)
+            picked.found.append(found.found)
+            picked.bytes_read += found.bytes_read
+        room = reading.room
+    return picked
+
+
+def output_schema(dimension: int, selection: Selection) -> pa.Schema:
+    schema = snapshot_schema(dimension)
+    return pa.schema([schema.field(name) for name in selection.columns])
+
+
+def _side_bytes(member: SnapshotMetadata) -> int:
+    """What applying a delta reads besides its parts: its deletes and row index objects."""
+    if member.delta is None:
+        return 0
+    deletes = member.delta.deletes.size if member.delta.deletes is not None else 0
+    index = member.row_index.object if member.row_index is not None else None
+    return deletes + (index.size if index is not None else 0)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How one chain member is read: the selection, the ids the members above it write or
+    delete (hidden here), and how many rows may still be taken (None: no limit)."""
+
+    selection: Selection
+    gone: pa.Array | None
+    room: int | None
+
+
+@dataclass(frozen=True)
+class PartPick:
+    """Of one part: the selected rows, the wanted ids it holds visibly, and the bytes read."""
+
+    table: pa.Table
+    found: pa.Array
+    bytes_read: int = 0
+
+
+async def _pick_part(
+    store: ObjectStore, member: SnapshotMetadata, part: PartInfo, reading: Reading, scratch: Path
+) -> PartPick:
+    local = store.local_path(part.key) if member.format == "parquet" else None
+    if local is not None:
+        return await asyncio.to_thread(_pick_in_place, local, part, member.dimension, reading)
+    async with checked_part_file(store, part, scratch) as path:
+        if member.format == "parquet":
+            picked = await asyncio.to_thread(_pick_in_place, path, part, member.dimension, reading)
+            return replace(picked, bytes_read=part.size)
+        batches = await asyncio.to_thread(
+            lambda: list(read_part(path, member.format, member.dimension))
+        )
+    whole = pa.Table.from_batches(batches, snapshot_schema(member.dimension))
+    if whole.num_rows != part.rows:
+        raise CorruptSnapshotError(
+            f"part {part.key} decodes to {whole.num_rows} rows, metadata says {part.rows}"
+        )
+    mask, found = _pick(whole, reading)
+    if reading.room is not None:
+        mask = _first(mask, reading.room)
+    return PartPick(whole.filter(mask), found, part.size)
+
+
+def _pick(keys: pa.Table, reading: Reading) -> tuple[pa.Array, pa.Array]:
+    """Of rows ``keys``: which are selected, and the wanted ids among the visible ones."""
+    selection, gone = reading.selection, reading.gone
+    id_column = keys.column("document_id").combine_chunks().cast(ID_TYPE)
+    every = pa.array(np.ones(keys.num_rows, dtype=bool))
+    visible = every if gone is None else pc.invert(pc.is_in(id_column, value_set=gone))
+    found = pa.array([], ID_TYPE)
+    if selection.ids is not None:
+        found = id_column.filter(pc.and_(pc.is_in(id_column, value_set=selection.ids), visible))
+    mask = pc.and_(selection.row_mask(keys), visible)
+    if isinstance(mask, pa.ChunkedArray):
+        mask = mask.combine_chunks()
+    return mask, found
+
+
+def _pick_in_place(path: Path, part: PartInfo, dimension: int, reading: Reading) -> PartPick:
+    """A native Parquet part read group by group, only where a wanted row can be."""
+    size = path.stat().st_size
+    if size != part.size:
+        raise CorruptSnapshotError(f"part {part.key} has {size} bytes, metadata says {part.size}")
+    with CountingFile(path, "rb") as handle:
+        try:
+            parquet = open_checked_parquet(handle, dimension)
+            if parquet.metadata.num_rows != part.rows:
+                raise CorruptSnapshotError(
+                    f"part {part.key} holds {parquet.metadata.num_rows} rows, "
+                    f"metadata says {part.rows}"
+                )
+            picked = _pick_groups(parquet, reading)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise CorruptSnapshotError(f"part {part.key} is unreadable: {exc}") from None
+        return replace(picked, bytes_read=handle.bytes_read)
+
+
+def _pick_groups(part: pq.ParquetFile, reading: Reading) -> PartPick:
+    selection, room = reading.selection, reading.room
+    wanted = sorted(selection.ids.to_pylist()) if selection.ids is not None else None
+    tables: list[pa.Table] = []
+    found: list[pa.Array] = []
+    keys_read = selection.key_columns
+    rest = [name for name in selection.columns if name not in keys_read]
+    for group in range(part.num_row_groups):
+        stats = _group_ranges(part.metadata.row_group(group))
+        if not _worth_reading(selection, wanted, stats, room):
+            continue
+        keys = part.read_row_group(group, columns=keys_read)
+        mask, seen = _pick(keys, reading)
+        found.append(seen)
+        taken = pc.sum(mask).as_py() or 0
+        if room is not None:
+            mask, taken = _first(mask, room), min(taken, room)
+            room -= taken
+        if taken:
+            selected = keys.filter(mask)
+            others = part.read_row_group(group, columns=rest).filter(mask) if rest else None
+            for name in rest:
+                assert others is not None
+                selected = selected.append_column(name, others.column(name))
+            tables.append(selected)
+    return PartPick(
+        pa.concat_tables(tables) if tables else part.schema_arrow.empty_table(),
+        pa.concat_arrays(found) if found else pa.array([], ID_TYPE),
+    )
+
+
+def _worth_reading(
+    selection: Selection,
+    wanted: list[bytes] | None,
+    stats: dict[str, tuple[object, object]],
+    room: int | None,
+) -> bool:
+    """From a row group's statistics: whether it can hold a wanted id or a row to take.
+    With ids, a group that may hold one is read even when no row of it can be taken: the
+    report says which wanted ids the snapshot holds."""
+    if wanted is not None:
+        return _ids_may_hold(wanted, stats.get("document_id"))
+    return room != 0 and _conditions_may_hold(selection, stats)
+
+
+def _first(mask: pa.Array, count: int) -> pa.Array:
+    """``mask`` with only its first ``count`` true values kept."""
+    values = np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
+    values[np.flatnonzero(values)[count:]] = False
+    return pa.array(values)
+
+
+def _group_ranges(group: pq.RowGroupMetaData) -> dict[str, tuple[object, object]]:
+    ranges = {}
+    for index in range(group.num_columns):
+        column = group.column(index)
+        stats = column.statistics
+        if stats is not None and stats.has_min_max:
+            ranges[column.path_in_schema] = (stats.min, stats.max)
+    return ranges
+
+
+def _ids_may_hold(wanted: list[bytes], span: tuple[object, object] | None) -> bool:
+    if span is None:
+        return True
+    low, high = span
+    if not isinstance(low, bytes) or not isinstance(high, bytes):
+        return True
+    at = bisect.bisect_left(wanted, low)
+    return at < len(wanted) and wanted[at] <= high
+
+
+def _conditions_may_hold(selection: Selection, stats: dict[str, tuple[object, object]]) -> bool:
+    for condition in selection.where:
+        span = stats.get(condition.column)
+        if span is None:
+            continue
+        try:
+            if not condition.may_hold(*span):
+                return False
+        except TypeError:  # a statistic of another type than the value: read the group
+            continue
+    return True
