@@ -33,12 +33,12 @@ from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.retry import Backoff, sleep_unless
 from daemon.verdict import AbandonedError
-from handlers.create import CreateOutcome
+from handlers.create import CreateOutcome, existing_or_create
 from handlers.errors import AkisnapError, EnvironmentFaultError, PermanentError
 from handlers.executor import run_in_process
 from handlers.job import SnapshotJob
 from handlers.metadata import SnapshotMetadata
-from handlers.stages import UNTIMED_STAGE, StageClock
+from handlers.stages import StageClock
 
 log = get_logger("akisnap.fate")  # the logger of a request's fate, both steps alike
 
@@ -185,11 +185,9 @@ class Attempts:
             raise
 
     async def _attempt(self, job: SnapshotJob, clock: StageClock) -> CreateOutcome:
-        with clock.blame(UNTIMED_STAGE):
-            found = await self._creator.existing(job)
-        if found is not None:
-            return CreateOutcome(found, duplicate=True, stage_seconds={})
-        return await self._creator(job, clock)
+        return await existing_or_create(
+            self._creator, job, lambda: self._creator(job, clock), clock
+        )
 
 
 def describe_error(err: BaseException) -> str:

@@ -31,7 +31,7 @@ from aiokafka.errors import KafkaError
 
 from daemon import sample_data
 from daemon.app import Daemon
-from daemon.cli_common import fail, hide_kafka_client_logs, human_bytes
+from daemon.cli.common import fail, hide_kafka_client_logs, human_bytes, table
 from daemon.dead_letters.letter import H_ATTEMPTS, H_CLASS, H_MESSAGE, H_OFFSET, H_STAGE
 from daemon.events import REQUEST_SCHEMA, build_request
 from daemon.exit_codes import ENVIRONMENT
@@ -336,7 +336,7 @@ def _summarise(
         "smaller",
         "latency",
     ]
-    _table([header, *rows])
+    print(table([dict(zip(header, row, strict=True)) for row in rows], indent="  "))
     print()
     if as_json and stored:
         print(
@@ -400,9 +400,3 @@ def _metric_lines(text: str) -> list[str]:
             if number and not math.isnan(number):
                 lines.append(f"{name} {number:g}")
     return lines
-
-
-def _table(rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))

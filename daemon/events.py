@@ -23,17 +23,22 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
-from pydantic_core import ErrorDetails
 
+from daemon.field_errors import json_type, reason
 from handlers.catalog import commit_marker_key
 from handlers.create import CreateOutcome
 from handlers.errors import DecodeError, InvalidRequestError
 from handlers.job import (
     COLLECTION_ID,
+    MAX_REQUEST_ID_CHARS,
+    Compression,
     InlineSource,
+    SnapshotFormat,
     SnapshotJob,
+    SourceFormat,
     SourceSpec,
     UriSource,
+    check_rules,
     new_request_id,
 )
 from handlers.metadata import SnapshotMetadata
@@ -46,7 +51,6 @@ REQUEST_SCHEMA_FILE = SCHEMAS_DIR / "snapshot-request.v1.json"
 RESULT_SCHEMA_FILE = SCHEMAS_DIR / "snapshot-result.v1.json"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
-MAX_REQUEST_ID_CHARS = 200
 MAX_PEEK_CHARS = 200
 # Bigger messages are not parsed to peek at their ids (a log nicety must not cost memory).
 MAX_PEEK_PARSE_BYTES = 1024 * 1024
@@ -77,7 +81,7 @@ class UriSourceV1(_Strict):
     """A reference to an export (``file://`` or ``s3://``)."""
 
     uri: str = Field(min_length=1, max_length=4096)
-    format: Literal["parquet", "arrow", "npy", "akidb-json", "json"]
+    format: SourceFormat
 
 
 def _source_kind(value: Any) -> str | None:
@@ -100,7 +104,7 @@ SourceV1 = Annotated[
 
 
 class OptionsV1(_Strict):
-    compression: Literal["zstd", "snappy", "lz4", "none"] = "zstd"
+    compression: Compression = "zstd"
 
 
 class SnapshotRequestV1(_Strict):
@@ -127,7 +131,7 @@ class SnapshotRequestV1(_Strict):
     request_id: str = Field(min_length=1, max_length=MAX_REQUEST_ID_CHARS)
     collection_id: str = Field(pattern=COLLECTION_ID.pattern)
     source: SourceV1
-    format: Literal["parquet", "akidb-parquet", "akidb-json"] = "parquet"
+    format: SnapshotFormat = "parquet"
     options: OptionsV1 = Field(default_factory=OptionsV1)
     labels: dict[str, str] = Field(default_factory=dict)
     base: str | None = Field(
@@ -141,6 +145,7 @@ class SnapshotRequestV1(_Strict):
     )
 
     def to_job(self) -> SnapshotJob:
+        """The job asked for: the fields are valid by now, the rules across them are not."""
         source: SourceSpec
         if isinstance(self.source, InlineSourceV1):
             if not self.source.documents and self.deletes is None:
@@ -148,7 +153,7 @@ class SnapshotRequestV1(_Strict):
             source = InlineSource(documents=self.source.documents)
         else:
             source = UriSource(uri=self.source.uri, format=self.source.format)
-        return SnapshotJob(
+        job = SnapshotJob(
             collection_id=self.collection_id,
             request_id=self.request_id,
             source=source,
@@ -158,6 +163,8 @@ class SnapshotRequestV1(_Strict):
             base=self.base,
             deletes=None if self.deletes is None else tuple(self.deletes),
         )
+        check_rules(job)
+        return job
 
 
 # -- the result -------------------------------------------------------------------------------
@@ -212,12 +219,12 @@ def parse_request(value: bytes | None, *, max_bytes: int) -> SnapshotJob:
     empty, oversized) or InvalidRequestError (breaks the v1 contract), naming the field."""
     body = _decode(value, max_bytes=max_bytes)
     if not isinstance(body, dict):
-        raise InvalidRequestError(f"request must be a JSON object, got {_json_type(body)}")
+        raise InvalidRequestError(f"request must be a JSON object, got {json_type(body)}")
     if "schema" not in body:
         raise InvalidRequestError(f"schema: field required (expected {REQUEST_SCHEMA!r})")
     seen = body["schema"]
     if seen != REQUEST_SCHEMA:
-        shown = repr(seen)[:80] if isinstance(seen, str) else _json_type(seen)
+        shown = repr(seen)[:80] if isinstance(seen, str) else json_type(seen)
         raise InvalidRequestError(
             f"schema: unsupported version {shown} (this daemon reads {REQUEST_SCHEMA!r})"
         )
@@ -238,15 +245,17 @@ def prepare_request(value: bytes | None, *, max_bytes: int) -> SnapshotJob:
     return job
 
 
-def peek_ids(value: bytes | None) -> dict[str, str]:
+def peek_ids(value: bytes | None, *, parse: bool = True) -> dict[str, str]:
     """Best effort ``request_id`` / ``collection_id`` of any message, even an invalid one
-    (for logs and dead letters). Never raises; missing ids are left out."""
+    (for logs and dead letters). Never raises; missing ids are left out. ``parse=False``
+    only scans the bytes (a nested id may be taken for the request's): the daemon's log
+    context before :func:`parse_request`, which then parses the message, once."""
     found: dict[str, str] = {}
     try:
         if not value:
             return found
         body: Any = None
-        if len(value) <= MAX_PEEK_PARSE_BYTES:
+        if parse and len(value) <= MAX_PEEK_PARSE_BYTES:
             try:
                 body = json.loads(value)
             except (ValueError, RecursionError):
@@ -299,7 +308,7 @@ def describe_validation_error(exc: ValidationError, *, limit: int = 3) -> str:
     """pydantic's errors as one line: ``source.uri: field required; labels.x: must be a
     string (got number)``. Input values are never quoted (they may be large or secret)."""
     errors = exc.errors(include_url=False)
-    lines = [f"{_path(error['loc'])}: {_reason(error)}" for error in errors[:limit]]
+    lines = [f"{_path(error['loc'])}: {reason(error)}" for error in errors[:limit]]
     if len(errors) > limit:
         lines.append(f"and {len(errors) - limit} more")
     return "; ".join(lines)
@@ -313,54 +322,6 @@ def _path(loc: tuple[int | str, ...]) -> str:
         elif part not in (_INLINE_TAG, _URI_TAG):
             out += f".{part}" if out else str(part)
     return out or "request"
-
-
-def _reason(error: ErrorDetails) -> str:
-    kind, ctx = error["type"], error.get("ctx") or {}
-    got = _json_type(error.get("input"))
-    if kind == "missing":
-        return "field required"
-    if kind == "extra_forbidden":
-        return "unknown field"
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected')}"
-    if kind == "string_pattern_mismatch":
-        return f"must match {ctx.get('pattern')}"
-    if kind in ("too_short", "string_too_short"):
-        return "must not be empty"
-    if kind in ("too_long", "string_too_long"):
-        return f"is too long (at most {ctx.get('max_length')})"
-    if kind == "source_kind":
-        return f"{error['msg']} (got {got})"
-    type_names = {
-        "string_type": "a string",
-        "dict_type": "an object",
-        "model_type": "an object",
-        "model_attributes_type": "an object",
-        "list_type": "an array",
-        "int_type": "an integer",
-        "float_type": "a number",
-        "bool_type": "a boolean",
-    }
-    if kind in type_names:
-        return f"must be {type_names[kind]} (got {got})"
-    return error["msg"][:1].lower() + error["msg"][1:]
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
 
 
 # -- requests out (akisnap request) -----------------------------------------------------------

@@ -110,6 +110,6 @@ class Fate:
 
 def _known_ids(value: bytes | None) -> dict[str, str]:
     try:
-        return peek_ids(value)
+        return peek_ids(value, parse=False)  # parse_request parses it: once is enough
     except Exception:  # a log nicety: never let it decide anything
         return {}

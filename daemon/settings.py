@@ -16,9 +16,9 @@ from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from daemon import field_errors
 from daemon.settings_error import SettingsError
 from handlers.secrets import REDACTED
 from handlers.stores import S3Options
@@ -275,12 +275,12 @@ def _problems(
     problems: list[tuple[str, str]] = []
     for error in exc.errors(include_input=False, include_url=False):
         if not error["loc"]:  # cross-field checks: already "AKISNAP_<FIELD>: reason" lines
-            for line in _strip_prefix(error["msg"]).splitlines():
+            for line in field_errors.strip_value_error(error["msg"]).splitlines():
                 variable, _, reason = line.partition(": ")
                 problems.append((variable, reason))
             continue
-        name = str(error["loc"][0])
-        problems.append((_where(name, from_file, config_file, overrides), _reason(error)))
+        where = _where(str(error["loc"][0]), from_file, config_file, overrides)
+        problems.append((where, field_errors.reason(error, unknown="unknown setting")))
     return problems
 
 
@@ -293,37 +293,3 @@ def _where(
     if name in from_file and env_name(name) not in os.environ:
         return f"--config {config_file}, key {name}"
     return env_name(name)
-
-
-def _strip_prefix(message: str) -> str:
-    return message.removeprefix("Value error, ")
-
-
-def _reason(error: ErrorDetails) -> str:
-    kind, ctx = error["type"], error.get("ctx") or {}
-    if kind == "extra_forbidden":
-        return "unknown setting"
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected')}"
-    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-        sign = {
-            "greater_than_equal": ">=",
-            "less_than_equal": "<=",
-            "greater_than": ">",
-            "less_than": "<",
-        }[kind]
-        bound = next(iter(ctx.values()), "?")
-        return f"must be {sign} {bound}"
-    if kind in ("int_parsing", "int_type", "int_from_float"):
-        return "must be an integer"
-    if kind in ("float_parsing", "float_type"):
-        return "must be a number"
-    if kind in ("string_type",):
-        return "must be a string"
-    if kind == "string_too_short":
-        return "must not be empty"
-    if kind in ("path_not_file", "path_type"):
-        return "must name an existing file"
-    if kind == "value_error":
-        return _strip_prefix(error["msg"])
-    return error["msg"][:1].lower() + error["msg"][1:]

@@ -10,7 +10,7 @@ never overwrites: if the snapshot got committed meanwhile, the outcome is a dupl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
@@ -37,7 +37,7 @@ from handlers.overlap import Overlap
 from handlers.row_index import RowIndexer, store_index
 from handlers.sources import OpenedSource, SourceReader
 from handlers.spool import process_spool
-from handlers.stages import StageClock
+from handlers.stages import UNTIMED_STAGE, StageClock
 from handlers.stores import ObjectStore, S3Options
 from handlers.upload import Uploader
 from handlers.verify import Verifier
@@ -51,6 +51,27 @@ class CreateOutcome:
     metadata: SnapshotMetadata
     duplicate: bool
     stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Finder(Protocol):
+    async def existing(self, job: SnapshotJob) -> SnapshotMetadata | None: ...
+
+
+async def existing_or_create(
+    finder: Finder,
+    job: SnapshotJob,
+    create: Callable[[], Awaitable[CreateOutcome]],
+    clock: StageClock | None = None,
+) -> CreateOutcome:
+    """The snapshot already committed for ``job``'s request id, as a duplicate (nothing is
+    read or written again), else ``create()``'s. The daemon, ``snapshots create``, compact
+    and migrate all decide "redo or not" here. A failed look-up is blamed in ``clock`` on
+    the store (it runs between stages)."""
+    with (clock or StageClock()).blame(UNTIMED_STAGE):
+        found = await finder.existing(job)
+    if found is not None:
+        return CreateOutcome(found, duplicate=True)
+    return await create()
 
 
 class SnapshotCreator:

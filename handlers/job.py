@@ -6,7 +6,7 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from handlers.errors import InvalidRequestError
 
@@ -15,14 +15,17 @@ if TYPE_CHECKING:  # an annotation only: `akisnap --help` imports this module, n
 
 # Fixed forever: snapshot ids of existing snapshots depend on it.
 SNAPSHOT_NAMESPACE = uuid.UUID("6f1c2a9e-0c4b-5d7e-9a31-2b8f4e6d0a17")
+# The request's limits, stated once: the event model (daemon/events.py) uses them as types,
+# check_job() for the jobs the CLI and the tools build.
 COLLECTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-SNAPSHOT_FORMATS = ("parquet", "akidb-parquet", "akidb-json")
-# "json" is the older name of "akidb-json" (AkiDB 2.0's JSON snapshot), still accepted.
-SOURCE_FORMATS = ("parquet", "arrow", "npy", "akidb-json", "json")
-COMPRESSIONS = ("zstd", "snappy", "lz4", "none")
-
+MAX_REQUEST_ID_CHARS = 200
 SnapshotFormat = Literal["parquet", "akidb-parquet", "akidb-json"]
+# "json" is the older name of "akidb-json" (AkiDB 2.0's JSON snapshot), still accepted.
 SourceFormat = Literal["parquet", "arrow", "npy", "akidb-json", "json"]
+Compression = Literal["zstd", "snappy", "lz4", "none"]
+SNAPSHOT_FORMATS: tuple[str, ...] = get_args(SnapshotFormat)
+SOURCE_FORMATS: tuple[str, ...] = get_args(SourceFormat)
+COMPRESSIONS: tuple[str, ...] = get_args(Compression)
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,8 @@ SourceSpec = InlineSource | UriSource
 @dataclass(frozen=True)
 class SnapshotJob:
     """One snapshot to make. ``snapshot_id`` is derived from the collection and the request
-    id, so redoing a request writes the same keys and never makes a second snapshot."""
+    id, so redoing a request writes the same keys and never makes a second snapshot.
+    Plain data: the event model builds valid ones, :func:`check_job` checks any other."""
 
     collection_id: str
     request_id: str
@@ -63,27 +67,37 @@ class SnapshotJob:
     base: str | None = None
     deletes: tuple[str, ...] | None = None
 
-    def __post_init__(self) -> None:
-        check_collection_id(self.collection_id)
-        check_delta(self)
-        if not self.request_id or len(self.request_id) > 200:
-            raise InvalidRequestError("request_id must be a non-empty string of at most 200 chars")
-        if self.format not in SNAPSHOT_FORMATS:
-            raise InvalidRequestError(f"format {self.format!r} is not one of {SNAPSHOT_FORMATS}")
-        if self.format.startswith("akidb-"):
-            check_uuid_collection(self.collection_id, self.format)
-        if self.compression not in COMPRESSIONS:
-            raise InvalidRequestError(
-                f"compression {self.compression!r} is not one of {COMPRESSIONS}"
-            )
-        if isinstance(self.source, UriSource) and self.source.format not in SOURCE_FORMATS:
-            raise InvalidRequestError(
-                f"source format {self.source.format!r} is not one of {SOURCE_FORMATS}"
-            )
-
     @property
     def snapshot_id(self) -> str:
         return snapshot_id_for(self.collection_id, self.request_id)
+
+
+def check_job(job: SnapshotJob) -> SnapshotJob:
+    """``job`` if it keeps the request contract, else InvalidRequestError. For jobs built
+    from arguments or files (CLI, migrate, compact); a request event's job is checked by
+    its model, which states these limits as types, and by :func:`check_rules`."""
+    check_collection_id(job.collection_id)
+    if not job.request_id or len(job.request_id) > MAX_REQUEST_ID_CHARS:
+        raise InvalidRequestError(
+            f"request_id must be a non-empty string of at most {MAX_REQUEST_ID_CHARS} chars"
+        )
+    if job.format not in SNAPSHOT_FORMATS:
+        raise InvalidRequestError(f"format {job.format!r} is not one of {SNAPSHOT_FORMATS}")
+    if job.compression not in COMPRESSIONS:
+        raise InvalidRequestError(f"compression {job.compression!r} is not one of {COMPRESSIONS}")
+    if isinstance(job.source, UriSource) and job.source.format not in SOURCE_FORMATS:
+        raise InvalidRequestError(
+            f"source format {job.source.format!r} is not one of {SOURCE_FORMATS}"
+        )
+    check_rules(job)
+    return job
+
+
+def check_rules(job: SnapshotJob) -> None:
+    """The rules across fields, which no field's type states: every job keeps them."""
+    check_delta(job)
+    if job.format.startswith("akidb-"):
+        check_uuid_collection(job.collection_id, job.format)
 
 
 def check_delta(job: SnapshotJob) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,9 +30,14 @@ from handlers.akidb.notes import precision_notes
 from handlers.akidb.sidecar import is_akidb_format, sidecar_key
 from handlers.catalog import Catalog, UnreadableEntry
 from handlers.codecs import read_part
-from handlers.create import DEFAULT_PART_SIZE_BYTES, SnapshotCreator
+from handlers.create import (
+    DEFAULT_PART_SIZE_BYTES,
+    CreateOutcome,
+    SnapshotCreator,
+    existing_or_create,
+)
 from handlers.errors import CorruptSnapshotError, PermanentError, SourceError
-from handlers.job import SnapshotJob, SourceFormat, UriSource, snapshot_id_for
+from handlers.job import SnapshotJob, SourceFormat, UriSource, check_job
 from handlers.layout import SNAPSHOTS_PREFIX
 from handlers.metadata import SnapshotMetadata
 from handlers.stores import ObjectStore, S3Options, open_store
@@ -152,14 +157,11 @@ class Migrator:
         meta = found.metadata
         if meta is None:
             return MigrationOutcome(found.uri, "refused", reason=found.unreadable)
-        job_id = migration_request_id(meta.snapshot_id)
-        existing = await self._creator.catalog.find(
-            meta.collection_id, snapshot_id_for(meta.collection_id, job_id), "parquet"
-        )
-        if existing is not None:
-            return _outcome(found, meta, "already_migrated", existing)
         try:
-            created = await self._migrate(found, meta, job_id)
+            job = self._job(meta, found.uri)
+            made = await existing_or_create(
+                self._creator, job, lambda: self._migrate(found, meta, job)
+            )
         except PermanentError as exc:
             return MigrationOutcome(
                 found.uri,
@@ -169,7 +171,8 @@ class Migrator:
                 bytes_before=found.size,
                 reason=exc.message,
             )
-        return _outcome(found, meta, "migrated", created)
+        status: Status = "already_migrated" if made.duplicate else "migrated"
+        return _outcome(found, meta, status, made.metadata)
 
     async def migrate(
         self, uri: str, on_outcome: Callable[[MigrationOutcome], None] | None = None
@@ -183,38 +186,13 @@ class Migrator:
                 on_outcome(outcome)
         return outcomes
 
-    async def _migrate(
-        self, found: AkidbSnapshot, meta: SnapshotMetadata, job_id: str
-    ) -> SnapshotMetadata:
-        root, _ = split_source(found.uri)
-        source = self._source_store(root)
-        with tempfile.TemporaryDirectory(dir=self._store.spool_dir()) as scratch:
-            async with checked_part_file(source, meta.parts[0], Path(scratch)) as path:
-                documents = await asyncio.to_thread(_decode_checked, path, meta)
-                created = await self._create(path, meta, job_id, found.uri)
-            try:
-                await self._check_round_trip(created, documents, Path(scratch))
-            except CorruptSnapshotError as exc:
-                await self._creator.catalog.remove(created)
-                raise CorruptSnapshotError(
-                    f"verification failed, the new snapshot was removed: {exc.message}"
-                ) from None
-        return created
-
-    async def _create(
-        self, path: Path, meta: SnapshotMetadata, job_id: str, source_uri: str
-    ) -> SnapshotMetadata:
-        kind: SourceFormat = "akidb-json" if meta.format == "akidb-json" else "parquet"
-        creator = SnapshotCreator(
-            self._store,
-            source_roots=[path.parent.as_uri()],
-            s3=self._s3,
-            part_size_bytes=self._part_size,
-        )
+    def _job(self, meta: SnapshotMetadata, source_uri: str) -> SnapshotJob:
+        """The migration of one AkiDB snapshot: its request id names that snapshot, so a
+        second run finds the first one's result."""
         job = SnapshotJob(
             collection_id=meta.collection_id,
-            request_id=job_id,
-            source=UriSource(path.as_uri(), kind),
+            request_id=migration_request_id(meta.snapshot_id),
+            source=UriSource(source_uri, _source_format(meta)),  # read: a checked copy
             compression=self._compression,
             labels={
                 "trigger": "migrate",
@@ -224,7 +202,34 @@ class Migrator:
                 "akidb_format": meta.format,
             },
         )
-        return (await creator(job)).metadata
+        return check_job(job)  # the collection id comes from a file
+
+    async def _migrate(
+        self, found: AkidbSnapshot, meta: SnapshotMetadata, job: SnapshotJob
+    ) -> CreateOutcome:
+        root, _ = split_source(found.uri)
+        source = self._source_store(root)
+        with tempfile.TemporaryDirectory(dir=self._store.spool_dir()) as scratch:
+            async with checked_part_file(source, meta.parts[0], Path(scratch)) as path:
+                documents = await asyncio.to_thread(_decode_checked, path, meta)
+                created = await self._create(job, UriSource(path.as_uri(), _source_format(meta)))
+            try:
+                await self._check_round_trip(created.metadata, documents, Path(scratch))
+            except CorruptSnapshotError as exc:
+                await self._creator.catalog.remove(created.metadata)
+                raise CorruptSnapshotError(
+                    f"verification failed, the new snapshot was removed: {exc.message}"
+                ) from None
+        return created
+
+    async def _create(self, job: SnapshotJob, copy: UriSource) -> CreateOutcome:
+        creator = SnapshotCreator(
+            self._store,
+            source_roots=[copy.uri],
+            s3=self._s3,
+            part_size_bytes=self._part_size,
+        )
+        return await creator(replace(job, source=copy))
 
     async def _check_round_trip(
         self, created: SnapshotMetadata, source: pa.Table, scratch: Path
@@ -236,6 +241,10 @@ class Migrator:
                 row = await asyncio.to_thread(_compare_part, path, created, source, row)
         if row != source.num_rows:
             raise CorruptSnapshotError(f"snapshot holds {row} rows, the source {source.num_rows}")
+
+
+def _source_format(meta: SnapshotMetadata) -> SourceFormat:
+    return "akidb-json" if meta.format == "akidb-json" else "parquet"
 
 
 def _decode_checked(path: Path, meta: SnapshotMetadata) -> pa.Table:

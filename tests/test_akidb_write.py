@@ -21,7 +21,7 @@ from handlers.akidb.sidecar import SIDECAR_FIELDS
 from handlers.catalog import Catalog
 from handlers.create import SnapshotCreator
 from handlers.errors import InvalidRequestError
-from handlers.job import SnapshotJob, UriSource
+from handlers.job import SnapshotJob, UriSource, check_job
 from handlers.metadata import SnapshotMetadata
 from handlers.model import DocumentBatch
 from handlers.stores import ObjectStore
@@ -171,7 +171,11 @@ async def test_verify_uses_the_recorded_sha256(store: ObjectStore, tmp_path: Pat
 async def test_collection_must_be_a_uuid(tmp_path: Path) -> None:
     """AkiDB names collections by UUID: any other id is refused before anything is read."""
     with pytest.raises(InvalidRequestError, match="needs a UUID collection id"):
-        SnapshotJob("products", "r", UriSource("file:///x.parquet", "parquet"), format="akidb-json")
+        check_job(
+            SnapshotJob(
+                "products", "r", UriSource("file:///x.parquet", "parquet"), format="akidb-json"
+            )
+        )
     uri = write_export(documents_table(5, 4), tmp_path / "exports")
     store = (tmp_path / "s").as_uri()
     args = ["snapshots", "create", "--collection", "products", "--from", uri, "--store", store]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.cli_snapshots import compared, plural
+from daemon.cli.snapshots import compared, plural
 from tests.support import run_cli
 
 

@@ -28,7 +28,7 @@ from handlers.errors import (
     SourceNotAllowedError,
     StoreConfigError,
 )
-from handlers.job import COLLECTION_ID, InlineSource, SnapshotJob, check_collection_id
+from handlers.job import COLLECTION_ID, InlineSource, SnapshotJob, check_collection_id, check_job
 from handlers.layout import metadata_key, part_key, snapshot_prefix
 from handlers.metadata import PartInfo, SnapshotMetadata
 from handlers.restore import restore_snapshot
@@ -71,14 +71,14 @@ def test_any_other_collection_id_is_refused(collection: str) -> None:
         assert check_collection_id(collection) == collection
     else:
         with pytest.raises(InvalidRequestError):
-            SnapshotJob(collection, "r", InlineSource([]))
+            check_job(SnapshotJob(collection, "r", InlineSource([])))
 
 
 @pytest.mark.parametrize("collection", TRICKY_COLLECTIONS, ids=repr)
 def test_tricky_collection_ids_are_refused(collection: str) -> None:
     """Traversal, separators, NUL, bidi and look-alike tricks never make a job."""
     with pytest.raises(InvalidRequestError, match="collection_id"):
-        SnapshotJob(collection, "r", InlineSource([]))
+        check_job(SnapshotJob(collection, "r", InlineSource([])))
 
 
 # -- source URIs ------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from handlers.compact import compact
 from handlers.create import CreateOutcome, SnapshotCreator
 from handlers.dependants import delete_snapshot
 from handlers.errors import InvalidRequestError, SnapshotNotFoundError
-from handlers.job import InlineSource, SnapshotJob, UriSource
+from handlers.job import InlineSource, SnapshotJob, UriSource, check_job
 from handlers.metadata import SnapshotMetadata
 from handlers.model import snapshot_schema
 from handlers.restore import restore_snapshot
@@ -196,9 +196,9 @@ async def test_base_must_exist_and_be_native(snaps: Snapshots) -> None:
     with pytest.raises(SnapshotNotFoundError):
         await snaps.change_set("latest", new_rows(1, 1), [])
     with pytest.raises(InvalidRequestError, match="native parquet"):
-        SnapshotJob("c", "r", InlineSource([]), format="akidb-json", base="latest")
+        check_job(SnapshotJob("c", "r", InlineSource([]), format="akidb-json", base="latest"))
     with pytest.raises(InvalidRequestError, match="need a base"):
-        SnapshotJob("c", "r", InlineSource([]), deletes=())
+        check_job(SnapshotJob("c", "r", InlineSource([]), deletes=()))
 
 
 EDITS = st.lists(

@@ -25,7 +25,14 @@ from daemon.events import (
 )
 from handlers.create import CreateOutcome
 from handlers.errors import DecodeError, InvalidRequestError
-from handlers.job import InlineSource, SnapshotJob, UriSource, snapshot_id_for
+from handlers.job import (
+    MAX_REQUEST_ID_CHARS,
+    InlineSource,
+    SnapshotJob,
+    UriSource,
+    check_job,
+    snapshot_id_for,
+)
 from handlers.metadata import PartInfo, SnapshotMetadata
 
 MAX = 1024 * 1024
@@ -207,6 +214,48 @@ def test_unknown_schema_version_names_a_non_string() -> None:
         parse_request(encode(inline_request(schema=1)), max_bytes=MAX)
 
 
+LIMIT_CASES = [
+    {},
+    {"request_id": "r" * MAX_REQUEST_ID_CHARS},
+    {"request_id": "r" * (MAX_REQUEST_ID_CHARS + 1)},
+    {"request_id": ""},
+    {"collection_id": "../products"},
+    {"format": "orc"},
+    {"format": "akidb-json"},
+    {"collection_id": REQUEST_ID, "format": "akidb-json"},
+    {"options": {"compression": "brotli"}},
+    {"base": "latest"},
+    {"base": "yesterday"},
+    {"base": "latest", "format": "akidb-parquet"},
+    {"deletes": []},
+    {"base": "latest", "deletes": ["not-a-uuid"]},
+]
+
+
+@pytest.mark.parametrize("changes", LIMIT_CASES, ids=repr)
+def test_events_and_jobs_keep_one_set_of_limits(changes: dict[str, Any]) -> None:
+    """A request the daemon refuses is refused by check_job (the CLI's path) too, and the
+    reverse: the limits are stated once, in handlers.job."""
+    body = inline_request(**changes)
+    job = SnapshotJob(
+        collection_id=body["collection_id"],
+        request_id=body["request_id"],
+        source=InlineSource([DOCUMENT]),
+        format=body["format"],
+        compression=body["options"]["compression"],
+        base=body.get("base"),
+        deletes=None if body.get("deletes") is None else tuple(body["deletes"]),
+    )
+    outcomes = []
+    for check in (lambda: parse_request(encode(body), max_bytes=MAX), lambda: check_job(job)):
+        try:
+            check()
+            outcomes.append("valid")
+        except InvalidRequestError:
+            outcomes.append("refused")
+    assert outcomes[0] == outcomes[1], outcomes
+
+
 # -- peek_ids ---------------------------------------------------------------------------------
 
 
@@ -222,6 +271,17 @@ def test_peek_ids_best_effort() -> None:
     assert peek_ids(b"\xff\xfe") == {}
     assert peek_ids(None) == {}
     assert peek_ids(b"[1, 2]") == {}
+
+
+def test_peek_ids_without_parsing_scans_the_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's log context never parses the JSON (parse_request does, once)."""
+
+    def no_parsing(*_args: object, **_kwargs: object) -> object:
+        raise AssertionError("parsed")
+
+    monkeypatch.setattr(json, "loads", no_parsing)
+    value = encode(inline_request(format="orc"))
+    assert peek_ids(value, parse=False) == {"request_id": REQUEST_ID, "collection_id": "products"}
 
 
 # -- build_request ----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from handlers.catalog import Catalog
-from handlers.create import SnapshotCreator
+from handlers.create import CreateOutcome, SnapshotCreator, existing_or_create
 from handlers.errors import (
     CorruptSnapshotError,
     InvalidDocumentsError,
@@ -134,6 +134,23 @@ async def test_same_request_writes_same_snapshot(creator: SnapshotCreator, expor
     assert await creator.existing(job) == first.metadata
     await creator(job)
     assert [m.snapshot_id for m in await creator.catalog.list()] == [job.snapshot_id]
+
+
+async def test_existing_or_create_makes_a_request_once(
+    creator: SnapshotCreator, exports: Path
+) -> None:
+    """The first call creates; a redo finds the committed snapshot and creates nothing."""
+    job = export_job(exports, documents_table(10, 4))
+    calls: list[str] = []
+
+    async def create() -> CreateOutcome:
+        calls.append(job.request_id)
+        return await creator(job)
+
+    first = await existing_or_create(creator, job, create)
+    again = await existing_or_create(creator, job, create)
+    assert (first.duplicate, again.duplicate) == (False, True)
+    assert again.metadata == first.metadata and len(calls) == 1
 
 
 async def test_empty_input_is_refused(creator: SnapshotCreator, exports: Path) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from daemon.exit_codes import USAGE, CommandFailedError, UsageError
@@ -91,3 +91,13 @@ def human_bytes(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TiB"
+
+
+def table(rows: Sequence[Mapping[str, str]], indent: str = "") -> str:
+    """Rows of equal keys as aligned columns under a header of the keys (no trailing blanks)."""
+    widths = {key: max(len(key), *(len(row[key]) for row in rows)) for key in rows[0]}
+    lines = [dict(zip(widths, widths, strict=True)), *rows]
+    return "\n".join(
+        (indent + "  ".join(line[key].ljust(width) for key, width in widths.items())).rstrip()
+        for line in lines
+    )

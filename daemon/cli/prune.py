@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from daemon.cli_common import confirm, emit, human_bytes, load_settings, will_ask
+from daemon.cli.common import confirm, emit, human_bytes, load_settings, will_ask
 from daemon.exit_codes import UsageError
 from handlers.catalog import Catalog
 from handlers.errors import SnapshotNotFoundError

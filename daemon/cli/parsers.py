@@ -65,7 +65,7 @@ def _daemon_verbs(commands: Subparsers) -> None:
         "run",
         "the daemon: consume snapshot requests, publish results and dead letters "
         "(until SIGTERM/SIGINT; settings: AKISNAP_* or --config)",
-        "daemon.cli_daemon:run",
+        "daemon.cli.service:run",
     )
 
     request = _leaf(
@@ -73,7 +73,7 @@ def _daemon_verbs(commands: Subparsers) -> None:
         "request",
         "publish a snapshot request to the request topic (and optionally wait for its result "
         "or dead letter)",
-        "daemon.cli_daemon:request",
+        "daemon.cli.service:request",
     )
     request.add_argument("--collection", required=True, metavar="C", help="collection id")
     source = request.add_mutually_exclusive_group(required=True)
@@ -108,7 +108,7 @@ def _daemon_verbs(commands: Subparsers) -> None:
         "demo",
         "the whole loop on this machine, end to end (needs `make services`): the daemon "
         "in-process, a local store under ./demo-output, a few requests (one bad), a summary",
-        "daemon.cli_daemon:demo",
+        "daemon.cli.service:demo",
     )
     demo.add_argument(
         "--output", type=Path, default=Path("demo-output"), help="default: ./demo-output"
@@ -130,7 +130,7 @@ def _snapshot_verbs(commands: Subparsers) -> None:
         "snapshots", help="create, list, show, verify, delete, restore, prune"
     )
     verbs = group.add_subparsers(dest="verb", required=True, metavar="VERB")
-    run = "daemon.cli_snapshots:main"
+    run = "daemon.cli.snapshots:main"
 
     create = _leaf(verbs, "create", "encode → upload → verify an export, here, without Kafka", run)
     create.add_argument("--collection", required=True, help="collection id")
@@ -238,7 +238,7 @@ def _prune(verbs: Subparsers) -> None:
         verbs,
         "prune",
         "delete old snapshots of a collection, and/or orphan parts left by crashes",
-        "daemon.cli_prune:prune_snapshots",
+        "daemon.cli.prune:prune_snapshots",
     )
     parser.add_argument("collection", nargs="?", help="the collection (orphans: optional)")
     parser.add_argument("--keep-last", type=int, metavar="N", help="keep the N newest snapshots")
@@ -272,14 +272,14 @@ def _dlq_verbs(commands: Subparsers) -> None:
     dlq = commands.add_parser("dlq", help="inspect and replay dead letters")
     verbs = dlq.add_subparsers(dest="dlq_verb", required=True, metavar="VERB")
     listing = _leaf(
-        verbs, "list", "the dead letters, oldest first, filtered", "daemon.cli_operator:dlq_list"
+        verbs, "list", "the dead letters, oldest first, filtered", "daemon.cli.dlq:dlq_list"
     )
     _filters(listing)
     replay = _leaf(
         verbs,
         "replay",
         "re-publish dead letters (key and value untouched) to the request topic",
-        "daemon.cli_operator:dlq_replay",
+        "daemon.cli.dlq:dlq_replay",
     )
     _filters(replay)
     replay.add_argument("--dry-run", action="store_true", help="say what would be replayed")
@@ -323,7 +323,7 @@ def _migrate(commands: Subparsers) -> None:
         "Idempotent: a snapshot migrated before is reported 'already migrated'.",
     )
     add_common_options(migrate)
-    migrate.set_defaults(run="daemon.cli_operator:migrate")
+    migrate.set_defaults(run="daemon.cli.migrate:migrate")
     migrate.add_argument(
         "--from",
         dest="source",

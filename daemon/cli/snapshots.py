@@ -9,13 +9,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from daemon.cli_common import (
+from daemon.cli.common import (
     confirm,
     emit,
     fail,
     human_bytes,
     labels_from,
     load_settings,
+    table,
 )
 from daemon.exit_codes import CORRUPT, UsageError
 from daemon.progress import Progress
@@ -26,6 +27,7 @@ from handlers.errors import InvalidRequestError
 from handlers.job import (
     SnapshotJob,
     UriSource,
+    check_job,
     new_request_id,
     source_format_from_uri,
 )
@@ -70,21 +72,23 @@ async def _with_store(args: argparse.Namespace, run: Verb, writes: bool, spools:
 async def _create(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
     # create, verify and restore import pyarrow; list, show and delete do not need it.
     from handlers.akidb.notes import precision_notes  # noqa: PLC0415
-    from handlers.create import SnapshotCreator  # noqa: PLC0415
+    from handlers.create import SnapshotCreator, existing_or_create  # noqa: PLC0415
 
     started = time.perf_counter()
     uri = to_uri(args.source)
     source = UriSource(uri, source_format_from_uri(uri))
-    job = SnapshotJob(
-        collection_id=args.collection,
-        request_id=args.request_id or new_request_id(),
-        source=source,
-        format=args.format,
-        compression=args.compression,
-        labels=labels_from(args.label),
-        exact=args.exact,
-        base=args.base,
-        deletes=_deleted_ids(args.deletes),
+    job = check_job(
+        SnapshotJob(
+            collection_id=args.collection,
+            request_id=args.request_id or new_request_id(),
+            source=source,
+            format=args.format,
+            compression=args.compression,
+            labels=labels_from(args.label),
+            exact=args.exact,
+            base=args.base,
+            deletes=_deleted_ids(args.deletes),
+        )
     )
     # The operator named this file on the command line: allow it, unlike requests from Kafka.
     roots = [*settings.source_roots(), uri]
@@ -96,11 +100,10 @@ async def _create(args: argparse.Namespace, settings: Settings, store: ObjectSto
     )
     progress = Progress(args, unit="rows", desc="create")
     try:
-        existing = await creator.existing(job)
-        outcome = "duplicate" if existing else "created"
-        metadata = existing or (await creator(job, progress=progress)).metadata
+        made = await existing_or_create(creator, job, lambda: creator(job, progress=progress))
     finally:
         progress.close()
+    metadata, outcome = made.metadata, "duplicate" if made.duplicate else "created"
     seconds = time.perf_counter() - started
     notes = precision_notes(source.format, job.format)
     payload = {
@@ -136,7 +139,7 @@ async def _list(args: argparse.Namespace, settings: Settings, store: ObjectStore
     if wanted:
         where += ", labels " + ", ".join(f"{k}={v}" for k, v in sorted(wanted.items()))
     human = (
-        f"{_table(rows)}\n{plural(len(rows), 'snapshot')} {where}"
+        f"{table(rows)}\n{plural(len(rows), 'snapshot')} {where}"
         if rows
         else f"no snapshots {where}"
     )
@@ -384,12 +387,3 @@ def _row(meta: SnapshotMetadata) -> dict[str, Any]:
         "CREATED": meta.created_at[:19],
         "LABELS": ",".join(f"{k}={v}" for k, v in sorted(meta.labels.items())),
     }
-
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    widths = {key: max(len(key), *(len(row[key]) for row in rows)) for key in rows[0]}
-    lines = ["  ".join(key.ljust(width) for key, width in widths.items()).rstrip()]
-    lines += [
-        "  ".join(row[key].ljust(width) for key, width in widths.items()).rstrip() for row in rows
-    ]
-    return "\n".join(lines)

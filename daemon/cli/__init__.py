@@ -2,6 +2,11 @@
 
 Every failure ends here as one line per problem on stderr (one JSON object with --json) and
 the exit code of :mod:`daemon.exit_codes`.
+
+One module per verb group, imported only when one of its verbs runs (:mod:`.parsers` names
+them, and holds every option): :mod:`.service` (run, request, demo), :mod:`.snapshots`,
+:mod:`.prune` (snapshots prune), :mod:`.dlq`, :mod:`.migrate`; :mod:`.common` is what they
+share.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from daemon import cli_parsers, exit_codes
+from daemon import exit_codes
+from daemon.cli import parsers
 from handlers import __version__
 
 
@@ -35,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"akisnap {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    cli_parsers.register(commands)
+    parsers.register(commands)
     return parser
 
 
@@ -64,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_verb(args: argparse.Namespace) -> int:
-    """Import the verb's module only now (see daemon.cli_parsers) and run its function."""
+    """Import the verb's module only now (see daemon.cli.parsers) and run its function."""
     module_name, _, function_name = args.run.partition(":")
     function = getattr(importlib.import_module(module_name), function_name)
     if inspect.iscoroutinefunction(function):
@@ -72,7 +78,3 @@ def run_verb(args: argparse.Namespace) -> int:
 
         return int(asyncio.run(function(args)))
     return int(function(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,7 +11,7 @@ from typing import Any
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from daemon.app import Daemon
-from daemon.cli_common import (
+from daemon.cli.common import (
     emit,
     fail,
     labels_from,
