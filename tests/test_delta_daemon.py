@@ -12,12 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+import pytest
 
 from daemon.demo import random_documents
-from daemon.events import build_request
+from daemon.events import build_request, parse_request
 from handlers.job import InlineSource
 from handlers.model import DocumentBatch
-from tests.daemon_support import running, sample, send, settings_for, snapshot_ids, watcher
+from tests.daemon_support import (
+    read_topic,
+    running,
+    sample,
+    send,
+    settings_for,
+    snapshot_ids,
+    watcher,
+)
 from tests.support import CollectionModel, TopicFactory, run_cli
 
 Document = dict[str, Any]
@@ -115,3 +124,22 @@ async def test_nightly_full_then_hourly_change_sets_through_the_daemon(
     assert kept == [compacted]
     again = await restored(settings.store, compacted, tmp_path / "compacted.parquet")
     assert again.equals(model.expected())
+
+
+async def test_request_verb_publishes_a_change_set(
+    kafka_bootstrap: str, make_topics: TopicFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`akisnap request --base latest --deletes FILE` sends what the daemon reads as one."""
+    topics = await make_topics()
+    monkeypatch.setenv("AKISNAP_KAFKA_BOOTSTRAP", kafka_bootstrap)
+    monkeypatch.setenv("AKISNAP_REQUEST_TOPIC", topics.requests)
+    gone = [str(uuid.uuid4()), str(uuid.uuid4())]
+    (tmp_path / "gone.txt").write_text("\n".join(gone) + "\n\n")
+    code, _, err = await cli(
+        "request", "--collection", "c", "--random", "3,4",
+        "--base", "latest", "--deletes", str(tmp_path / "gone.txt"),
+    )  # fmt: skip
+    assert code == 0, err
+    [record] = await read_topic(kafka_bootstrap, topics.requests, 1)
+    job = parse_request(record.value, max_bytes=len(record.value))
+    assert (job.base, job.deletes) == ("latest", tuple(gone))

@@ -7,11 +7,13 @@ import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from daemon.exit_codes import USAGE, CommandFailedError, UsageError
 from daemon.logging import configure_logging
 from daemon.settings import Settings
+from handlers.errors import InvalidRequestError
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
@@ -64,6 +66,17 @@ def labels_from(pairs: Sequence[str]) -> dict[str, str]:
             raise UsageError(f"--label wants K=V, not {pair!r}")
         labels[key] = value
     return labels
+
+
+def deleted_ids(path: Path | None) -> tuple[str, ...] | None:
+    """A --deletes file: one document id a line (blank lines skipped)."""
+    if path is None:
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InvalidRequestError(f"--deletes {path}: {exc.strerror}") from None
+    return tuple(line.strip() for line in lines if line.strip())
 
 
 def will_ask(args: argparse.Namespace) -> bool:

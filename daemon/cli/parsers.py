@@ -52,6 +52,18 @@ def _leaf(commands: Subparsers, name: str, text: str, run: str) -> argparse.Argu
     return parser
 
 
+def _delta(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--base", metavar="ID", help="write a delta against this snapshot, or 'latest'"
+    )
+    parser.add_argument(
+        "--deletes",
+        type=Path,
+        metavar="FILE",
+        help="with --base: --from is a change set and FILE lists deleted ids, one a line",
+    )
+
+
 def _labels(parser: argparse.ArgumentParser, text: str) -> None:
     parser.add_argument("--label", action="append", default=[], metavar="K=V", help=text)
 
@@ -96,6 +108,7 @@ def _daemon_verbs(commands: Subparsers) -> None:
     request.add_argument(
         "--compression", choices=COMPRESSIONS, default="zstd", help="the parts' compression"
     )
+    _delta(request)
     request.add_argument(
         "--wait",
         type=float,
@@ -158,15 +171,7 @@ def _snapshot_verbs(commands: Subparsers) -> None:
         help="refuse an export whose vectors are not float32 (default: convert them, say so, "
         "and record source_dtype in the metadata)",
     )
-    create.add_argument(
-        "--base", metavar="ID", help="write a delta against this snapshot, or 'latest'"
-    )
-    create.add_argument(
-        "--deletes",
-        type=Path,
-        metavar="FILE",
-        help="with --base: --from is a change set and FILE lists deleted ids, one a line",
-    )
+    _delta(create)
 
     listing = _leaf(verbs, "list", "committed snapshots, oldest first", run)
     listing.add_argument("collection", nargs="?", help="only this collection")

@@ -12,6 +12,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from daemon.app import Daemon
 from daemon.cli.common import (
+    deleted_ids,
     emit,
     fail,
     labels_from,
@@ -89,6 +90,8 @@ def request(args: argparse.Namespace) -> int:
         format=args.format,
         compression=args.compression,
         labels=labels_from(args.label),
+        base=args.base,
+        deletes=deleted_ids(args.deletes),
     )
     try:
         return asyncio.run(_publish_and_wait(args, settings, request_id, key, value))

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.cli.common import (
     confirm,
+    deleted_ids,
     emit,
     fail,
     human_bytes,
@@ -23,7 +24,6 @@ from daemon.progress import Progress
 from daemon.settings import Settings
 from handlers.catalog import Catalog
 from handlers.dependants import delete_snapshot
-from handlers.errors import InvalidRequestError
 from handlers.job import (
     SnapshotJob,
     UriSource,
@@ -87,7 +87,7 @@ async def _create(args: argparse.Namespace, settings: Settings, store: ObjectSto
             labels=labels_from(args.label),
             exact=args.exact,
             base=args.base,
-            deletes=_deleted_ids(args.deletes),
+            deletes=deleted_ids(args.deletes),
         )
     )
     # The operator named this file on the command line: allow it, unlike requests from Kafka.
@@ -114,16 +114,6 @@ async def _create(args: argparse.Namespace, settings: Settings, store: ObjectSto
     human = describe(metadata, store, outcome, seconds=seconds)
     emit(args, payload, human + "".join(f"\n  note: {note}" for note in notes))
     return 0
-
-
-def _deleted_ids(path: Path | None) -> tuple[str, ...] | None:
-    if path is None:
-        return None
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise InvalidRequestError(f"--deletes {path}: {exc.strerror}") from None
-    return tuple(line.strip() for line in lines if line.strip())
 
 
 async def _list(args: argparse.Namespace, settings: Settings, store: ObjectStore) -> int:
