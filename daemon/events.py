@@ -5,10 +5,12 @@ Requests are parsed strictly: a message that is not UTF-8 JSON raises
 :class:`~handlers.errors.InvalidRequestError` naming the field (``source.uri: field
 required``). Both are permanent: the message goes to the dead letters at once. The documents
 of an inline source are only checked to be a non-empty list of objects here; the snapshot
-model checks them in the source stage.
+model checks them in the source stage (a change set that only deletes may have none).
 
 The JSON Schema files in ``daemon/schemas/`` are generated from the models below
-(:func:`write_schemas`), and a test keeps them equal.
+(:func:`write_schemas`), and a test keeps them equal. The module is longer than most on
+purpose: it is the wire contract, both events' models and the only code that reads or writes
+them, so a change to an event is a change to this one file (and its generated schemas).
 """
 
 from __future__ import annotations
