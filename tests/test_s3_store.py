@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -330,15 +330,15 @@ async def offline_store(tmp_path: Path) -> AsyncIterator[S3Store]:
 async def test_unreachable_endpoint_is_an_environment_fault_and_quick(
     offline_store: S3Store,
 ) -> None:
-    """Nothing listening: ping, put and get raise StoreUnreachableError within seconds."""
-    started = time.monotonic()
-    with pytest.raises(StoreUnreachableError):
-        await offline_store.ping()
-    with pytest.raises(StoreUnreachableError):
-        await offline_store.put_bytes("a.txt", b"x")
-    with pytest.raises(StoreUnreachableError):
-        await offline_store.get_bytes("a.txt")
-    assert time.monotonic() - started < 10
+    """Nothing listening: ping, put and get raise StoreUnreachableError, never hang (the
+    bound is a hang guard, far above the 1 s timeouts, not a speed target)."""
+    async with asyncio.timeout(60):
+        with pytest.raises(StoreUnreachableError):
+            await offline_store.ping()
+        with pytest.raises(StoreUnreachableError):
+            await offline_store.put_bytes("a.txt", b"x")
+        with pytest.raises(StoreUnreachableError):
+            await offline_store.get_bytes("a.txt")
 
 
 @pytest.mark.parametrize(
