@@ -46,7 +46,7 @@ class PrunePlan:
 
     @property
     def bytes_freed(self) -> int:
-        return sum(meta.total_bytes for meta in self.delete)
+        return sum(meta.written_bytes for meta in self.delete)
 
 
 @dataclass(frozen=True)

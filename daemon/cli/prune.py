@@ -97,7 +97,7 @@ async def _prune_once(
         done.lines += _prune_lines(result)
         done.payload.update(_prune_payload(result))
         gone = result.plan.delete if dry_run else result.deleted
-        done.snapshots, done.size = len(gone), sum(meta.total_bytes for meta in gone)
+        done.snapshots, done.size = len(gone), sum(meta.written_bytes for meta in gone)
     if args.orphans:
         orphans = await remove_orphans(
             store,
@@ -142,7 +142,7 @@ def _prune_lines(result: PruneResult) -> list[str]:
     lines += [f"{'kept':<13} {_snapshot_line(meta)}" for meta in plan.keep]
     lines += [f"{'held':<13} {base}: the base of kept delta {by}" for base, by in plan.held]
     lines += [f"{'left alone':<13} unreadable {e.key}: {e.reason}" for e in result.unreadable]
-    freed = sum(meta.total_bytes for meta in gone)
+    freed = sum(meta.written_bytes for meta in gone)
     lines.append(
         f"{plan.collection_id}: {verb} {len(gone)} snapshot(s), kept {len(plan.keep)}, "
         f"{'would free' if result.dry_run else 'freed'} {human_bytes(freed)}"
@@ -163,7 +163,7 @@ def _prune_payload(result: PruneResult) -> dict[str, Any]:
         "deleted": [meta.to_dict() for meta in gone],
         "kept": [meta.snapshot_id for meta in result.plan.keep],
         "held": [{"snapshot_id": base, "needed_by": by} for base, by in result.plan.held],
-        "bytes_freed": sum(meta.total_bytes for meta in gone),
+        "bytes_freed": sum(meta.written_bytes for meta in gone),
         "unreadable": [entry.to_dict() for entry in result.unreadable],
     }
 

@@ -197,7 +197,7 @@ async def _delete(args: argparse.Namespace, settings: Settings, store: ObjectSto
         },
         "\n".join(
             f"deleted snapshot {meta.snapshot_id} of {meta.collection_id} "
-            f"({human_bytes(meta.total_bytes)}) from {store.root_uri}"
+            f"({human_bytes(meta.written_bytes)}) from {store.root_uri}"
             for meta in removed
         ),
     )
