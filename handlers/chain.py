@@ -64,7 +64,9 @@ async def chain_parts(
     store: ObjectStore, metadata: SnapshotMetadata, scratch: Path
 ) -> AsyncIterator[list[ChainPart]]:
     """Every part of the chain of ``metadata``, in chain order, checked against its SHA-256
-    (a corrupt part anywhere below fails the whole snapshot)."""
+    (a corrupt part anywhere below fails the whole snapshot), all on local disk at once: for
+    compaction, whose encoder reads one iterator in its own thread. A restore takes the parts
+    one at a time instead (handlers.restore)."""
     members = await chain_of(store, metadata)
     hidden = await hidden_ids(store, members, scratch)
     async with contextlib.AsyncExitStack() as stack:
@@ -93,21 +95,27 @@ async def hidden_ids(
     return hidden[::-1]
 
 
+def visible_rows(
+    path: Path, member: SnapshotMetadata, hidden: pa.Array
+) -> Iterator[pa.RecordBatch]:
+    """One checked part's rows that are still the collection's: none whose id a later member
+    rewrote or deleted (blocking: run it in a worker thread)."""
+    for record in read_part(path, member.format, member.dimension):
+        shown = record
+        if len(hidden):
+            shown = record.filter(pc.invert(pc.is_in(record.column("document_id"), hidden)))
+        if shown.num_rows:
+            yield shown
+
+
 def chain_rows(parts: list[ChainPart], expected: int) -> Iterator[pa.RecordBatch]:
     """The collection's rows, batch by batch (blocking: run it in a worker thread); raises at
     the end when they are not the ``expected`` count its metadata promises, so nothing built
     from a wrong chain gets committed."""
     rows = 0
     for part in parts:
-        member = part.member
-        for record in read_part(part.path, member.format, member.dimension):
-            shown = record
-            if len(part.hidden):
-                shown = record.filter(
-                    pc.invert(pc.is_in(record.column("document_id"), part.hidden))
-                )
+        for shown in visible_rows(part.path, part.member, part.hidden):
             rows += shown.num_rows
-            if shown.num_rows:
-                yield shown
+            yield shown
     if rows != expected:
         raise CorruptSnapshotError(f"the chain gives {rows} rows, its metadata says {expected}")

@@ -164,6 +164,7 @@ def delta_metadata(
             rows_changed=rows.changed,
             rows_deleted=len(rows.deleted),
             collection_rows=len(rows.index),
+            chain_deltas=len(chain),
             full_equivalent_bytes=round(per_row * len(rows.index)),
         ),
     )

@@ -43,6 +43,8 @@ class DeltaInfo:
     rows_changed: int
     rows_deleted: int
     collection_rows: int
+    chain_deltas: int
+    """Deltas from the full snapshot up to this one (1: built on a full snapshot)."""
     full_equivalent_bytes: int = 0
     """What a full snapshot of the collection would take, at its chain's full snapshot's bytes
     per row: the bytes this delta saved are that minus what it wrote."""
@@ -171,5 +173,6 @@ def _delta(body: Mapping[str, Any] | None) -> DeltaInfo | None:
         rows_changed=int(body["rows_changed"]),
         rows_deleted=int(body["rows_deleted"]),
         collection_rows=int(body["collection_rows"]),
+        chain_deltas=int(body["chain_deltas"]),
         full_equivalent_bytes=int(body.get("full_equivalent_bytes", 0)),
     )

@@ -98,12 +98,8 @@ def output_schema(dimension: int, selection: Selection) -> pa.Schema:
 
 
 def _side_bytes(member: SnapshotMetadata) -> int:
-    """What applying a delta reads besides its parts: its deletes and row index objects."""
-    if member.delta is None:
-        return 0
-    deletes = member.delta.deletes.size if member.delta.deletes is not None else 0
-    index = member.row_index.object if member.row_index is not None else None
-    return deletes + (index.size if index is not None else 0)
+    """What applying a delta reads besides its parts: its row index and deletes objects."""
+    return sum(side.size for side in member.side_objects) if member.delta is not None else 0
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from handlers.chain import chain_parts, chain_rows
+from handlers.chain import chain_of, hidden_ids, visible_rows
 from handlers.codecs import read_part
 from handlers.codecs.documents_json import batch_to_documents
 from handlers.codecs.parquet import file_schema, parquet_part_rows, writer_options
@@ -104,7 +104,7 @@ async def restore_snapshot(
             )
         if rows != metadata.collection_rows:
             raise CorruptSnapshotError(
-                f"snapshot decodes to {rows} rows, metadata says {metadata.vector_count}"
+                f"snapshot decodes to {rows} rows, metadata says {metadata.collection_rows}"
             )
         os.chmod(temp, new_file_mode())  # the temporary file was made 0600
         os.replace(temp, out)
@@ -147,13 +147,19 @@ async def _restore_chain(
     kind: str,
     progress: Callable[[int], None] | None,
 ) -> int:
-    """A delta: its chain's rows streamed part by part into one output (handlers.chain)."""
+    """A delta: its chain's rows streamed into one output, one part on disk at a time (the
+    caller checks the row count)."""
+    members = await chain_of(store, metadata)
+    hidden = await hidden_ids(store, members, target.parent)
     writer = _open_writer(kind, target, replace(metadata, vector_count=metadata.collection_rows))
+    rows = 0
     try:
-        async with chain_parts(store, metadata, target.parent) as parts:
-            return await asyncio.to_thread(
-                _write_rows, chain_rows(parts, metadata.collection_rows), writer, progress
-            )
+        for member, gone in zip(members, hidden, strict=True):
+            for part in member.parts:
+                async with checked_part_file(store, part, target.parent) as path:
+                    shown = visible_rows(path, member, gone)
+                    rows += await asyncio.to_thread(_write_rows, shown, writer, progress)
+        return rows
     finally:
         await asyncio.to_thread(writer.close)
 

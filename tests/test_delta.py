@@ -105,6 +105,7 @@ async def test_full_then_deltas_restore_the_collection_bit_for_bit(snaps: Snapsh
     from_changes = await snaps.change_set("latest", change, [first[20]["document_id"]])
     assert from_changes.delta is not None
     assert from_changes.delta.base_snapshot_id == from_export.snapshot_id
+    assert (from_export.delta.chain_deltas, from_changes.delta.chain_deltas) == (1, 2)
     assert (from_changes.delta.rows_added, from_changes.delta.rows_changed) == (3, 1)
 
     assert (await snaps.restored(from_changes)).equals(model.table())

@@ -83,7 +83,7 @@ async def test_counters_and_gauges_move() -> None:
     metrics.request_finished("dead_lettered", 0.01)
     part = PartInfo("k", 4096, 100, "0" * 64)
     full = SnapshotMetadata("s", "c", "r", "parquet", "zstd", 8, 100, "t", (part,), {}, 13107)
-    delta = DeltaInfo("s", None, 1, 0, 0, 101, full_equivalent_bytes=4137)
+    delta = DeltaInfo("s", None, 1, 0, 0, 101, 1, full_equivalent_bytes=4137)
     small = replace(full, vector_count=1, parts=(replace(part, size=10),), delta=delta)
     metrics.snapshot_created(full)
     metrics.snapshot_created(replace(small, json_equivalent_bytes=0))
