@@ -160,6 +160,7 @@ class Daemon:
                     source_roots=self.settings.source_roots(),
                     s3=self.settings.s3_options(),
                     part_size_bytes=self.settings.part_size_bytes,
+                    page_bytes=self.settings.page_bytes,
                     budget=ByteBudget(
                         self.settings.max_in_flight_bytes, self.metrics.in_flight_bytes.set
                     ),

@@ -19,6 +19,7 @@ from handlers.akidb.sidecar import akidb_records, is_akidb_format, to_metadata
 from handlers.budget import ByteBudget
 from handlers.catalog import Catalog
 from handlers.chain import chain_of
+from handlers.codecs.parquet import VECTOR_PAGE_BYTES
 from handlers.delta import (
     DeltaRows,
     base_index,
@@ -84,13 +85,14 @@ class SnapshotCreator:
         source_roots: Sequence[str],
         s3: S3Options | None = None,
         part_size_bytes: int = DEFAULT_PART_SIZE_BYTES,
+        page_bytes: int = VECTOR_PAGE_BYTES,
         budget: ByteBudget | None = None,
     ) -> None:
         self._budget = budget or ByteBudget(UNBOUNDED)
         spool = process_spool(store.spool_dir())
         self._catalog = Catalog(store)
         self._read_source = SourceReader(source_roots, s3=s3, spool_dir=spool)
-        self._encode = Encoder(spool, part_size_bytes)
+        self._encode = Encoder(spool, part_size_bytes, page_bytes)
         self._upload = Uploader(store)
         self._verify = Verifier(store)
 

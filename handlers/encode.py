@@ -26,6 +26,7 @@ import numpy.typing as npt
 from handlers.akidb.sidecar import is_akidb_format
 from handlers.codecs import PartWriter, open_part_writer, part_extension
 from handlers.codecs.documents_json import documents_json_bytes
+from handlers.codecs.parquet import VECTOR_PAGE_BYTES
 from handlers.errors import InvalidDocumentsError
 from handlers.executor import encode_pool, usable_cpus
 from handlers.job import SnapshotJob
@@ -84,9 +85,12 @@ class EncodeCancelledError(Exception):
 class Encoder:
     """Encodes a job's source into parts of about ``part_size_bytes`` (uncompressed) each."""
 
-    def __init__(self, spool_dir: Path, part_size_bytes: int) -> None:
+    def __init__(
+        self, spool_dir: Path, part_size_bytes: int, page_bytes: int = VECTOR_PAGE_BYTES
+    ) -> None:
         self._spool = spool_dir
         self._part_size = part_size_bytes
+        self._page_bytes = page_bytes
 
     @property
     def spool_dir(self) -> Path:
@@ -125,7 +129,13 @@ class Encoder:
         # Threads cost more than they save on a small job: encode it right here.
         small = expected_rows is not None and expected_rows <= SMALL_JOB_ROWS
         run = _EncodeRun(
-            job, self._spool, self._part_size, expected_rows, threaded=not small, cancel=cancel
+            job,
+            self._spool,
+            self._part_size,
+            expected_rows,
+            threaded=not small,
+            cancel=cancel,
+            page_bytes=self._page_bytes,
         )
         run.on_part = on_part
         try:
@@ -261,8 +271,10 @@ class _EncodeRun:
         *,
         threaded: bool = True,
         cancel: threading.Event | None = None,
+        page_bytes: int = VECTOR_PAGE_BYTES,
     ) -> None:
         self._job = job
+        self._page_bytes = page_bytes
         self._threaded = threaded
         self._cancel = cancel
         self._spool = spool
@@ -349,7 +361,9 @@ class _EncodeRun:
         index = self._started
         path = self._spool / f"{self._job.snapshot_id}-{self._token}-{index:05d}.{extension}"
         self._opened.append(path)
-        writer = open_part_writer(path, self._job.format, self._dimension, self._job.compression)
+        writer = open_part_writer(
+            path, self._job.format, self._dimension, self._job.compression, self._page_bytes
+        )
         self._started += 1
         self._active.append(
             _PartWorker(index, path, writer, threaded=self._threaded, cancel=self._cancel)

@@ -30,6 +30,7 @@ from handlers.akidb.notes import precision_notes
 from handlers.akidb.sidecar import is_akidb_format, sidecar_key
 from handlers.catalog import Catalog, UnreadableEntry
 from handlers.codecs import read_part
+from handlers.codecs.parquet import VECTOR_PAGE_BYTES
 from handlers.create import (
     DEFAULT_PART_SIZE_BYTES,
     CreateOutcome,
@@ -110,13 +111,15 @@ class Migrator:
         s3: S3Options | None = None,
         compression: str = "zstd",
         part_size_bytes: int = DEFAULT_PART_SIZE_BYTES,
+        page_bytes: int = VECTOR_PAGE_BYTES,
     ) -> None:
         self._store = store
+        self._page_bytes = page_bytes
         self._s3 = s3 or S3Options()
         self._compression = compression
         self._part_size = part_size_bytes
         self._creator = SnapshotCreator(
-            store, source_roots=[], s3=s3, part_size_bytes=part_size_bytes
+            store, source_roots=[], s3=s3, part_size_bytes=part_size_bytes, page_bytes=page_bytes
         )
         self._sources: dict[str, ObjectStore] = {}
 
@@ -228,6 +231,7 @@ class Migrator:
             source_roots=[copy.uri],
             s3=self._s3,
             part_size_bytes=self._part_size,
+            page_bytes=self._page_bytes,
         )
         return await creator(replace(job, source=copy))
 

@@ -21,6 +21,7 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +31,7 @@ import pyarrow.parquet as pq
 from handlers.chain import chain_of, hidden_ids
 from handlers.codecs import read_part
 from handlers.codecs.parquet import open_checked_parquet
+from handlers.codecs.parquet_pages import Footer, read_rows
 from handlers.errors import CorruptSnapshotError
 from handlers.metadata import PartInfo, SnapshotMetadata
 from handlers.model import ID_TYPE, snapshot_schema
@@ -167,19 +169,37 @@ def _pick_in_place(path: Path, part: PartInfo, dimension: int, reading: Reading)
         raise CorruptSnapshotError(f"part {part.key} has {size} bytes, metadata says {part.size}")
     with CountingFile(path, "rb") as handle:
         try:
-            parquet = open_checked_parquet(handle, dimension)
+            parquet, footer = open_checked_parquet(handle, dimension)
             if parquet.metadata.num_rows != part.rows:
                 raise CorruptSnapshotError(
                     f"part {part.key} holds {parquet.metadata.num_rows} rows, "
                     f"metadata says {part.rows}"
                 )
-            picked = _pick_groups(parquet, reading)
+            picked = _pick_groups(parquet, PageSource(handle, Footer.parse(footer)), reading)
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise CorruptSnapshotError(f"part {part.key} is unreadable: {exc}") from None
         return replace(picked, bytes_read=handle.bytes_read)
 
 
-def _pick_groups(part: pq.ParquetFile, reading: Reading) -> PartPick:
+@dataclass(frozen=True)
+class PageSource:
+    """A part's file and footer, to fetch only the pages of a few rows."""
+
+    handle: BinaryIO
+    footer: Footer
+
+    def rows(
+        self, part: pq.ParquetFile, group: int, columns: list[str], mask: pa.Array
+    ) -> pa.Table:
+        """Columns ``columns`` of the rows of ``group`` that ``mask`` selects."""
+        rows = np.flatnonzero(np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool))
+        table = read_rows(self.handle, self.footer, group, columns, rows.astype(np.int64))
+        return (
+            table if table is not None else part.read_row_group(group, columns=columns).filter(mask)
+        )
+
+
+def _pick_groups(part: pq.ParquetFile, pages: PageSource, reading: Reading) -> PartPick:
     selection, room = reading.selection, reading.room
     wanted = sorted(selection.ids.to_pylist()) if selection.ids is not None else None
     tables: list[pa.Table] = []
@@ -199,7 +219,7 @@ def _pick_groups(part: pq.ParquetFile, reading: Reading) -> PartPick:
             room -= taken
         if taken:
             selected = keys.filter(mask)
-            others = part.read_row_group(group, columns=rest).filter(mask) if rest else None
+            others = pages.rows(part, group, rest, mask) if rest else None
             for name in rest:
                 assert others is not None
                 selected = selected.append_column(name, others.column(name))

@@ -35,6 +35,7 @@ from tests.support import (
 from tests.support import (
     S3_SERVERS,
     Row,
+    documents_table,
     new_rows,
     open_test_store,
     run_cli,
@@ -72,8 +73,11 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 class Snapshots:
     """Snapshots of one collection made from rows given here, and their partial restores."""
 
-    def __init__(self, store: ObjectStore, tmp_path: Path, part_size: int = 2048) -> None:
+    def __init__(
+        self, store: ObjectStore, tmp_path: Path, part_size: int = 2048, dim: int = DIM
+    ) -> None:
         self.store = store
+        self.dim = dim
         self.tmp = tmp_path
         self.creator = SnapshotCreator(
             store, source_roots=[(tmp_path / "exports").as_uri()], part_size_bytes=part_size
@@ -83,7 +87,7 @@ class Snapshots:
     async def make(
         self, rows: list[Row], base: str | None = None, deletes: tuple[str, ...] | None = None
     ) -> SnapshotMetadata:
-        table = pa.Table.from_pylist(rows, snapshot_schema(DIM))
+        table = pa.Table.from_pylist(rows, snapshot_schema(self.dim))
         uri = write_export(table, self.tmp / "exports", f"{uuid.uuid4().hex}.parquet")
         job = SnapshotJob(
             self.collection,
@@ -217,6 +221,23 @@ async def test_local_id_lookup_reads_only_what_can_hold_the_ids(tmp_path: Path) 
     assert result.bytes_read is not None and result.bytes_read < meta.total_bytes / 3
     _, whole = await snaps.restore(meta, Selection())
     assert whole.bytes_read is not None and whole.bytes_read > 0.95 * meta.total_bytes
+
+
+async def test_local_id_lookup_reads_only_the_pages_of_the_ids(tmp_path: Path) -> None:
+    """Ids spread over one large part: the pages that hold them are read, not its row group."""
+    snaps = Snapshots(open_test_store("local", tmp_path), tmp_path, 64 * 1024 * 1024, dim=1024)
+    rows = documents_table(4096, 1024, seed=11).to_pylist()  # 16 pages of 256 rows
+    for row in rows:
+        row["document_id"] = uuid.uuid4().bytes
+    meta = await snaps.make(rows)
+    assert len(meta.parts) == 1 and meta.parts[0].rows == 4096
+    asked = [rows[5], rows[2000], rows[4000]]
+    got, result = await snaps.restore(meta, Selection(ids=ids_of(asked)))
+    assert sorted(got, key=lambda row: row["document_id"]) == sorted(
+        asked, key=lambda row: row["document_id"]
+    )
+    assert result.bytes_read is not None
+    assert result.bytes_read < meta.total_bytes / 4, (result.bytes_read, meta.total_bytes)
 
 
 async def test_strict_refuses_missing_ids_and_writes_nothing(snaps: Snapshots) -> None:

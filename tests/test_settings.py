@@ -10,6 +10,7 @@ import pytest
 
 from daemon.settings import Settings
 from daemon.settings_error import SettingsError
+from handlers.codecs.parquet import VECTOR_PAGE_BYTES
 
 SECRET = "hunter2-very-secret-value"
 
@@ -42,6 +43,7 @@ def test_defaults_match_design() -> None:
     assert settings.metrics_port == 9108
     assert settings.log_format == "json"
     assert settings.source_allow == []
+    assert settings.page_bytes == VECTOR_PAGE_BYTES  # the writer's own default
 
 
 def test_environment(clean_env: pytest.MonkeyPatch) -> None:
@@ -95,6 +97,7 @@ def test_each_wrong_field_is_named(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("AKISNAP_LOG_FORMAT", "xml")
     clean_env.setenv("AKISNAP_RETRY_ATTEMPTS", "-1")
     clean_env.setenv("AKISNAP_PART_SIZE_BYTES", "1000")
+    clean_env.setenv("AKISNAP_PAGE_BYTES", "1000")
     with pytest.raises(SettingsError) as exc:
         Settings.load()
     found = problems(exc)
@@ -103,6 +106,7 @@ def test_each_wrong_field_is_named(clean_env: pytest.MonkeyPatch) -> None:
         "AKISNAP_LOG_FORMAT",
         "AKISNAP_RETRY_ATTEMPTS",
         "AKISNAP_PART_SIZE_BYTES",
+        "AKISNAP_PAGE_BYTES",
     }
     assert found["AKISNAP_METRICS_PORT"] == "must be <= 65535"
     assert "'json' or 'console'" in found["AKISNAP_LOG_FORMAT"]

@@ -24,6 +24,7 @@ async def migrate(args: argparse.Namespace) -> int:
         s3=settings.s3_options(),
         compression=args.compression,
         part_size_bytes=settings.part_size_bytes,
+        page_bytes=settings.page_bytes,
     )
     progress = Progress(args, unit="B", desc="migrate")
     outcomes: list[MigrationOutcome] = []

@@ -97,6 +97,7 @@ async def _create(args: argparse.Namespace, settings: Settings, store: ObjectSto
         source_roots=roots,
         s3=settings.s3_options(),
         part_size_bytes=settings.part_size_bytes,
+        page_bytes=settings.page_bytes,
     )
     progress = Progress(args, unit="rows", desc="create")
     try:
@@ -210,7 +211,11 @@ async def _compact(args: argparse.Namespace, settings: Settings, store: ObjectSt
 
     metadata = await _find(args, store)
     creator = SnapshotCreator(
-        store, source_roots=[], s3=settings.s3_options(), part_size_bytes=settings.part_size_bytes
+        store,
+        source_roots=[],
+        s3=settings.s3_options(),
+        part_size_bytes=settings.part_size_bytes,
+        page_bytes=settings.page_bytes,
     )
     made = await compact(creator, metadata)
     emit(args, _snapshot_json(made, store, "compacted"), describe(made, store, "compacted"))

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from handlers.akidb.json_codec import AkidbJsonWriter, read_akidb_json
 from handlers.akidb.parquet_codec import AkidbParquetWriter, read_akidb_parquet
-from handlers.codecs.parquet import ParquetPartWriter, read_parquet_part
+from handlers.codecs.parquet import VECTOR_PAGE_BYTES, ParquetPartWriter, read_parquet_part
 from handlers.errors import InvalidRequestError
 from handlers.model import DocumentBatch
 
@@ -32,9 +32,12 @@ class PartWriter(Protocol):
     def close(self) -> None: ...
 
 
-def open_part_writer(path: Path, fmt: str, dimension: int, compression: str) -> PartWriter:
+def open_part_writer(
+    path: Path, fmt: str, dimension: int, compression: str, page_bytes: int = VECTOR_PAGE_BYTES
+) -> PartWriter:
+    """``page_bytes``: vector bytes per page of a native part (AkiDB's formats fix theirs)."""
     if fmt == "parquet":
-        return ParquetPartWriter(path, dimension, compression)
+        return ParquetPartWriter(path, dimension, compression, page_bytes=page_bytes)
     if fmt == "akidb-parquet":
         return AkidbParquetWriter(path, dimension)
     if fmt == "akidb-json":

@@ -2,6 +2,12 @@
 
 Float columns get no dictionary (embeddings never repeat) and byte-stream-split, which puts
 the exponent bytes of all floats side by side so zstd finds what little redundancy there is.
+
+Parts carry a page index, and every column starts a page at the same rows (as many rows as
+fill ``page_bytes`` of vectors, VECTOR_PAGE_BYTES unless set), so a lookup can fetch single pages
+(handlers.codecs.parquet_pages). Smaller vector pages would make lookups cheaper but cost
+compression: zstd then sees all four byte-stream-split streams in one block (measured on
+real embeddings: 64 KiB pages store vectors 9% larger than 1 MiB pages).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ KV_DIMENSION = b"akisnap.dimension"
 DEFAULT_ROW_GROUP_BYTES = 32 * 1024 * 1024
 VECTOR_VALUES = "vector.list.element"
 MAGIC = b"PAR1"
+VECTOR_PAGE_BYTES = 1024 * 1024
+DICTIONARY_PAGE_BYTES = 64 * 1024  # a lookup reads a column's dictionary page whole
 
 
 def writer_options(compression: str) -> dict[str, Any]:
@@ -32,8 +40,26 @@ def writer_options(compression: str) -> dict[str, Any]:
         "use_dictionary": ["external_id", "metadata"],
         "column_encoding": {VECTOR_VALUES: "BYTE_STREAM_SPLIT"},
         "write_statistics": ["document_id", "inserted_at"],
-        "data_page_size": 1024 * 1024,
+        "data_page_size": VECTOR_PAGE_BYTES,
     }
+
+
+def part_writer_options(
+    compression: str, dimension: int, page_bytes: int = VECTOR_PAGE_BYTES
+) -> dict[str, Any]:
+    """A part's options: row-aligned pages (the byte limit is set above what a page of
+    vectors holds, so only the row count cuts pages) and a page index."""
+    return {
+        **writer_options(compression),
+        "max_rows_per_page": rows_per_page(dimension, page_bytes),
+        "data_page_size": 2 * max(page_bytes, VECTOR_PAGE_BYTES),
+        "dictionary_pagesize_limit": DICTIONARY_PAGE_BYTES,
+        "write_page_index": True,
+    }
+
+
+def rows_per_page(dimension: int, page_bytes: int = VECTOR_PAGE_BYTES) -> int:
+    return max(1, page_bytes // (4 * dimension))
 
 
 def file_schema(dimension: int) -> pa.Schema:
@@ -53,11 +79,14 @@ class ParquetPartWriter(HashedOutput):
         dimension: int,
         compression: str,
         row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
+        page_bytes: int = VECTOR_PAGE_BYTES,
     ) -> None:
         self._rows_per_group = max(1, row_group_bytes // bytes_per_row_estimate(dimension))
         self._schema = file_schema(dimension)
         self._sink = HashingFile(path)
-        self._writer = pq.ParquetWriter(self._sink, self._schema, **writer_options(compression))
+        self._writer = pq.ParquetWriter(
+            self._sink, self._schema, **part_writer_options(compression, dimension, page_bytes)
+        )
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self.rows = 0
@@ -114,8 +143,9 @@ def parquet_part_rows(path: Path, dimension: int) -> int:
         raise CorruptSnapshotError(f"Parquet part is unreadable: {exc}") from None
 
 
-def open_checked_parquet(source: BinaryIO, dimension: int) -> pq.ParquetFile:
-    """A part's Parquet file, its footer read and its schema checked, no data read yet.
+def open_checked_parquet(source: BinaryIO, dimension: int) -> tuple[pq.ParquetFile, bytes]:
+    """A part's Parquet file, its footer read and its schema checked, no data read yet; and
+    the footer's bytes (handlers.codecs.parquet_pages reads the page index through them).
 
     The footer is read by its recorded length: pyarrow's own first read takes the last 64 KiB,
     which is the whole of a small part."""
@@ -125,10 +155,10 @@ def open_checked_parquet(source: BinaryIO, dimension: int) -> pq.ParquetFile:
     if tail[4:] != MAGIC or length <= 0:
         raise CorruptSnapshotError("Parquet part has no Parquet footer")
     source.seek(-8 - length, io.SEEK_END)
-    footer = pq.read_metadata(pa.BufferReader(MAGIC + source.read(length) + tail))
-    part = pq.ParquetFile(source, metadata=footer)
+    footer = source.read(length)
+    part = pq.ParquetFile(source, metadata=pq.read_metadata(pa.BufferReader(MAGIC + footer + tail)))
     _check_file_schema(part.schema_arrow, dimension)
-    return part
+    return part, footer
 
 
 def _check_file_schema(schema: pa.Schema, dimension: int) -> None:
