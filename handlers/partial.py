@@ -2,9 +2,11 @@
 
 A native part in a local store is read in place, row group by row group: a group whose
 document_id (or inserted_at) statistics cannot hold a wanted row is skipped, then the columns
-that decide the selection are read, and the other asked-for columns only of groups where a
-row matched. Such a part is checked for its size, its schema and its footer's row count, not
-for its SHA-256 (that needs every byte; ``snapshots verify`` does it). A part anywhere else
+that decide the selection are read, and the other asked-for columns only where a row
+matched: only the pages holding the matched rows when the part has a row-aligned page index
+(handlers.codecs.parquet_pages), and their ids are checked against the ones read first.
+Such a part is checked for its size, its schema and its footer's row count, not for its
+SHA-256 (that needs every byte; ``snapshots verify`` does it). A part anywhere else
 (S3), and any AkiDB-format part, is fetched whole and its SHA-256 checked before anything is
 decoded.
 
@@ -189,14 +191,20 @@ class PageSource:
     footer: Footer
 
     def rows(
-        self, part: pq.ParquetFile, group: int, columns: list[str], mask: pa.Array
+        self, part: pq.ParquetFile, group: int, columns: list[str], mask: pa.Array, ids: pa.Array
     ) -> pa.Table:
-        """Columns ``columns`` of the rows of ``group`` that ``mask`` selects."""
+        """Columns ``columns`` of the rows of ``group`` that ``mask`` selects, whose ids are
+        ``ids``. Page reads fetch the ids too: a page index that places rows wrongly is a
+        corrupt part, never other documents restored."""
         rows = np.flatnonzero(np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool))
-        table = read_rows(self.handle, self.footer, group, columns, rows.astype(np.int64))
-        return (
-            table if table is not None else part.read_row_group(group, columns=columns).filter(mask)
-        )
+        asked = list(dict.fromkeys([*columns, "document_id"]))
+        table = read_rows(self.handle, self.footer, group, asked, rows.astype(np.int64))
+        if table is None:
+            return part.read_row_group(group, columns=columns).filter(mask)
+        fetched = table.column("document_id").combine_chunks().cast(ID_TYPE)
+        if not fetched.equals(ids.cast(ID_TYPE)):
+            raise CorruptSnapshotError(f"row group {group}: its page index places rows wrongly")
+        return table.select(columns)
 
 
 def _pick_groups(part: pq.ParquetFile, pages: PageSource, reading: Reading) -> PartPick:
@@ -219,7 +227,8 @@ def _pick_groups(part: pq.ParquetFile, pages: PageSource, reading: Reading) -> P
             room -= taken
         if taken:
             selected = keys.filter(mask)
-            others = pages.rows(part, group, rest, mask) if rest else None
+            ids = selected.column("document_id").combine_chunks()
+            others = pages.rows(part, group, rest, mask, ids) if rest else None
             for name in rest:
                 assert others is not None
                 selected = selected.append_column(name, others.column(name))

@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from handlers.codecs.parquet_pages import Footer
+from handlers.codecs.thrift_compact import decode_struct, encode_struct
 from handlers.create import SnapshotCreator
 from handlers.errors import (
     CorruptSnapshotError,
@@ -238,6 +240,38 @@ async def test_local_id_lookup_reads_only_the_pages_of_the_ids(tmp_path: Path) -
     )
     assert result.bytes_read is not None
     assert result.bytes_read < meta.total_bytes / 4, (result.bytes_read, meta.total_bytes)
+
+
+def swap_first_two_pages(path: Path) -> None:
+    """Rewrite every column's offset index so that pages 0 and 1 trade places (same length)."""
+    data = bytearray(path.read_bytes())
+    length = int.from_bytes(data[-8:-4], "little")
+    footer = Footer.parse(bytes(data[-8 - length : -8]))
+    for chunk in footer.row_group(0)[1][1][1]:
+        at, size = chunk[4][1], chunk[5][1]
+        index, _ = decode_struct(data, at)
+        first, second = index[1][1][1][:2]
+        for field in (1, 2):  # offset and size; the first rows stay
+            first[field], second[field] = second[field], first[field]
+        encoded = encode_struct(index)
+        assert len(encoded) == size
+        data[at : at + size] = encoded
+    path.write_bytes(bytes(data))
+
+
+async def test_a_page_index_that_misplaces_rows_is_a_corrupt_part(tmp_path: Path) -> None:
+    """Page reads check the ids they fetch: wrong pages are refused, never restored."""
+    snaps = Snapshots(open_test_store("local", tmp_path), tmp_path, 64 * 1024 * 1024, dim=1024)
+    rows = documents_table(2048, 1024, seed=12).to_pylist()
+    for row in rows:
+        row["document_id"] = uuid.uuid4().bytes
+    meta = await snaps.make(rows)
+    path = snaps.store.local_path(meta.parts[0].key)
+    assert path is not None
+    first = pq.read_table(path, columns=["document_id"]).column(0)[0].as_py()
+    swap_first_two_pages(path)
+    with pytest.raises(CorruptSnapshotError, match="page index places rows wrongly"):
+        await snaps.restore(meta, Selection(ids=pa.array([first], pa.binary(16))))
 
 
 async def test_strict_refuses_missing_ids_and_writes_nothing(snaps: Snapshots) -> None:

@@ -143,7 +143,16 @@ def _aligned_pages(
         elif not np.array_equal(starts, first_rows):
             return None
         located[position] = _chunk_pages(chunk[3][1], locations)
-    return (starts, located) if starts is not None else None
+    if starts is None or not _pages_cover(starts, row_group[3][1]):
+        raise ThriftError("offset index does not cover the row group's rows")
+    return starts, located
+
+
+def _pages_cover(starts: npt.NDArray[np.int64], rows: int) -> bool:
+    """Pages start at row 0, in order, each before the group's end."""
+    return bool(
+        len(starts) and starts[0] == 0 and np.all(np.diff(starts) > 0) and starts[-1] < rows
+    )
 
 
 def _chunk_pages(meta: Struct, locations: list[Struct]) -> ChunkPages:
