@@ -96,8 +96,8 @@ class Settings(BaseSettings):
     max_in_flight_bytes: int = Field(256 * MIB, ge=1)
     part_size_bytes: int = Field(64 * MIB, ge=MIB)
     # Smaller pages make `restore --ids` read less and compress worse (zstd then sees all four
-    # byte-stream-split streams of a page in one block): 64 KiB reads ~1/16 of what 1 MiB reads
-    # for a few scattered ids and stores real embeddings ~9% larger.
+    # byte-stream-split streams of a page in one block): 64 KiB reads ~1/10 of what 1 MiB reads
+    # for scattered ids and stores embeddings ~10% larger (bench/README.md).
     page_bytes: int = Field(MIB, ge=16 * 1024, le=16 * MIB)  # handlers' VECTOR_PAGE_BYTES
     max_message_bytes: int = Field(16 * MIB, ge=1024)
     # After a delta makes its chain this many deltas long, the daemon compacts it into one

@@ -53,7 +53,7 @@ DESCRIPTIONS = {
     "max_in_flight_bytes": "request bytes held at once",
     "part_size_bytes": "uncompressed bytes per snapshot part (at least 1 MiB)",
     "page_bytes": "vector bytes per Parquet page of native parts (16 KiB to 16 MiB): smaller "
-    "pages make `restore --ids` read less and store more (64 KiB: ~9% more)",
+    "pages make `restore --ids` read less and store more (64 KiB: ~10% more)",
     "max_message_bytes": "largest request message accepted",
     "compact_after_deltas": "compact a chain into one full snapshot at this many deltas (0: never)",
     "tmp_dir": "spool directory for exports fetched from S3 and parts of S3 snapshots",

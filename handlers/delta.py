@@ -27,7 +27,7 @@ from handlers.row_index import (
     DELETES_NAME,
     RowIndex,
     deletes_bytes,
-    load_index,
+    load_index_table,
     put_side_object,
     row_hashes,
     store_index,
@@ -72,14 +72,28 @@ async def resolve_base(catalog: Catalog, job: SnapshotJob) -> SnapshotMetadata:
 
 async def base_index(store: ObjectStore, chain: list[SnapshotMetadata], scratch: Path) -> RowIndex:
     """The collection's index as of the top of ``chain``: each member's own index, folded in
-    chain order (a rewritten row moves to its delta's place, as in handlers.chain)."""
-    index: RowIndex = {}
+    chain order (a rewritten row moves to its delta's place, as in handlers.chain). Folded in
+    a worker thread: a million-row index takes the best part of a second of Python."""
+    layers: list[tuple[pa.Array, pa.Table]] = []
     for member in chain:
         if member.row_index is None:
             raise CorruptSnapshotError(f"snapshot {member.snapshot_id} in the chain has no index")
-        for doc in (await deleted_ids(store, member, scratch)).to_pylist():
+        deleted = await deleted_ids(store, member, scratch)
+        layers.append((deleted, await load_index_table(store, member.row_index, scratch)))
+    return await asyncio.to_thread(_fold_indexes, layers)
+
+
+def _fold_indexes(layers: list[tuple[pa.Array, pa.Table]]) -> RowIndex:
+    index: RowIndex = {}
+    for deleted, table in layers:
+        for doc in deleted.to_pylist():
             index.pop(doc, None)
-        for doc, digest in (await load_index(store, member.row_index, scratch)).items():
+        ids = table.column("document_id").to_pylist()
+        hashes = table.column("row_hash").to_pylist()
+        if not index:  # the full snapshot at the bottom: nothing to move
+            index = dict(zip(ids, hashes, strict=True))
+            continue
+        for doc, digest in zip(ids, hashes, strict=True):
             index.pop(doc, None)
             index[doc] = digest
     return index

@@ -186,17 +186,12 @@ async def store_index(
 
 async def index_ids(store: ObjectStore, info: RowIndexInfo, scratch: Path) -> pa.Array:
     """The document ids an index covers (the ids its snapshot writes)."""
-    table = await _index_table(store, info, scratch)
+    table = await load_index_table(store, info, scratch)
     return table.column("document_id").combine_chunks().cast(ID_TYPE)
 
 
-async def load_index(store: ObjectStore, info: RowIndexInfo, scratch: Path) -> RowIndex:
-    table = await _index_table(store, info, scratch)
-    ids = table.column("document_id").to_pylist()
-    return dict(zip(ids, table.column("row_hash").to_pylist(), strict=True))
-
-
-async def _index_table(store: ObjectStore, info: RowIndexInfo, scratch: Path) -> pa.Table:
+async def load_index_table(store: ObjectStore, info: RowIndexInfo, scratch: Path) -> pa.Table:
+    """An index as read (document_id, row_hash), its size and SHA-256 checked."""
     if info.object is not None:
         return await read_side_table(store, info.object, scratch)
     return _inline_table(info)
