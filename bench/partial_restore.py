@@ -6,7 +6,9 @@ process read from files (``rchar`` of /proc/self/io, the same for every operatio
 partial restore reports itself (bytes of parts it read; the footer included). Two snapshots
 of the same rows (random UUIDv4 ids, in export order): with the default pages (1 MiB of
 vectors) and with AKISNAP_PAGE_BYTES=65536, whose pages make lookups cheaper and the
-snapshot larger.
+snapshot larger. When the S3 server of `make services` is up, each snapshot is also copied
+there and restored from it (a full restore downloads and checks every part; 1,000 ids are
+read by ranged GETs): bytes fetched as partial restore counts them.
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from bench.daemon_e2e import Services, load_services
 from bench.scenarios import random_table
 from handlers.codecs.parquet import VECTOR_PAGE_BYTES
 from handlers.create import SnapshotCreator
+from handlers.hashing import sha256_file
 from handlers.job import SnapshotJob, UriSource
 from handlers.metadata import SnapshotMetadata
 from handlers.restore import RestoreResult, restore_snapshot
 from handlers.selection import Selection, parse_columns
-from handlers.stores import open_store
+from handlers.stores import ObjectStore, open_store
 
 DEFAULT_ROWS = 1_000_000
 DEFAULT_DIM = 768
@@ -70,7 +74,7 @@ class Run:
         return meta
 
     async def timed(
-        self, meta: SnapshotMetadata, selection: Selection | None
+        self, meta: SnapshotMetadata, selection: Selection | None, store: ObjectStore | None = None
     ) -> tuple[float, int, RestoreResult]:
         """Median seconds and process bytes read of the rounds of restores, and the last result."""
         seconds, reads = [], []
@@ -78,7 +82,7 @@ class Run:
         for _ in range(self.rounds):
             out = self.work / f"{uuid.uuid4().hex}.parquet"
             before, started = rchar(), time.perf_counter()
-            result = await restore_snapshot(self.store, meta, out, selection=selection)
+            result = await restore_snapshot(store or self.store, meta, out, selection=selection)
             seconds.append(time.perf_counter() - started)
             reads.append(rchar() - before)
             out.unlink()
@@ -120,7 +124,41 @@ async def compare(
         figures = await run.timed(meta, selection)
         print(line(name, meta, figures) + f"  {figures[0] / full[0]:.3f}x time")
         shares.append((figures[2].bytes_read or 0) / meta.total_bytes)
+    services = load_services()
+    if services is not None:
+        await on_s3(run, meta, cases[0], services)
     return shares[0]
+
+
+async def on_s3(
+    run: Run, meta: SnapshotMetadata, lookup: tuple[str, Selection], services: Services
+) -> None:
+    """The snapshot's objects copied to the S3 server; a full restore and ``lookup`` from it."""
+    prefix = f"bench-partial-{uuid.uuid4().hex[:10]}"
+    store = open_store(f"s3://{services.bucket}/{prefix}", services.s3_options())
+    keys = [info.key async for info in run.store.list("")]
+    try:
+        for key in keys:
+            path = run.work / "store" / key
+            await store.put_file(key, path, sha256_hex=await asyncio.to_thread(sha256_file, path))
+        full = await run.timed(meta, None, store)
+        print(s3_line("S3 full restore (whole parts, SHA-256)", meta, full))
+        name, selection = lookup
+        figures = await run.timed(meta, selection, store)
+        print(s3_line(f"S3 {name}", meta, figures) + f"  {figures[0] / full[0]:.3f}x time")
+    finally:
+        for key in keys:
+            await store.delete(key)
+        await store.close()
+
+
+def s3_line(name: str, meta: SnapshotMetadata, figures: tuple[float, int, RestoreResult]) -> str:
+    seconds, _, result = figures
+    fetched = meta.total_bytes if result.bytes_read is None else result.bytes_read
+    return (
+        f"{name:44s} {seconds:7.2f} s  {result.rows:8d} rows  "
+        f"fetched {fetched / 1e6:9.1f} MB = {fetched / meta.total_bytes:7.2%}"
+    )
 
 
 async def measure(
@@ -137,7 +175,8 @@ async def measure(
         in_order = pc.sort_indices(table.column("document_id"))
         near = table.column("document_id").take(in_order.slice(rows // 2, IDS)).combine_chunks()
         print(f"\n== partial restore (issue 16): {rows} x {dim} random float32, {IDS} ids, ")
-        print(f"   local store, medians of {rounds} ==")
+        where = "local store" + (", and S3" if load_services() is not None else "")
+        print(f"   {where}, medians of {rounds} ==")
         steps: list[tuple[str, Callable[[], Awaitable[SnapshotMetadata]]]] = [
             ("default pages (1 MiB of vectors)", lambda: run.create(table)),
             ("AKISNAP_PAGE_BYTES=65536", lambda: run.create(table, SMALL_PAGES)),

@@ -1,14 +1,14 @@
 """Partial restore: the rows and columns a :class:`Selection` asks for, reading little.
 
-A native part in a local store is read in place, row group by row group: a group whose
-document_id (or inserted_at) statistics cannot hold a wanted row is skipped, then the columns
-that decide the selection are read, and the other asked-for columns only where a row
-matched: only the pages holding the matched rows when the part has a row-aligned page index
-(handlers.codecs.parquet_pages), and their ids are checked against the ones read first.
-Such a part is checked for its size, its schema and its footer's row count, not for its
-SHA-256 (that needs every byte; ``snapshots verify`` does it). A part anywhere else
-(S3), and any AkiDB-format part, is fetched whole and its SHA-256 checked before anything is
-decoded.
+A native part is read where it lies (a local file, or an S3 object by ranged GETs), row
+group by row group: a group whose document_id (or inserted_at) statistics cannot hold a
+wanted row is skipped, then the columns that decide the selection are read, and the other
+asked-for columns only where a row matched: only the pages holding the matched rows when the
+part has a row-aligned page index (handlers.codecs.parquet_pages), and their ids are checked
+against the ones read first. Such a part is checked for its size, its schema and its footer's
+row count (and in S3 for the SHA-256 the server recorded, when it keeps one), not for its
+SHA-256 (that needs every byte; ``snapshots verify`` does it). An AkiDB-format part is
+fetched whole and its SHA-256 checked before anything is decoded.
 
 A delta chain is selected member by member in chain order: a row is visible when no
 snapshot above it wrote or deleted its id (handlers.chain gives those ids, from the row
@@ -33,12 +33,13 @@ import pyarrow.parquet as pq
 from handlers.chain import chain_of, hidden_ids
 from handlers.codecs import read_part
 from handlers.codecs.parquet import open_checked_parquet
-from handlers.codecs.parquet_pages import Footer, read_rows
+from handlers.codecs.parquet_pages import Footer, PageFile, Prefetch, read_rows
 from handlers.errors import CorruptSnapshotError
 from handlers.metadata import PartInfo, SnapshotMetadata
 from handlers.model import ID_TYPE, snapshot_schema
 from handlers.selection import Selection
 from handlers.stores import ObjectStore
+from handlers.stores.ranged import RangedFile
 from handlers.verify import checked_part_file
 
 
@@ -128,13 +129,12 @@ class PartPick:
 async def _pick_part(
     store: ObjectStore, member: SnapshotMetadata, part: PartInfo, reading: Reading, scratch: Path
 ) -> PartPick:
-    local = store.local_path(part.key) if member.format == "parquet" else None
-    if local is not None:
-        return await asyncio.to_thread(_pick_in_place, local, part, member.dimension, reading)
+    if member.format == "parquet":
+        local = store.local_path(part.key)
+        if local is not None:
+            return await asyncio.to_thread(_pick_in_place, local, part, member.dimension, reading)
+        return await _pick_by_ranges(store, part, member.dimension, reading)
     async with checked_part_file(store, part, scratch) as path:
-        if member.format == "parquet":
-            picked = await asyncio.to_thread(_pick_in_place, path, part, member.dimension, reading)
-            return replace(picked, bytes_read=part.size)
         batches = await asyncio.to_thread(
             lambda: list(read_part(path, member.format, member.dimension))
         )
@@ -165,30 +165,61 @@ def _pick(keys: pa.Table, reading: Reading) -> tuple[pa.Array, pa.Array]:
 
 
 def _pick_in_place(path: Path, part: PartInfo, dimension: int, reading: Reading) -> PartPick:
-    """A native Parquet part read group by group, only where a wanted row can be."""
-    size = path.stat().st_size
+    """A native Parquet part of a local store, read in place."""
+    _check_size(part, path.stat().st_size)
+    with CountingFile(path, "rb") as handle:
+        picked = _pick_native(handle, part, dimension, reading)
+        return replace(picked, bytes_read=handle.bytes_read)
+
+
+async def _pick_by_ranges(
+    store: ObjectStore, part: PartInfo, dimension: int, reading: Reading
+) -> PartPick:
+    """A native Parquet part of a remote store, read by ranged GETs. Its size, and the SHA-256
+    the server recorded when it keeps one, are checked against the metadata first."""
+    info = await store.head(part.key)
+    if info is None:
+        raise CorruptSnapshotError(f"part {part.key} is missing")
+    _check_size(part, info.size)
+    if info.sha256 and part.sha256 and info.sha256 != part.sha256:
+        raise CorruptSnapshotError(f"part {part.key} fails its SHA-256 check (the store's)")
+    handle = RangedFile(store, part.key, info.size, asyncio.get_running_loop())
+    picked = await asyncio.to_thread(
+        _pick_native, handle, part, dimension, reading, handle.prefetch
+    )
+    return replace(picked, bytes_read=handle.bytes_read)
+
+
+def _check_size(part: PartInfo, size: int) -> None:
     if size != part.size:
         raise CorruptSnapshotError(f"part {part.key} has {size} bytes, metadata says {part.size}")
-    with CountingFile(path, "rb") as handle:
-        try:
-            parquet, footer = open_checked_parquet(handle, dimension)
-            if parquet.metadata.num_rows != part.rows:
-                raise CorruptSnapshotError(
-                    f"part {part.key} holds {parquet.metadata.num_rows} rows, "
-                    f"metadata says {part.rows}"
-                )
-            picked = _pick_groups(parquet, PageSource(handle, Footer.parse(footer)), reading)
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            raise CorruptSnapshotError(f"part {part.key} is unreadable: {exc}") from None
-        return replace(picked, bytes_read=handle.bytes_read)
+
+
+def _pick_native(
+    handle: BinaryIO,
+    part: PartInfo,
+    dimension: int,
+    reading: Reading,
+    prefetch: Prefetch | None = None,
+) -> PartPick:
+    """A native Parquet part read group by group, only where a wanted row can be."""
+    try:
+        parquet, footer = open_checked_parquet(handle, dimension)
+        if parquet.metadata.num_rows != part.rows:
+            raise CorruptSnapshotError(
+                f"part {part.key} holds {parquet.metadata.num_rows} rows, metadata says {part.rows}"
+            )
+        pages = PageSource(PageFile(handle, Footer.parse(footer), prefetch))
+        return _pick_groups(parquet, pages, reading)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise CorruptSnapshotError(f"part {part.key} is unreadable: {exc}") from None
 
 
 @dataclass(frozen=True)
 class PageSource:
     """A part's file and footer, to fetch only the pages of a few rows."""
 
-    handle: BinaryIO
-    footer: Footer
+    file: PageFile
 
     def rows(
         self, part: pq.ParquetFile, group: int, columns: list[str], mask: pa.Array, ids: pa.Array
@@ -198,7 +229,7 @@ class PageSource:
         corrupt part, never other documents restored."""
         rows = np.flatnonzero(np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool))
         asked = list(dict.fromkeys([*columns, "document_id"]))
-        table = read_rows(self.handle, self.footer, group, asked, rows.astype(np.int64))
+        table = read_rows(self.file, group, asked, rows.astype(np.int64))
         if table is None:
             return part.read_row_group(group, columns=columns).filter(mask)
         fetched = table.column("document_id").combine_chunks().cast(ID_TYPE)

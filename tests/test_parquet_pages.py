@@ -19,7 +19,7 @@ from handlers.codecs.parquet import (
     rows_per_page,
     writer_options,
 )
-from handlers.codecs.parquet_pages import Footer, read_rows
+from handlers.codecs.parquet_pages import Footer, PageFile, read_rows
 from handlers.codecs.thrift_compact import decode_struct, encode_struct
 from handlers.model import DocumentBatch
 from handlers.partial import CountingFile
@@ -57,7 +57,9 @@ def read_few(path: Path, rows: list[int], columns: list[str]) -> tuple[pa.Table 
     with CountingFile(path, "rb") as handle:
         _, footer = open_checked_parquet(handle, DIM)
         before = handle.bytes_read
-        table = read_rows(handle, Footer.parse(footer), 0, columns, np.array(rows, np.int64))
+        table = read_rows(
+            PageFile(handle, Footer.parse(footer)), 0, columns, np.array(rows, np.int64)
+        )
         return table, handle.bytes_read - before
 
 

@@ -24,6 +24,7 @@ from handlers.errors import (
     IdsNotFoundError,
     InvalidRequestError,
     SelectionError,
+    StoreUnreachableError,
 )
 from handlers.job import SnapshotJob, UriSource
 from handlers.metadata import SnapshotMetadata
@@ -31,6 +32,7 @@ from handlers.model import snapshot_schema
 from handlers.restore import restore_snapshot
 from handlers.selection import Selection, load_ids, parse_columns, parse_where
 from handlers.stores import ObjectStore
+from handlers.stores.local import LocalStore
 from tests.support import (
     MODEL_DIM as DIM,
 )
@@ -225,21 +227,68 @@ async def test_local_id_lookup_reads_only_what_can_hold_the_ids(tmp_path: Path) 
     assert whole.bytes_read is not None and whole.bytes_read > 0.95 * meta.total_bytes
 
 
-async def test_local_id_lookup_reads_only_the_pages_of_the_ids(tmp_path: Path) -> None:
-    """Ids spread over one large part: the pages that hold them are read, not its row group."""
-    snaps = Snapshots(open_test_store("local", tmp_path), tmp_path, 64 * 1024 * 1024, dim=1024)
-    rows = documents_table(4096, 1024, seed=11).to_pylist()  # 16 pages of 256 rows
+def by_id(rows: list[Row]) -> list[Row]:
+    return sorted(rows, key=lambda row: row["document_id"])
+
+
+async def one_paged_part(snaps: Snapshots, seed: int) -> tuple[SnapshotMetadata, list[Row]]:
+    """A snapshot of one part of 4096 rows of 1024 dimensions with random ids: one row group
+    of 16 pages of 256 rows."""
+    rows = documents_table(4096, 1024, seed=seed).to_pylist()
     for row in rows:
         row["document_id"] = uuid.uuid4().bytes
     meta = await snaps.make(rows)
     assert len(meta.parts) == 1 and meta.parts[0].rows == 4096
+    return meta, rows
+
+
+async def test_id_lookup_reads_only_the_pages_of_the_ids(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    """Ids spread over one large part: the pages that hold them are read, not its row group,
+    in place or by ranged GETs."""
+    snaps = Snapshots(store, tmp_path, 64 * 1024 * 1024, dim=1024)
+    meta, rows = await one_paged_part(snaps, seed=11)
     asked = [rows[5], rows[2000], rows[4000]]
     got, result = await snaps.restore(meta, Selection(ids=ids_of(asked)))
-    assert sorted(got, key=lambda row: row["document_id"]) == sorted(
-        asked, key=lambda row: row["document_id"]
-    )
+    assert by_id(got) == by_id(asked)
     assert result.bytes_read is not None
     assert result.bytes_read < meta.total_bytes / 4, (result.bytes_read, meta.total_bytes)
+
+
+class RangesThatFail(LocalStore):
+    """A local store read as a remote one, by ranges, whose store goes away after ``reads``."""
+
+    def __init__(self, root: Path, reads: int) -> None:
+        super().__init__(root)
+        self.reads = reads
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        if self.reads == 0:
+            raise StoreUnreachableError("connection refused")
+        self.reads -= 1
+        return await super().get_range(key, start, length)
+
+
+async def test_a_store_that_fails_during_ranged_reads_is_an_environment_fault(
+    tmp_path: Path,
+) -> None:
+    """A ranged read that fails is the store's fault, not a corrupt part, at any read."""
+    snaps = Snapshots(LocalStore(tmp_path / "store"), tmp_path, 64 * 1024 * 1024, dim=1024)
+    meta, rows = await one_paged_part(snaps, seed=13)
+    asked = Selection(ids=ids_of([rows[7], rows[3000]]))
+    ranged = RangesThatFail(tmp_path / "store", reads=10**6)
+    got, _ = await Snapshots(ranged, tmp_path, dim=1024).restore(meta, asked)
+    assert by_id(got) == by_id([rows[7], rows[3000]])
+    needed = 10**6 - ranged.reads
+    assert needed > 3  # tail, footer, ids, page index, then the pages
+    for reads in range(needed):
+        failing = Snapshots(RangesThatFail(tmp_path / "store", reads), tmp_path, dim=1024)
+        with pytest.raises(StoreUnreachableError):
+            await failing.restore(meta, asked)
 
 
 def swap_first_two_pages(path: Path) -> None:
@@ -262,10 +311,7 @@ def swap_first_two_pages(path: Path) -> None:
 async def test_a_page_index_that_misplaces_rows_is_a_corrupt_part(tmp_path: Path) -> None:
     """Page reads check the ids they fetch: wrong pages are refused, never restored."""
     snaps = Snapshots(open_test_store("local", tmp_path), tmp_path, 64 * 1024 * 1024, dim=1024)
-    rows = documents_table(2048, 1024, seed=12).to_pylist()
-    for row in rows:
-        row["document_id"] = uuid.uuid4().bytes
-    meta = await snaps.make(rows)
+    meta, _ = await one_paged_part(snaps, seed=12)
     path = snaps.store.local_path(meta.parts[0].key)
     assert path is not None
     first = pq.read_table(path, columns=["document_id"]).column(0)[0].as_py()
@@ -292,7 +338,7 @@ async def test_damaged_parts_are_refused_as_partial_restore_documents(
     part = meta.parts[0]
     data = await store.get_bytes(part.key)
     selection = Selection(ids=ids_of(rows[:1]), columns=parse_columns("document_id"))
-    if store.local_path(part.key) is None:  # S3: fetched whole, SHA-256 checked
+    if store.local_path(part.key) is None:  # S3: the SHA-256 the server recorded is checked
         flipped = data[:-100] + bytes([data[-100] ^ 1]) + data[-99:]
         await store.put_bytes(part.key, flipped)
         with pytest.raises(CorruptSnapshotError, match="SHA-256"):

@@ -11,6 +11,7 @@ akisnap parts, pages cut by size) gives None: the caller reads the row group who
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -35,6 +36,8 @@ DICTIONARY_PAGE = 2
 KEPT_CHUNK_FIELDS = (1, 2, 3, 4, 8)  # type, encodings, path, codec, key-value metadata
 
 Struct = dict[int, Field]
+Prefetch = Callable[[list[tuple[int, int]]], None]
+"""Told the (start, length) spans about to be read, to fetch them at once (a remote part)."""
 
 
 @dataclass(frozen=True)
@@ -63,21 +66,31 @@ class ChunkPages:
     dictionary: tuple[int, int] | None
 
 
+@dataclass(frozen=True)
+class PageFile:
+    """A part's file and decoded footer; ``prefetch`` (if any) is told what is read next."""
+
+    handle: BinaryIO
+    footer: Footer
+    prefetch: Prefetch | None = None
+
+
 def read_rows(
-    handle: BinaryIO, footer: Footer, group: int, columns: list[str], rows: npt.NDArray[np.int64]
+    part: PageFile, group: int, columns: list[str], rows: npt.NDArray[np.int64]
 ) -> pa.Table | None:
     """Rows ``rows`` (sorted positions within row group ``group``) of ``columns``, reading
     only their pages; None when the group has no row-aligned page index, or when the rows are
     on most of its pages (reading the group whole is then as cheap and decodes faster)."""
     try:
-        return _read_rows(handle, footer, group, columns, rows)
+        return _read_rows(part, group, columns, rows)
     except (KeyError, IndexError, TypeError) as exc:
         raise ThriftError(f"malformed page index: {exc!r}") from None
 
 
 def _read_rows(
-    handle: BinaryIO, footer: Footer, group: int, columns: list[str], rows: npt.NDArray[np.int64]
+    part: PageFile, group: int, columns: list[str], rows: npt.NDArray[np.int64]
 ) -> pa.Table | None:
+    handle, footer = part.handle, part.footer
     row_group = footer.row_group(group)
     metas: list[Struct] = [chunk[3][1] for chunk in row_group[1][1][1]]
     wanted = [index for index, meta in enumerate(metas) if _column_name(meta) in columns]
@@ -89,6 +102,8 @@ def _read_rows(
     if 2 * len(pages) > len(starts):
         return None
     runs = _runs(pages)
+    if part.prefetch is not None:
+        part.prefetch(_spans(chunks, runs))
     bounds = np.append(starts, row_group[3][1])
     mini = MiniFile(handle)
     for first, last in runs:
@@ -114,6 +129,16 @@ def _runs(pages: npt.NDArray[np.int64]) -> list[tuple[int, int]]:
     """Adjacent page numbers merged into (first, last) runs: one read each."""
     breaks = np.flatnonzero(np.diff(pages) != 1) + 1
     return [(int(part[0]), int(part[-1])) for part in np.split(pages, breaks)]
+
+
+def _spans(chunks: dict[int, ChunkPages], runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """What MiniFile reads for ``runs``: each run's pages of each column, and dictionaries."""
+    spans = [chunk.dictionary for chunk in chunks.values() if chunk.dictionary is not None]
+    for chunk in chunks.values():
+        for first, last in runs:
+            start = int(chunk.offsets[first])
+            spans.append((start, int(chunk.offsets[last] + chunk.sizes[last]) - start))
+    return spans
 
 
 def _column_name(meta: Struct) -> str:

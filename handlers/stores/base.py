@@ -75,6 +75,10 @@ class ObjectStore(Protocol):
         """Stream an object's bytes in order."""
         ...
 
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        """``length`` bytes of an object from byte ``start``; fewer only past its end."""
+        ...
+
     async def head(self, key: str) -> ObjectInfo | None:
         """Size and time of an object, or None when it does not exist."""
         ...

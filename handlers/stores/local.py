@@ -70,6 +70,9 @@ class LocalStore:
     async def get_bytes(self, key: str) -> bytes:
         return await asyncio.to_thread(self._read, self.path_of(key))
 
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        return await asyncio.to_thread(self._read_range, self.path_of(key), start, length)
+
     async def iter_chunks(self, key: str, chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
         handle = await asyncio.to_thread(self._open, self.path_of(key))
         try:
@@ -160,6 +163,14 @@ class LocalStore:
             raise ObjectMissingError(f"object {path.relative_to(self._root)} is missing") from None
         except OSError as exc:
             raise _store_error(exc, path) from exc
+
+    def _read_range(self, path: Path, start: int, length: int) -> bytes:
+        with self._open(path) as handle:
+            try:
+                handle.seek(start)
+                return handle.read(max(length, 0))
+            except OSError as exc:
+                raise _store_error(exc, path) from exc
 
     def _open(self, path: Path) -> BinaryIO:
         try:

@@ -236,6 +236,18 @@ class S3Store:
             while chunk := await self._read_chunk(body, full_key, chunk_bytes):
                 yield chunk
 
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        full_key = self._full_key(key)
+        client = await self._s3()
+        with self._translated(f"get {self._uri(full_key)}"):
+            answer = await client.get_object(
+                Bucket=self._bucket, Key=full_key, Range=f"bytes={start}-{start + length - 1}"
+            )
+        async with answer["Body"] as body:
+            return await self._read_chunk(body, full_key, length)
+
     async def head(self, key: str) -> ObjectInfo | None:
         full_key = self._full_key(key)
         client = await self._s3()

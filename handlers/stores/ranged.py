@@ -1,0 +1,90 @@
+"""A stored object read as a seekable file, by ranges, from code that runs in a worker thread.
+
+pyarrow and the page reader (handlers.codecs.parquet_pages) read files synchronously, in a
+worker thread; an object in S3 is read by ranged GETs on the event loop. Each read is one
+GET, handed to the loop and waited for; ranges the reader knows it will need next are
+fetched ahead with :meth:`RangedFile.prefetch`, concurrently, and then served from memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Coroutine, Sequence
+from typing import Any, BinaryIO, TypeVar
+
+from handlers.stores.base import ObjectStore
+
+PREFETCH_CONCURRENCY = 8
+Span = tuple[int, int]  # (start, length)
+T = TypeVar("T")
+
+
+class RangedFile(io.RawIOBase, BinaryIO):
+    """Object ``key`` of ``size`` bytes, read by ranged GETs run on ``loop``.
+
+    ``bytes_read`` counts the bytes fetched from the store. Prefetched ranges are kept until
+    the next ``prefetch`` (one row group's pages at a time), so memory stays bounded."""
+
+    def __init__(
+        self, store: ObjectStore, key: str, size: int, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        super().__init__()
+        self._store, self._key, self._size, self._loop = store, key, size, loop
+        self._position = 0
+        self._ahead: list[tuple[int, bytes]] = []
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"seek to {base + offset}, before the start of {self._key}")
+        self._position = base + offset
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        length = max(0, min(len(view), self._size - self._position))
+        if not length:
+            return 0
+        data = self._held(self._position, length)
+        if data is None:
+            data = self._wait(self._store.get_range(self._key, self._position, length))
+            self.bytes_read += len(data)
+        view[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+    def prefetch(self, spans: Sequence[Span]) -> None:
+        """Fetch ``spans`` now, at most PREFETCH_CONCURRENCY at once, for the reads to come;
+        what an earlier prefetch held is dropped."""
+        fetched = self._wait(self._fetch_all(spans))
+        self._ahead = [(start, data) for (start, _), data in zip(spans, fetched, strict=True)]
+        self.bytes_read += sum(len(data) for data in fetched)
+
+    async def _fetch_all(self, spans: Sequence[Span]) -> list[bytes]:
+        slots = asyncio.Semaphore(PREFETCH_CONCURRENCY)
+
+        async def fetch(start: int, length: int) -> bytes:
+            async with slots:
+                return await self._store.get_range(self._key, start, length)
+
+        return list(await asyncio.gather(*(fetch(start, length) for start, length in spans)))
+
+    def _held(self, start: int, length: int) -> bytes | None:
+        for first, data in self._ahead:
+            if first <= start and start + length <= first + len(data):
+                return data[start - first : start - first + length]
+        return None
+
+    def _wait(self, work: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result()
