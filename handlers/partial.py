@@ -33,14 +33,14 @@ import pyarrow.parquet as pq
 from handlers.chain import chain_of, hidden_ids
 from handlers.codecs import read_part
 from handlers.codecs.parquet import open_checked_parquet
-from handlers.codecs.parquet_pages import Footer, PageFile, Prefetch, read_rows
+from handlers.codecs.parquet_pages import Footer, PageFile, Prefetch, first_reads, read_rows
 from handlers.errors import CorruptSnapshotError
 from handlers.metadata import PartInfo, SnapshotMetadata
 from handlers.model import ID_TYPE, snapshot_schema
 from handlers.selection import Selection
 from handlers.stores import ObjectStore
 from handlers.stores.ranged import RangedFile
-from handlers.verify import checked_part_file
+from handlers.verify import checked_part_file, head_checked
 
 
 @dataclass
@@ -166,7 +166,9 @@ def _pick(keys: pa.Table, reading: Reading) -> tuple[pa.Array, pa.Array]:
 
 def _pick_in_place(path: Path, part: PartInfo, dimension: int, reading: Reading) -> PartPick:
     """A native Parquet part of a local store, read in place."""
-    _check_size(part, path.stat().st_size)
+    size = path.stat().st_size
+    if size != part.size:
+        raise CorruptSnapshotError(f"part {part.key} has {size} bytes, metadata says {part.size}")
     with CountingFile(path, "rb") as handle:
         picked = _pick_native(handle, part, dimension, reading)
         return replace(picked, bytes_read=handle.bytes_read)
@@ -177,22 +179,12 @@ async def _pick_by_ranges(
 ) -> PartPick:
     """A native Parquet part of a remote store, read by ranged GETs. Its size, and the SHA-256
     the server recorded when it keeps one, are checked against the metadata first."""
-    info = await store.head(part.key)
-    if info is None:
-        raise CorruptSnapshotError(f"part {part.key} is missing")
-    _check_size(part, info.size)
-    if info.sha256 and part.sha256 and info.sha256 != part.sha256:
-        raise CorruptSnapshotError(f"part {part.key} fails its SHA-256 check (the store's)")
+    info = await head_checked(store, part)
     handle = RangedFile(store, part.key, info.size, asyncio.get_running_loop())
     picked = await asyncio.to_thread(
         _pick_native, handle, part, dimension, reading, handle.prefetch
     )
     return replace(picked, bytes_read=handle.bytes_read)
-
-
-def _check_size(part: PartInfo, size: int) -> None:
-    if size != part.size:
-        raise CorruptSnapshotError(f"part {part.key} has {size} bytes, metadata says {part.size}")
 
 
 def _pick_native(
@@ -220,6 +212,11 @@ class PageSource:
     """A part's file and footer, to fetch only the pages of a few rows."""
 
     file: PageFile
+
+    def ahead(self, group: int, columns: list[str]) -> None:
+        """For a remote part: fetch at once what reading ``group`` starts with."""
+        if self.file.prefetch is not None:
+            self.file.prefetch(first_reads(self.file.footer, group, columns))
 
     def rows(
         self, part: pq.ParquetFile, group: int, columns: list[str], mask: pa.Array, ids: pa.Array
@@ -249,6 +246,7 @@ def _pick_groups(part: pq.ParquetFile, pages: PageSource, reading: Reading) -> P
         stats = _group_ranges(part.metadata.row_group(group))
         if not _worth_reading(selection, wanted, stats, room):
             continue
+        pages.ahead(group, keys_read)
         keys = part.read_row_group(group, columns=keys_read)
         mask, seen = _pick(keys, reading)
         found.append(seen)

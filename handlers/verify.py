@@ -25,7 +25,7 @@ from handlers.executor import run_blocking
 from handlers.hashing import sha256_file, sha256_stream
 from handlers.metadata import PartInfo, SnapshotMetadata
 from handlers.model import DocumentBatch
-from handlers.stores import ObjectStore
+from handlers.stores import ObjectInfo, ObjectStore
 
 
 @dataclass(frozen=True)
@@ -58,16 +58,8 @@ class Verifier:
     async def check_part(self, part: PartInfo, *, read_back: bool = False) -> None:
         """Size and SHA-256; the bytes are read only when the server cannot vouch for them
         (or ``read_back`` asks for it)."""
-        info = await self._store.head(part.key)
-        if info is None:
-            raise CorruptSnapshotError(f"part {part.key} is missing")
-        if info.size != part.size:
-            raise CorruptSnapshotError(
-                f"part {part.key} has {info.size} bytes, metadata says {part.size}"
-            )
+        info = await head_checked(self._store, part)
         if info.sha256 is not None and part.sha256 and not read_back:
-            if info.sha256 != part.sha256:
-                raise CorruptSnapshotError(f"part {part.key} fails its SHA-256 check")
             return
         in_place = self._store.local_path(part.key)
         if in_place is not None:
@@ -79,6 +71,21 @@ class Verifier:
             raise CorruptSnapshotError(f"part {part.key} is missing") from None
         if not _digest_ok(part, digest) or size != part.size:
             raise CorruptSnapshotError(f"part {part.key} fails its SHA-256 check")
+
+
+async def head_checked(store: ObjectStore, part: PartInfo) -> ObjectInfo:
+    """What the store says of a part without reading it: refused when missing, of another
+    size, or with a SHA-256 the server recorded that is not the metadata's."""
+    info = await store.head(part.key)
+    if info is None:
+        raise CorruptSnapshotError(f"part {part.key} is missing")
+    if info.size != part.size:
+        raise CorruptSnapshotError(
+            f"part {part.key} has {info.size} bytes, metadata says {part.size}"
+        )
+    if info.sha256 is not None and part.sha256 and info.sha256 != part.sha256:
+        raise CorruptSnapshotError(f"part {part.key} fails its SHA-256 check")
+    return info
 
 
 NO_CHECKSUM_NOTE = (

@@ -87,6 +87,23 @@ def read_rows(
         raise ThriftError(f"malformed page index: {exc!r}") from None
 
 
+def first_reads(footer: Footer, group: int, columns: list[str]) -> list[tuple[int, int]]:
+    """What reading rows of row group ``group`` reads first: the column chunks ``columns``
+    (the ids, read whole) and the group's offset indexes, as (start, length) spans."""
+    spans: list[tuple[int, int]] = []
+    try:
+        for chunk in footer.row_group(group)[1][1][1]:
+            meta = chunk[3][1]
+            if _column_name(meta) in columns:
+                start = meta[11][1] if 11 in meta else meta[9][1]
+                spans.append((start, meta[7][1]))
+            if 4 in chunk and 5 in chunk:
+                spans.append((chunk[4][1], chunk[5][1]))
+    except (KeyError, IndexError, TypeError) as exc:
+        raise ThriftError(f"malformed footer: {exc!r}") from None
+    return spans
+
+
 def _read_rows(
     part: PageFile, group: int, columns: list[str], rows: npt.NDArray[np.int64]
 ) -> pa.Table | None:

@@ -4,6 +4,7 @@ pyarrow and the page reader (handlers.codecs.parquet_pages) read files synchrono
 worker thread; an object in S3 is read by ranged GETs on the event loop. Each read is one
 GET, handed to the loop and waited for; ranges the reader knows it will need next are
 fetched ahead with :meth:`RangedFile.prefetch`, concurrently, and then served from memory.
+A lookup is bound by round trips, not bytes: ranges a few KiB apart are fetched as one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, BinaryIO, TypeVar
 from handlers.stores.base import ObjectStore
 
 PREFETCH_CONCURRENCY = 8
+MERGE_GAP_BYTES = 64 * 1024  # ranges this close are one GET: a round trip costs more
 Span = tuple[int, int]  # (start, length)
 T = TypeVar("T")
 
@@ -65,10 +67,11 @@ class RangedFile(io.RawIOBase, BinaryIO):
         return len(data)
 
     def prefetch(self, spans: Sequence[Span]) -> None:
-        """Fetch ``spans`` now, at most PREFETCH_CONCURRENCY at once, for the reads to come;
-        what an earlier prefetch held is dropped."""
-        fetched = self._wait(self._fetch_all(spans))
-        self._ahead = [(start, data) for (start, _), data in zip(spans, fetched, strict=True)]
+        """Fetch ``spans`` now (close ones merged), at most PREFETCH_CONCURRENCY at once, for
+        the reads to come; what an earlier prefetch held is dropped."""
+        merged = merge_spans(spans)
+        fetched = self._wait(self._fetch_all(merged))
+        self._ahead = [(start, data) for (start, _), data in zip(merged, fetched, strict=True)]
         self.bytes_read += sum(len(data) for data in fetched)
 
     async def _fetch_all(self, spans: Sequence[Span]) -> list[bytes]:
@@ -88,3 +91,15 @@ class RangedFile(io.RawIOBase, BinaryIO):
 
     def _wait(self, work: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(work, self._loop).result()
+
+
+def merge_spans(spans: Sequence[Span], gap: int = MERGE_GAP_BYTES) -> list[Span]:
+    """``spans`` in order, those that overlap or lie at most ``gap`` bytes apart joined."""
+    merged: list[Span] = []
+    for start, length in sorted(spans):
+        if merged and start <= sum(merged[-1]) + gap:
+            first, known = merged[-1]
+            merged[-1] = (first, max(known, start + length - first))
+        else:
+            merged.append((start, length))
+    return merged
