@@ -461,3 +461,7 @@ def test_cli_partial_restore_outputs_and_errors(tmp_path: Path) -> None:
     code, _, err = restore("d.parquet", "--ids", str(ids_file), "--strict")
     assert code == 3, err
     assert not (tmp_path / "d.parquet").exists()
+    plain = ["snapshots", "restore", meta.snapshot_id, "--store", str(tmp_path / "store")]
+    code, out, err = run_cli([*plain, "--out", str(tmp_path / "e.parquet"), "--ids", str(ids_file)])
+    assert code == 0, err
+    assert "1 of the ids asked for is not in the snapshot, e.g. " in out

@@ -242,7 +242,8 @@ async def _restore(args: argparse.Namespace, settings: Settings, store: ObjectSt
     notes = precision_notes(metadata.format)
     if result.ids_missing:
         notes.append(
-            f"{result.ids_missing} of the ids asked for are not in the snapshot, e.g. "
+            f"{result.ids_missing} of the ids asked for "
+            f"{'is' if result.ids_missing == 1 else 'are'} not in the snapshot, e.g. "
             + ", ".join(result.ids_missing_examples)
         )
     payload = {
