@@ -33,7 +33,7 @@ from handlers.restore import restore_snapshot
 from handlers.selection import Selection, load_ids, parse_columns, parse_where
 from handlers.stores import ObjectStore
 from handlers.stores.local import LocalStore
-from handlers.stores.ranged import MERGE_GAP_BYTES, merge_spans
+from handlers.stores.ranged import MERGE_GAP_BYTES, RangedFile, merge_spans
 from tests.support import (
     MODEL_DIM as DIM,
 )
@@ -272,6 +272,15 @@ class RangesThatFail(LocalStore):
             raise StoreUnreachableError("connection refused")
         self.reads -= 1
         return await super().get_range(key, start, length)
+
+
+async def test_a_ranged_read_on_the_event_loop_is_refused(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    await store.put_bytes("object", b"0123456789")
+    ranged = RangedFile(store, "object", 10, asyncio.get_running_loop())
+    with pytest.raises(RuntimeError, match="would never end"):
+        ranged.read(4)
+    assert await asyncio.to_thread(ranged.read, 4) == b"0123"
 
 
 def test_close_ranges_are_fetched_as_one() -> None:

@@ -25,6 +25,7 @@ T = TypeVar("T")
 class RangedFile(io.RawIOBase, BinaryIO):
     """Object ``key`` of ``size`` bytes, read by ranged GETs run on ``loop``.
 
+    Read it from a worker thread only (``asyncio.to_thread``): each read waits for the loop.
     ``bytes_read`` counts the bytes fetched from the store. Prefetched ranges are kept until
     the next ``prefetch`` (one row group's pages at a time), so memory stays bounded."""
 
@@ -90,7 +91,17 @@ class RangedFile(io.RawIOBase, BinaryIO):
         return None
 
     def _wait(self, work: Coroutine[Any, Any, T]) -> T:
+        if _running_loop() is self._loop:
+            work.close()
+            raise RuntimeError("a RangedFile read on its event loop's thread would never end")
         return asyncio.run_coroutine_threadsafe(work, self._loop).result()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def merge_spans(spans: Sequence[Span], gap: int = MERGE_GAP_BYTES) -> list[Span]:
