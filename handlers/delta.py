@@ -90,7 +90,7 @@ def _fold_indexes(layers: list[tuple[pa.Array, pa.Table]]) -> RowIndex:
             index.pop(doc, None)
         ids = table.column("document_id").to_pylist()
         hashes = table.column("row_hash").to_pylist()
-        if not index:  # the full snapshot at the bottom: nothing to move
+        if not index:  # nothing folded yet (the full snapshot at the bottom): take it whole
             index = dict(zip(ids, hashes, strict=True))
             continue
         for doc, digest in zip(ids, hashes, strict=True):
